@@ -1,0 +1,16 @@
+"""Errors raised from inside the ops, after a kernel has flagged a value it cannot accept."""
+
+from __future__ import annotations
+
+
+def check_range(count: int, name: str) -> None:
+    """Raise if a kernel counted ``count`` values of argument ``name`` outside [0, 1].
+
+    Kernels count these while they compute, so the check costs no extra pass over the
+    data and ``torch.compile`` meets no data-dependent branch in user code.
+    """
+    if count:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (integer and bool targets must be 0 or 1); "
+            f"found {int(count)} value(s) outside that range"
+        )
