@@ -1,0 +1,13 @@
+"""fastaevb: fused SGVB / AEVB kernels (Kingma & Welling, *Auto-Encoding Variational Bayes*).
+
+``fastaevb.functional`` holds the drop-in functions, ``fastaevb.SGVBLoss`` the loss module.
+Importing fastaevb registers the ``torch.ops.fastaevb`` custom ops; triton and numba are only
+imported when their backend first runs.
+"""
+
+from . import functional, ops, reference
+from ._backend import available_backends, use_backend
+from .nn import SGVBLoss
+
+__all__ = ["functional", "ops", "reference", "SGVBLoss", "available_backends", "use_backend"]
+__version__ = "0.1.0"

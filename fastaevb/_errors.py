@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+# Kernels name the torch drop-in arguments; the log-likelihood functions call them x and probs.
+_SPELLED = {"target": "target (x)", "input": "input (probs)"}
+
+
 def check_range(count: int, name: str) -> None:
     """Raise if a kernel counted ``count`` values of argument ``name`` outside [0, 1].
 
@@ -11,6 +15,6 @@ def check_range(count: int, name: str) -> None:
     """
     if count:
         raise ValueError(
-            f"{name} must lie in [0, 1] (integer and bool targets must be 0 or 1); "
+            f"{_SPELLED.get(name, name)} must lie in [0, 1] (integer and bool targets must be 0 or 1); "
             f"found {int(count)} value(s) outside that range"
         )

@@ -1,0 +1,67 @@
+// pybind11 module fastaevb._C: thin bindings of the kernels in kernels.h. Tensors are passed
+// as raw addresses (torch's data_ptr()) by fastaevb/_cpp.py, so this module does not link
+// libtorch. Every binding releases the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "kernels.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+#ifndef FASTAEVB_NATIVE_BUILD
+#define FASTAEVB_NATIVE_BUILD 0
+#endif
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastaevb fused SGVB CPU kernels (OpenMP). Called through fastaevb._cpp.";
+  using guard = py::call_guard<py::gil_scoped_release>;
+  namespace f = fastaevb;
+
+  m.def("randn", &f::randn, guard(), "out"_a, "offsets"_a, "n"_a, "seed"_a, "nthreads"_a);
+
+  m.def("reparameterize_kl_forward", &f::reparameterize_kl_forward, guard(), "z"_a, "kl"_a,
+        "log_q"_a, "log_p"_a, "mu"_a, "logvar"_a, "eps"_a, "seed"_a, "L"_a, "R"_a, "J"_a,
+        "log_weights"_a, "dtype"_a, "nthreads"_a);
+  m.def("reparameterize_kl_backward", &f::reparameterize_kl_backward, guard(), "grad_mu"_a,
+        "grad_logvar"_a, "grad_z"_a, "grad_kl"_a, "grad_log_q"_a, "grad_log_p"_a, "mu"_a,
+        "logvar"_a, "eps"_a, "seed"_a, "L"_a, "R"_a, "J"_a, "dtype"_a, "nthreads"_a);
+
+  m.def("gaussian_kl_forward", &f::gaussian_kl_forward, guard(), "out"_a, "grad_mu"_a,
+        "grad_logvar"_a, "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "with_grad"_a,
+        "dtype"_a, "nthreads"_a);
+  m.def("gaussian_kl_backward", &f::gaussian_kl_backward, guard(), "grad_mu"_a,
+        "grad_logvar"_a, "grad_out"_a, "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a,
+        "dtype"_a, "nthreads"_a);
+
+  m.def("bernoulli_logits_forward", &f::bernoulli_logits_forward, guard(), "out"_a, "grad"_a,
+        "logits"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a,
+        "xtype"_a, "nthreads"_a);
+  m.def("bernoulli_logits_backward", &f::bernoulli_logits_backward, guard(), "grad"_a,
+        "grad_out"_a, "logits"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a,
+        "xtype"_a, "nthreads"_a);
+
+  m.def("bernoulli_probs_forward", &f::bernoulli_probs_forward, guard(), "out"_a, "grad"_a,
+        "probs"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a,
+        "xtype"_a, "nthreads"_a);
+  m.def("bernoulli_probs_backward", &f::bernoulli_probs_backward, guard(), "grad"_a,
+        "grad_out"_a, "probs"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a,
+        "xtype"_a, "nthreads"_a);
+
+  m.def("gaussian_forward", &f::gaussian_forward, guard(), "out"_a, "grad_mean"_a,
+        "grad_logvar"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
+        "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
+  m.def("gaussian_backward", &f::gaussian_backward, guard(), "grad_mean"_a, "grad_logvar"_a,
+        "grad_out"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
+        "reduce"_a, "scale"_a, "dtype"_a, "nthreads"_a);
+
+  m.attr("REDUCE_ELEMENTS") = 0;
+  m.attr("REDUCE_ROWS") = 1;
+  m.attr("REDUCE_TOTAL") = 2;
+#ifdef _OPENMP
+  m.attr("openmp") = _OPENMP;
+#else
+  m.attr("openmp") = 0;
+#endif
+  m.attr("native") = static_cast<bool>(FASTAEVB_NATIVE_BUILD);
+}

@@ -1,0 +1,138 @@
+"""The elementwise SGVB formulas (design.md section 2) for the numba backend, written once.
+
+Every kernel in ``_numba_kernels`` calls these; none repeats a formula. They are generic over
+the float type T of their first argument: constants go through ``as_type(value, like)``,
+because numba types a bare Python float as float64 and ``float32 * float64`` is float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def as_type(value, like):
+    """``value`` converted to the numba scalar type of ``like`` (jitted code only)."""
+    raise NotImplementedError("as_type is only callable from numba-jitted code")
+
+
+@overload(as_type, inline="always")
+def _as_type(value, like):
+    target = like.dtype if isinstance(like, types.Array) else like
+
+    def impl(value, like):
+        return target(value)
+
+    return impl
+
+
+# --- value checks -----------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def out_of_range(v):
+    """1 if a target / probability is outside [0, 1]: ``v < 0 or v > 1`` (NaN is not flagged);
+    uint8 (bool) targets: any value but 0 or 1."""
+    return 1 if (v < 0 or v > 1) else 0
+
+
+@njit(cache=True, inline="always")
+def max_keep_nan(a, lo):
+    """``std::max(a, lo)``: ``lo`` when ``a < lo``, else ``a`` (so NaN stays NaN)."""
+    return lo if a < lo else a
+
+
+# --- Gaussian KL (Appendix B) and the reparameterized sample (eq. 4) --------------------------
+
+
+@njit(cache=True, inline="always")
+def kl_term(mu, v):
+    """``(2 * KL term, expm1(v))``: ``mu^2 + exp(v) - 1 - v`` with ``exp(v) - 1`` as ``expm1(v)``.
+    dKL/dmu = mu, dKL/dv = 0.5 * expm1(v)."""
+    em1 = math.expm1(v)
+    return mu * mu + (em1 - v), em1
+
+
+@njit(cache=True, inline="always")
+def std_normal_logpdf(e):
+    """``-0.5 * log(2 pi) - 0.5 * e^2``: the log density of N(0, 1), for log q and log p."""
+    return as_type(-0.5, e) * (as_type(LOG_2PI, e) + e * e)
+
+
+@njit(cache=True, inline="always")
+def reparam_sd(v):
+    """``exp(0.5 * v)``, the standard deviation in ``z = mu + sd * eps``."""
+    return math.exp(as_type(0.5, v) * v)
+
+
+# --- Bernoulli decoder (Appendix C.1) ---------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def bernoulli_logits_term(l, x):
+    """``(ll, dll/dl)`` with ``ll = x*l - softplus(l) = (x - [l > 0]) * l - log1p(exp(-|l|))``
+    and ``dll/dl = x - sigmoid(l)``, sigmoid from the same ``e = exp(-|l|)``. ``x`` has l's type."""
+    one = as_type(1.0, l)
+    e = math.exp(-abs(l))
+    pos = l > 0
+    inv = one / (one + e)
+    dl = x - (inv if pos else e * inv)
+    ll = (x - (one if pos else as_type(0.0, l))) * l - math.log1p(e)
+    return ll, dl
+
+
+@njit(cache=True, inline="always")
+def bernoulli_probs_term(p, x):
+    """Exactly ``-F.binary_cross_entropy`` (ATen CPU): ``x * max(log p, -100) - (x - 1) *
+    max(log1p(-p), -100)``, the max keeping NaN."""
+    lo = as_type(-100.0, p)
+    log_p = max_keep_nan(math.log(p), lo)
+    log_1mp = max_keep_nan(math.log1p(-p), lo)
+    return x * log_p - (x - as_type(1.0, p)) * log_1mp
+
+
+@njit(cache=True, inline="always")
+def bernoulli_probs_grad(p, x):
+    """d ll / d p of :func:`bernoulli_probs_term`: ``(x - p) / max((1 - p) * p, 1e-12)`` (ATen)."""
+    return (x - p) / max_keep_nan((as_type(1.0, p) - p) * p, as_type(1e-12, p))
+
+
+# --- Gaussian decoder (Appendix C.2) ----------------------------------------------------------
+# ll = -0.5 * (log 2pi + v + (x - m)^2 exp(-v)); a row is finished once from the sum of
+# q = v + (x - m)^2 exp(-v) by gaussian_row, so log 2pi is added once per row.
+
+
+@njit(cache=True, inline="always")
+def gaussian_term(x, m, v):
+    """``(q, dll/dm, dll/dv)`` with ``q = v + (x - m)^2 exp(-v)``, ``dll/dm = (x - m) exp(-v)``,
+    ``dll/dv = -0.5 * (1 - (x - m)^2 exp(-v))``."""
+    d = x - m
+    iv = math.exp(-v)
+    sq = d * d * iv
+    return v + sq, d * iv, as_type(-0.5, v) * (as_type(1.0, v) - sq)
+
+
+@njit(cache=True, inline="always")
+def gaussian_row(q_sum, n):
+    """Row log-likelihood from ``q_sum = sum_d q_d`` over ``n`` elements: ``-0.5 (n log 2pi + q_sum)``."""
+    return as_type(-0.5, q_sum) * (as_type(n * LOG_2PI, q_sum) + q_sum)
+
+
+@njit(cache=True, inline="always")
+def gaussian_shared_row(sq_sum, v, inv_var, n):
+    """Row log-likelihood with one shared log-variance ``v``: ``sq_sum = sum_d (x_d - m_d)^2``."""
+    return gaussian_row(as_type(n, v) * v + sq_sum * inv_var, n)
+
+
+@njit(cache=True, inline="always")
+def gaussian_shared_grad_logvar(sq_sum, inv_var, n):
+    """``sum_d dll/dv = -0.5 * (n - sq_sum * exp(-v))`` for a shared log-variance (float64)."""
+    return -0.5 * (n - sq_sum * inv_var)
+
+
+_ = np  # numpy is imported for numba's typing of the callers' globals

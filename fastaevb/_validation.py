@@ -1,0 +1,83 @@
+"""Argument checks run before any work: metadata only (shape, dtype, device), never tensor values.
+
+Value checks (targets in [0, 1]) happen inside the kernels, see ``_errors.check_range``.
+Every message names the argument at fault.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+TARGET_DTYPES = (torch.uint8, torch.bool)
+
+
+def reduction(value: object, allowed: tuple[str, ...] = ("none", "mean", "sum")) -> str:
+    if value not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def floating(name: str, t: object) -> Tensor:
+    """``t`` must be a real floating-point tensor."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    return t
+
+
+def target(name: str, t: object) -> Tensor:
+    """Bernoulli targets: floating point, uint8 or bool."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not (t.dtype.is_floating_point or t.dtype in TARGET_DTYPES):
+        raise TypeError(f"{name} must be floating point, uint8 or bool, got {t.dtype}")
+    return t
+
+
+def same_device(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != reference.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {reference_name} is on {reference.device}; "
+                "all tensors must be on one device"
+            )
+
+
+def same_shape(reference_name: str, reference: Tensor, **others: Tensor) -> None:
+    for name, t in others.items():
+        if t.shape != reference.shape:
+            raise ValueError(
+                f"{name} must have the shape of {reference_name} {tuple(reference.shape)}, got {tuple(t.shape)}"
+            )
+
+
+def same_float_dtype(reference_name: str, reference: Tensor, **others: Tensor) -> None:
+    for name, t in others.items():
+        if t.dtype != reference.dtype:
+            raise TypeError(f"{name} must have the dtype of {reference_name} ({reference.dtype}), got {t.dtype}")
+
+
+def not_requiring_grad(name: str, t: Tensor) -> None:
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} must not require grad: fastaevb does not differentiate with respect to the data")
+
+
+def decoder_rows(output_name: str, output: Tensor, x_name: str, x: Tensor) -> tuple[tuple[int, ...], int]:
+    """Check that ``output`` is ``(*sample, B, *event)`` for data ``x`` of shape ``(B, *event)``.
+
+    Returns the row shape ``(*sample, B)`` (one value per datapoint and sample) and the
+    event size ``D`` (the number of elements summed per row).
+    """
+    if x.dim() == 0:
+        raise ValueError(f"{x_name} must have at least one dimension (the batch)")
+    lead = output.dim() - x.dim()
+    if lead < 0 or tuple(output.shape[lead:]) != tuple(x.shape):
+        raise ValueError(
+            f"{output_name} of shape {tuple(output.shape)} does not match {x_name} of shape {tuple(x.shape)}: "
+            f"{output_name} must have {x_name}'s shape, optionally with leading sample dimensions"
+        )
+    return tuple(output.shape[: lead + 1]), math.prod(x.shape[1:])

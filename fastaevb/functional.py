@@ -1,0 +1,367 @@
+"""Drop-in functions, ``torch.nn.functional`` style, backed by the fused custom ops.
+
+Equation numbers refer to Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014).
+
+Reductions of the log-likelihoods and the KL: ``'none'`` gives one value per datapoint
+(and per sample when the decoder output has leading sample dimensions), ``'sum'`` their sum,
+``'mean'`` their mean over datapoints (and samples). The drop-ins ``binary_cross_entropy`` and
+``binary_cross_entropy_with_logits`` keep torch's meaning exactly: elementwise for ``'none'``,
+the mean over *elements* for ``'mean'``.
+
+Under ``fastaevb.use_backend("torch")`` (or when no fused kernel exists for the device) the
+pure-PyTorch ``reference`` formulas run instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _backend, _errors, ops, reference
+from . import _validation as check
+from .reference import importance_weighted_bound
+
+__all__ = [
+    "reparameterize",
+    "reparameterize_kl",
+    "gaussian_kl",
+    "bernoulli_log_likelihood",
+    "bernoulli_probs_log_likelihood",
+    "gaussian_log_likelihood",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "importance_weighted_bound",
+]
+
+_SEED_BOUND = 2**63 - 1
+
+
+def _use_reference(t: Tensor) -> bool:
+    return _backend.resolve(t.device) == "torch"
+
+
+def _wants_grad_in_forward(reduce: str, *tensors: Tensor) -> bool:
+    return reduce == "total" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _row_reduction(reduction: str, rows: int) -> tuple[str, float]:
+    """Kernel reduce mode and scale for a per-datapoint quantity."""
+    if reduction == "none":
+        return "rows", 1.0
+    if reduction == "sum":
+        return "total", 1.0
+    return "total", 1.0 / rows if rows else math.nan
+
+
+def _reduce_reference(per_row: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return per_row
+    return per_row.sum() if reduction == "sum" else per_row.mean()
+
+
+def _check_reference_range(name: str, t: Tensor) -> None:
+    """The kernels flag out-of-range values in their pass; the reference path pays one here."""
+    if not t.dtype.is_floating_point and t.dtype != torch.bool:
+        _errors.check_range(int((t > 1).sum()), name)
+    elif t.dtype.is_floating_point:
+        _errors.check_range(int(((t < 0) | (t > 1)).sum()), name)
+
+
+def _draw_seed(generator: Optional[torch.Generator]) -> Tensor:
+    """A 63-bit Philox seed from torch's CPU generator (or ``generator``), drawn when the op runs."""
+    if generator is None:
+        return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device="cpu")
+    return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device=generator.device, generator=generator).cpu()
+
+
+# --- sampling and KL --------------------------------------------------------------------------
+
+
+def _check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Optional[Tensor]) -> None:
+    check.floating("mu", mu)
+    check.floating("logvar", logvar)
+    if mu.dim() == 0:
+        raise ValueError("mu must have at least one dimension (the latent dimension is the last)")
+    check.same_shape("mu", mu, logvar=logvar)
+    check.same_float_dtype("mu", mu, logvar=logvar)
+    check.same_device("mu", mu, logvar=logvar, eps=eps)
+    if isinstance(samples, bool) or not isinstance(samples, int):
+        raise TypeError(f"samples must be an int, got {type(samples).__name__}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if eps is not None:
+        check.floating("eps", eps)
+        expected = tuple(mu.shape) if samples == 1 else (samples, *mu.shape)
+        if tuple(eps.shape) not in (expected, (samples, *mu.shape)):
+            raise ValueError(f"eps must have shape {expected}, got {tuple(eps.shape)}")
+        check.not_requiring_grad("eps", eps)
+
+
+def reparameterize_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    samples: int = 1,
+    eps: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    return_log_weights: bool = False,
+) -> tuple[Tensor, ...]:
+    """Reparameterized sample and analytic KL in one fused pass.
+
+    ``z = mu + exp(0.5 * logvar) * eps`` (eq. 4, Sec. 2.4) with ``eps ~ N(0, I)``, and
+    ``KL = 0.5 * sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)`` per datapoint (Appendix B).
+
+    Args:
+        mu, logvar: ``(*batch, J)`` encoder outputs, same shape, dtype and device.
+        samples: L >= 1 draws per datapoint; z is ``(*batch, J)`` for L = 1, else ``(L, *batch, J)``.
+        eps: optional explicit noise of z's shape (e.g. ``torch.randn_like``); treated as a constant.
+            Without it, eps comes from the Philox stream of a seed drawn from ``generator``
+            (default: torch's CPU generator, so ``torch.manual_seed`` controls it) and is
+            regenerated in backward, never stored.
+        return_log_weights: also return ``log q(z|x) = sum_j (-0.5 log 2pi - 0.5 logvar_j - 0.5 eps_j^2)``
+            and ``log p(z) = sum_j (-0.5 log 2pi - 0.5 z_j^2)``, shaped like z without J, for
+            importance weighting (:func:`importance_weighted_bound`).
+
+    Returns:
+        ``(z, kl)`` with kl of shape ``batch``, or ``(z, kl, log_q, log_p)``.
+    """
+    _check_latents(mu, logvar, samples, eps)
+    batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
+    sample_shape = () if samples == 1 else (samples,)
+    if _use_reference(mu):
+        if eps is None:
+            eps = torch.randn((*sample_shape, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
+        eps = eps.reshape(*sample_shape, *mu.shape)
+        z = reference.reparameterize(mu, logvar, eps)
+        kl = reference.gaussian_kl(mu, logvar)
+        if not return_log_weights:
+            return z, kl
+        return z, kl, reference.log_q(logvar, eps), reference.log_p(z)
+
+    rows = math.prod(batch)
+    seed = _draw_seed(generator) if eps is None else None
+    flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
+    z, kl, log_q, log_p = ops.reparameterize_kl(
+        mu.reshape(rows, latent), logvar.reshape(rows, latent), seed, flat_eps, samples, return_log_weights
+    )
+    z, kl = z.reshape(*sample_shape, *mu.shape), kl.reshape(batch)
+    if not return_log_weights:
+        return z, kl
+    return z, kl, log_q.reshape(*sample_shape, *batch), log_p.reshape(*sample_shape, *batch)
+
+
+def reparameterize(
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    samples: int = 1,
+    eps: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """``z = mu + exp(0.5 * logvar) * eps`` (eq. 4, Sec. 2.4); see :func:`reparameterize_kl`.
+
+    Gradients: ``dz/dmu = 1``, ``dz/dlogvar = 0.5 * eps * exp(0.5 * logvar)``.
+    """
+    return reparameterize_kl(mu, logvar, samples=samples, eps=eps, generator=generator)[0]
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
+    """Analytic ``KL(N(mu, exp(logvar)) || N(0, I)) = 0.5 * sum_j (mu^2 + exp(logvar) - 1 - logvar)``
+    (Appendix B; eq. 10 is ``-KL + mean_l log p(x|z_l)``), summed over the last dimension.
+
+    ``reduction``: ``'none'`` one value per datapoint (shape ``mu.shape[:-1]``), ``'sum'`` the total
+    (the classic example's ``KLD``), ``'mean'`` the mean over datapoints.
+    Gradients: ``dKL/dmu = mu``, ``dKL/dlogvar = 0.5 * (exp(logvar) - 1)``.
+    """
+    reduction = check.reduction(reduction)
+    _check_latents(mu, logvar, 1, None)
+    if _use_reference(mu):
+        return _reduce_reference(reference.gaussian_kl(mu, logvar), reduction)
+    batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
+    rows = math.prod(batch)
+    reduce, scale = _row_reduction(reduction, rows)
+    kl, _, _ = ops.gaussian_kl(
+        mu.reshape(rows, latent), logvar.reshape(rows, latent), reduce, scale,
+        _wants_grad_in_forward(reduce, mu, logvar),
+    )
+    return kl.reshape(batch) if reduce == "rows" else kl
+
+
+# --- decoder log-likelihoods ------------------------------------------------------------------
+
+
+def _check_bernoulli(output_name: str, output: Tensor, x_name: str, x: Tensor) -> tuple[tuple[int, ...], int]:
+    check.floating(output_name, output)
+    check.target(x_name, x)
+    check.same_device(output_name, output, **{x_name: x})
+    check.not_requiring_grad(x_name, x)
+    return check.decoder_rows(output_name, output, x_name, x)
+
+
+def _bernoulli(op, reference_rows, output_name: str, output: Tensor, x: Tensor, reduction: str) -> Tensor:
+    """Shared body of the two Bernoulli log-likelihoods (from logits, from probabilities)."""
+    reduction = check.reduction(reduction)
+    row_shape, event = _check_bernoulli(output_name, output, "x", x)
+    if _use_reference(output):
+        _check_reference_range("target", x)
+        if output_name == "probs":
+            _check_reference_range("input", output)
+        return _reduce_reference(reference_rows(output, x), reduction)
+    rows = math.prod(row_shape)
+    reduce, scale = _row_reduction(reduction, rows)
+    ll, _ = op(
+        output.reshape(rows, event), x.reshape(x.shape[0], event), reduce, scale,
+        _wants_grad_in_forward(reduce, output),
+    )
+    return ll.reshape(row_shape) if reduce == "rows" else ll
+
+
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor, reduction: str = "none") -> Tensor:
+    """Bernoulli decoder log-likelihood from logits (Appendix C.1):
+    ``log p(x|z) = sum_d (x_d * l_d - softplus(l_d))``, softplus computed stably.
+
+    Args:
+        logits: ``(*samples, B, *event)`` decoder logits.
+        x: ``(B, *event)`` targets: float in [0, 1], uint8 or bool (0/1). Values outside [0, 1]
+            raise ``ValueError`` (checked by the kernel in its single pass).
+        reduction: ``'none'`` one value per datapoint (shape ``(*samples, B)``), ``'sum'``, or
+            ``'mean'`` over datapoints.
+
+    Gradient with respect to the logits: ``x - sigmoid(l)``.
+    """
+    return _bernoulli(ops.bernoulli_logits_ll, reference.bernoulli_log_likelihood, "logits", logits, x, reduction)
+
+
+def bernoulli_probs_log_likelihood(probs: Tensor, x: Tensor, reduction: str = "none") -> Tensor:
+    """Bernoulli decoder log-likelihood from probabilities, exactly ``-F.binary_cross_entropy``:
+    ``log p(x|z) = sum_d (x_d * max(log p_d, -100) + (1 - x_d) * max(log(1 - p_d), -100))``.
+
+    Shapes and ``reduction`` as :func:`bernoulli_log_likelihood`. Gradient with respect to the
+    probabilities: ``(x - p) / max(p * (1 - p), 1e-12)``, as torch's.
+    """
+    return _bernoulli(
+        ops.bernoulli_probs_ll, reference.bernoulli_probs_log_likelihood, "probs", probs, x, reduction
+    )
+
+
+def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: str = "none") -> Tensor:
+    """Gaussian decoder log-likelihood (Appendix C.2):
+    ``log p(x|z) = -0.5 * sum_d (log(2*pi) + v_d + (x_d - m_d)^2 * exp(-v_d))``.
+
+    Args:
+        x: ``(B, *event)`` data (not differentiated).
+        mean: ``(*samples, B, *event)`` decoder means.
+        logvar: per-element log-variances of ``mean``'s shape, or one shared log-variance
+            (any tensor with a single element, e.g. a learned scalar parameter).
+        reduction: ``'none'`` one value per datapoint (shape ``(*samples, B)``), ``'sum'``, or
+            ``'mean'`` over datapoints.
+
+    Gradients: ``d/dm = (x - m) * exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 * exp(-v))``.
+    """
+    reduction = check.reduction(reduction)
+    check.floating("x", x)
+    check.floating("mean", mean)
+    check.floating("logvar", logvar)
+    check.same_device("mean", mean, x=x, logvar=logvar)
+    check.same_float_dtype("mean", mean, logvar=logvar)
+    check.not_requiring_grad("x", x)
+    shared = logvar.numel() == 1
+    if not shared:
+        check.same_shape("mean", mean, logvar=logvar)
+    row_shape, event = check.decoder_rows("mean", mean, "x", x)
+    if _use_reference(mean):
+        return _reduce_reference(reference.gaussian_log_likelihood(x, mean, logvar), reduction)
+    rows = math.prod(row_shape)
+    reduce, scale = _row_reduction(reduction, rows)
+    ll, _, _ = ops.gaussian_ll(
+        x.reshape(x.shape[0], event), mean.reshape(rows, event),
+        logvar.reshape(1) if shared else logvar.reshape(rows, event),
+        reduce, scale, _wants_grad_in_forward(reduce, mean, logvar),
+    )
+    return ll.reshape(row_shape) if reduce == "rows" else ll
+
+
+# --- drop-ins for torch.nn.functional ---------------------------------------------------------
+
+
+def _drop_in_reduction(size_average, reduce, reduction: str, **unsupported) -> str:
+    for name, value in unsupported.items():
+        if value is not None:
+            raise NotImplementedError(f"fastaevb does not support the {name} argument; leave it None")
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+    return check.reduction(reduction)
+
+
+def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """Shared body of the two drop-ins: the Bernoulli kernels with scale -1 (or -1/numel)."""
+    check.floating("input", input)
+    check.target("target", target)
+    check.same_device("input", input, target=target)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target size {tuple(target.shape)} must be the same as input size {tuple(input.shape)}"
+        )
+    check.not_requiring_grad("target", target)
+    if _use_reference(input):
+        _check_reference_range("target", target)
+        if torch_loss is F.binary_cross_entropy:
+            _check_reference_range("input", input)
+        return torch_loss(input, target.to(input.dtype), reduction=reduction)
+    rows = input.shape[0] if input.dim() else 1
+    event = math.prod(input.shape[1:])
+    if reduction == "none":
+        reduce, scale = "elements", -1.0
+    else:
+        numel = input.numel()
+        reduce, scale = "total", -1.0 if reduction == "sum" else (-1.0 / numel if numel else math.nan)
+    loss, _ = op(
+        input.reshape(rows, event), target.reshape(rows, event), reduce, scale,
+        _wants_grad_in_forward(reduce, input),
+    )
+    return loss.reshape(input.shape) if reduce == "elements" else loss
+
+
+def binary_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Drop-in for ``torch.nn.functional.binary_cross_entropy`` (same signature and reductions):
+    ``loss = -(x * max(log p, -100) + (1 - x) * max(log(1 - p), -100))``, the negated
+    Bernoulli log-likelihood of Appendix C.1, gradient ``(p - x) / max(p * (1 - p), 1e-12)``.
+
+    ``reduction``: ``'none'`` elementwise, ``'sum'``, ``'mean'`` over all elements.
+    ``weight`` is not supported (raises ``NotImplementedError``). Probabilities or targets
+    outside [0, 1] raise ``ValueError``; NaN probabilities give NaN (torch raises instead).
+    """
+    reduction = _drop_in_reduction(size_average, reduce, reduction, weight=weight)
+    return _bce(ops.bernoulli_probs_ll, F.binary_cross_entropy, input, target, reduction)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    size_average: Optional[bool] = None,
+    reduce: Optional[bool] = None,
+    reduction: str = "mean",
+    pos_weight: Optional[Tensor] = None,
+) -> Tensor:
+    """Drop-in for ``torch.nn.functional.binary_cross_entropy_with_logits`` (same signature and
+    reductions): ``loss = softplus(l) - x * l``, the negated Bernoulli log-likelihood of
+    Appendix C.1, gradient ``sigmoid(l) - x``.
+
+    ``reduction``: ``'none'`` elementwise, ``'sum'``, ``'mean'`` over all elements.
+    ``weight`` and ``pos_weight`` are not supported (raise ``NotImplementedError``). Targets may
+    be float, uint8 or bool; values outside [0, 1] raise ``ValueError``.
+    """
+    reduction = _drop_in_reduction(size_average, reduce, reduction, weight=weight, pos_weight=pos_weight)
+    return _bce(ops.bernoulli_logits_ll, F.binary_cross_entropy_with_logits, input, target, reduction)

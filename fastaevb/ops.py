@@ -1,0 +1,342 @@
+"""The fused SGVB steps as ``torch.library`` custom ops: schema, device kernel, fake kernel, autograd.
+
+One op per fused step (plus its backward op, so compiled backward graphs stay traceable):
+
+====================================  ==============================================
+``fastaevb::reparameterize_kl``       z = mu + exp(logvar/2) eps (eq. 4) and the KL (App. B)
+``fastaevb::gaussian_kl``             KL(q(z|x) || N(0, I)), Appendix B
+``fastaevb::bernoulli_logits_ll``     Bernoulli log p(x|z) from logits, Appendix C.1
+``fastaevb::bernoulli_probs_ll``      Bernoulli log p(x|z) from probabilities (F.binary_cross_entropy)
+``fastaevb::gaussian_ll``             Gaussian log p(x|z), Appendix C.2
+====================================  ==============================================
+
+Tensors reaching an op are already validated and flattened to 2-D by ``functional``:
+decoder outputs ``(R, D)``, data ``(B, D)`` with ``R % B == 0``, latents ``(R, J)``.
+The kernel is picked inside the op (``_backend``), so ``torch.compile`` sees one opaque node.
+The calling convention of the backends is ``docs/backends.md``.
+
+Reduced ops take ``reduce`` ('elements' | 'rows' | 'total'), ``scale`` (multiplies the value
+and its gradient: 'mean' and sign flips) and ``with_grad``: for a scalar result the gradient is
+written during the forward pass and backward only multiplies it by the incoming scalar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backend
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _kernels(device: torch.device) -> ModuleType:
+    name = _backend.resolve(device)
+    if name == "torch":  # the op was called directly under use_backend("torch")
+        name = _backend.kernel_backend(device)
+    return _backend.kernels(name)
+
+
+def _compute_dtype(kernels: ModuleType, dtype: torch.dtype) -> torch.dtype:
+    """Backends compute in their native dtypes; anything else (half on CPU) runs in float32."""
+    return dtype if dtype in kernels.DTYPES else torch.float32
+
+
+def _prepared(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype).contiguous()
+
+
+def _prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
+    if t.dtype == torch.bool:
+        return t.contiguous().view(torch.uint8)
+    return t.contiguous() if t.dtype == torch.uint8 else _prepared(t, dtype)
+
+
+def _restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _reduced_like(t: Tensor, reduce: str) -> Tensor:
+    shape = {"elements": t.shape, "rows": t.shape[:1], "total": ()}[reduce]
+    return t.new_empty(shape)
+
+
+def _grad_like(t: Tensor, with_grad: bool) -> Tensor:
+    return t.new_empty(t.shape if with_grad else (0,))
+
+
+def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...]) -> None:
+    """Autograd for ops shaped ``op(*tensors, reduce, scale, with_grad) -> (out, *grads)``.
+
+    ``differentiable`` are the positions of the tensors whose gradients ``grads`` (and
+    ``backward_op(grad_out, *tensors, reduce, scale)``) return, in that order.
+    """
+
+    def setup_context(ctx, inputs, output):
+        *tensors, reduce, scale, with_grad = inputs
+        grads_in_forward = output[1:]
+        ctx.mark_non_differentiable(*grads_in_forward)
+        ctx.reduce, ctx.scale, ctx.with_grad = reduce, scale, with_grad
+        ctx.save_for_backward(*(grads_in_forward if with_grad else tensors))
+
+    def backward(ctx, grad_out, *_):
+        saved = ctx.saved_tensors
+        if ctx.with_grad:
+            grads = [g * grad_out for g in saved]
+        else:
+            grads = backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
+        result: list[Optional[Tensor]] = [None] * len(ctx.needs_input_grad)
+        for position, grad in zip(differentiable, grads):
+            if ctx.needs_input_grad[position]:
+                result[position] = grad
+        return tuple(result)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+# --- reparameterize + KL ----------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastaevb::reparameterize_kl", mutates_args=())
+def reparameterize_kl(
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Eq. (4) and Appendix B in one pass: ``z = mu + exp(0.5*logvar)*eps`` for ``samples`` draws,
+    ``KL = 0.5*sum_j(mu^2 + exp(logvar) - 1 - logvar)``, and optionally ``log q(z|x)``, ``log p(z)``.
+
+    eps comes from the Philox stream ``randn(seed, flat index)`` unless given; it is never stored.
+    Shapes: mu, logvar ``(R, J)`` -> z ``(samples, R, J)``, kl ``(R,)``, log_q/log_p ``(samples, R)``
+    (empty when ``log_weights`` is False).
+    """
+    kernels = _kernels(mu.device)
+    dtype = _compute_dtype(kernels, mu.dtype)
+    outputs = kernels.reparameterize_kl_forward(
+        _prepared(mu, dtype), _prepared(logvar, dtype), _prepared(eps, dtype),
+        _seed_value(seed), samples, log_weights,
+    )
+    return _restored(outputs, mu.dtype)
+
+
+def _seed_value(seed: Optional[Tensor]) -> int:
+    return 0 if seed is None else int(seed)
+
+
+@reparameterize_kl.register_fake
+def _(mu, logvar, seed, eps, samples, log_weights):
+    rows, latent = mu.shape
+    weights_shape = (samples, rows) if log_weights else (0,)
+    return (mu.new_empty((samples, rows, latent)), mu.new_empty((rows,)),
+            mu.new_empty(weights_shape), mu.new_empty(weights_shape))
+
+
+@torch.library.custom_op("fastaevb::reparameterize_kl_backward", mutates_args=())
+def reparameterize_kl_backward(
+    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int,
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`reparameterize_kl` with respect to mu and logvar; eps is regenerated."""
+    kernels = _kernels(mu.device)
+    dtype = _compute_dtype(kernels, mu.dtype)
+    grad_mu, grad_logvar = kernels.reparameterize_kl_backward(
+        _prepared(grad_z, dtype), _prepared(grad_kl, dtype), _prepared(grad_log_q, dtype),
+        _prepared(grad_log_p, dtype), _prepared(mu, dtype), _prepared(logvar, dtype),
+        _prepared(eps, dtype), _seed_value(seed), samples,
+    )
+    return _restored((grad_mu, grad_logvar), mu.dtype)
+
+
+@reparameterize_kl_backward.register_fake
+def _(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, samples):
+    return torch.empty_like(mu), torch.empty_like(logvar)
+
+
+def _reparameterize_kl_setup(ctx, inputs, output):
+    mu, logvar, seed, eps, samples, _ = inputs
+    ctx.save_for_backward(mu, logvar, seed, eps)
+    ctx.samples = samples
+    ctx.set_materialize_grads(False)
+
+
+def _reparameterize_kl_grad(ctx, grad_z, grad_kl, grad_log_q, grad_log_p):
+    if all(g is None for g in (grad_z, grad_kl, grad_log_q, grad_log_p)):
+        return None, None, None, None, None, None
+    mu, logvar, seed, eps = ctx.saved_tensors
+    grad_mu, grad_logvar = reparameterize_kl_backward(
+        grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, ctx.samples
+    )
+    return grad_mu, grad_logvar, None, None, None, None
+
+
+reparameterize_kl.register_autograd(_reparameterize_kl_grad, setup_context=_reparameterize_kl_setup)
+
+
+# --- analytic KL ------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastaevb::gaussian_kl", mutates_args=())
+def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Appendix B: ``scale * 0.5 * sum_j (mu^2 + exp(logvar) - 1 - logvar)`` per row ('rows') or in
+    total ('total'); with ``with_grad`` also ``scale * mu`` and ``scale * 0.5 * (exp(logvar) - 1)``."""
+    kernels = _kernels(mu.device)
+    dtype = _compute_dtype(kernels, mu.dtype)
+    outputs = kernels.gaussian_kl_forward(_prepared(mu, dtype), _prepared(logvar, dtype), reduce, scale, with_grad)
+    return _restored(outputs, mu.dtype)
+
+
+@gaussian_kl.register_fake
+def _(mu, logvar, reduce, scale, with_grad):
+    return _reduced_like(mu, reduce), _grad_like(mu, with_grad), _grad_like(logvar, with_grad)
+
+
+@torch.library.custom_op("fastaevb::gaussian_kl_backward", mutates_args=())
+def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, Tensor]:
+    """``grad_out * scale * (mu, 0.5 * (exp(logvar) - 1))``, grad_out broadcast over each row."""
+    kernels = _kernels(mu.device)
+    dtype = _compute_dtype(kernels, mu.dtype)
+    outputs = kernels.gaussian_kl_backward(
+        _prepared(grad_out, dtype), _prepared(mu, dtype), _prepared(logvar, dtype), reduce, scale
+    )
+    return _restored(outputs, mu.dtype)
+
+
+@gaussian_kl_backward.register_fake
+def _(grad_out, mu, logvar, reduce, scale):
+    return torch.empty_like(mu), torch.empty_like(logvar)
+
+
+_register_reduced_autograd(gaussian_kl, gaussian_kl_backward, differentiable=(0, 1))
+
+
+# --- Bernoulli decoder from logits ------------------------------------------------------------
+
+
+@torch.library.custom_op("fastaevb::bernoulli_logits_ll", mutates_args=())
+def bernoulli_logits_ll(logits: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+    """Appendix C.1: ``scale * sum_d (x_d*l_d - softplus(l_d))``; gradient ``scale * (x - sigmoid(l))``.
+
+    ``target`` (float in [0, 1], uint8 or bool) is ``(B, D)`` for logits ``(R, D)``; row r uses
+    target row ``r % B``. Targets outside [0, 1] are flagged by the kernel and raise ValueError.
+    """
+    kernels = _kernels(logits.device)
+    dtype = _compute_dtype(kernels, logits.dtype)
+    outputs = kernels.bernoulli_logits_forward(
+        _prepared(logits, dtype), _prepared_target(target, dtype), reduce, scale, with_grad
+    )
+    return _restored(outputs, logits.dtype)
+
+
+@bernoulli_logits_ll.register_fake
+def _(logits, target, reduce, scale, with_grad):
+    return _reduced_like(logits, reduce), _grad_like(logits, with_grad)
+
+
+@torch.library.custom_op("fastaevb::bernoulli_logits_ll_backward", mutates_args=())
+def bernoulli_logits_ll_backward(grad_out: Tensor, logits: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
+    """``grad_out * scale * (x - sigmoid(l))``."""
+    kernels = _kernels(logits.device)
+    dtype = _compute_dtype(kernels, logits.dtype)
+    grad = kernels.bernoulli_logits_backward(
+        _prepared(grad_out, dtype), _prepared(logits, dtype), _prepared_target(target, dtype), reduce, scale
+    )
+    return grad.to(logits.dtype)
+
+
+@bernoulli_logits_ll_backward.register_fake
+def _(grad_out, logits, target, reduce, scale):
+    return torch.empty_like(logits)
+
+
+_register_reduced_autograd(bernoulli_logits_ll, lambda *a: (bernoulli_logits_ll_backward(*a),), differentiable=(0,))
+
+
+# --- Bernoulli decoder from probabilities -----------------------------------------------------
+
+
+@torch.library.custom_op("fastaevb::bernoulli_probs_ll", mutates_args=())
+def bernoulli_probs_ll(probs: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+    """Appendix C.1 as ``-F.binary_cross_entropy``: ``scale * sum_d (x*max(log p, -100) +
+    (1-x)*max(log(1-p), -100))``; gradient ``scale * (x - p) / max(p*(1-p), 1e-12)``.
+
+    Probabilities or targets outside [0, 1] are flagged by the kernel and raise ValueError.
+    """
+    kernels = _kernels(probs.device)
+    dtype = _compute_dtype(kernels, probs.dtype)
+    outputs = kernels.bernoulli_probs_forward(
+        _prepared(probs, dtype), _prepared_target(target, dtype), reduce, scale, with_grad
+    )
+    return _restored(outputs, probs.dtype)
+
+
+@bernoulli_probs_ll.register_fake
+def _(probs, target, reduce, scale, with_grad):
+    return _reduced_like(probs, reduce), _grad_like(probs, with_grad)
+
+
+@torch.library.custom_op("fastaevb::bernoulli_probs_ll_backward", mutates_args=())
+def bernoulli_probs_ll_backward(grad_out: Tensor, probs: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
+    """``grad_out * scale * (x - p) / max(p*(1-p), 1e-12)``."""
+    kernels = _kernels(probs.device)
+    dtype = _compute_dtype(kernels, probs.dtype)
+    grad = kernels.bernoulli_probs_backward(
+        _prepared(grad_out, dtype), _prepared(probs, dtype), _prepared_target(target, dtype), reduce, scale
+    )
+    return grad.to(probs.dtype)
+
+
+@bernoulli_probs_ll_backward.register_fake
+def _(grad_out, probs, target, reduce, scale):
+    return torch.empty_like(probs)
+
+
+_register_reduced_autograd(bernoulli_probs_ll, lambda *a: (bernoulli_probs_ll_backward(*a),), differentiable=(0,))
+
+
+# --- Gaussian decoder -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastaevb::gaussian_ll", mutates_args=())
+def gaussian_ll(
+    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Appendix C.2: ``scale * -0.5 * sum_d (log(2*pi) + v_d + (x_d - m_d)^2 * exp(-v_d))``.
+
+    ``logvar`` is ``mean``'s shape or ``(1,)`` (one shared log-variance). Gradients:
+    ``d/dm = (x - m) exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 exp(-v))`` (summed when shared).
+    """
+    kernels = _kernels(mean.device)
+    dtype = _compute_dtype(kernels, mean.dtype)
+    outputs = kernels.gaussian_forward(
+        _prepared(x, dtype), _prepared(mean, dtype), _prepared(logvar, dtype), reduce, scale, with_grad
+    )
+    return _restored(outputs, mean.dtype)
+
+
+@gaussian_ll.register_fake
+def _(x, mean, logvar, reduce, scale, with_grad):
+    return _reduced_like(mean, reduce), _grad_like(mean, with_grad), _grad_like(logvar, with_grad)
+
+
+@torch.library.custom_op("fastaevb::gaussian_ll_backward", mutates_args=())
+def gaussian_ll_backward(
+    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, Tensor]:
+    """``grad_out * scale * (d/dmean, d/dlogvar)`` of :func:`gaussian_ll`."""
+    kernels = _kernels(mean.device)
+    dtype = _compute_dtype(kernels, mean.dtype)
+    outputs = kernels.gaussian_backward(
+        _prepared(grad_out, dtype), _prepared(x, dtype), _prepared(mean, dtype), _prepared(logvar, dtype),
+        reduce, scale,
+    )
+    return _restored(outputs, mean.dtype)
+
+
+@gaussian_ll_backward.register_fake
+def _(grad_out, x, mean, logvar, reduce, scale):
+    return torch.empty_like(mean), torch.empty_like(logvar)
+
+
+_register_reduced_autograd(gaussian_ll, gaussian_ll_backward, differentiable=(1, 2))

@@ -1,0 +1,84 @@
+"""Analytic KL(q(z|x) || N(0, I)) per row (Appendix B), forward and backward.
+
+Reference (fastaevb/reference.py): ``0.5 * (mu**2 + exp(v) - 1 - v).sum(-1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import math as m
+from ._common import LATENT_TILE, acc_dtype, finish, grid_rows
+
+
+@triton.jit(do_not_specialize=["R", "J"])
+def gaussian_kl_fwd_kernel(
+    mu_ptr, v_ptr, out_ptr, gmu_ptr, gv_ptr,
+    R: tl.int32, J: tl.int32, scale: tl.float64,
+    WITH_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    base = rows.to(tl.int64)[:, None] * J
+    acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+    s = m.scalar_as(scale, acc)
+    for j0 in range(0, J, BLOCK_D):
+        cols = j0 + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < J)[None, :]
+        off = base + cols[None, :]
+        mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
+        acc += tl.where(mask, m.kl_term(mu, v), 0.0)
+        if WITH_GRAD:  # gradient of the scaled total, written in the same pass
+            tl.store(gmu_ptr + off, s * mu, mask=mask)
+            tl.store(gv_ptr + off, s * m.kl_grad_logvar(v), mask=mask)
+    tl.store(out_ptr + rows, s * tl.sum(acc, axis=1), mask=rmask)
+
+
+@triton.jit(do_not_specialize=["go_sr", "R", "J"])
+def gaussian_kl_bwd_kernel(
+    go_ptr, go_sr: tl.int32, mu_ptr, v_ptr, gmu_ptr, gv_ptr,
+    R: tl.int32, J: tl.int32, scale: tl.float64,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    base = rows.to(tl.int64)[:, None] * J
+    # grad_out is (R,) for 'rows' (stride 1) or 0-d for 'total' (stride 0)
+    g = tl.load(go_ptr + rows.to(tl.int64) * go_sr, mask=rmask, other=0.0).to(ACC)
+    g = (g * m.scalar_as(scale, g))[:, None]
+    for j0 in range(0, J, BLOCK_D):
+        cols = j0 + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < J)[None, :]
+        off = base + cols[None, :]
+        mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
+        tl.store(gmu_ptr + off, g * mu, mask=mask)
+        tl.store(gv_ptr + off, g * m.kl_grad_logvar(v), mask=mask)
+
+
+def gaussian_kl_forward(mu, logvar, reduce, scale, with_grad):
+    R, J = mu.shape
+    partial = torch.empty(R, dtype=acc_dtype(mu.dtype), device=mu.device)
+    if with_grad:
+        gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
+    else:
+        gmu = gv = torch.empty(0, dtype=mu.dtype, device=mu.device)
+    if R:
+        gaussian_kl_fwd_kernel[grid_rows(R, LATENT_TILE)](
+            mu, logvar, partial, gmu, gv, R, J, float(scale), WITH_GRAD=bool(with_grad), **LATENT_TILE)
+    return finish(partial, reduce, mu.dtype), gmu, gv
+
+
+def gaussian_kl_backward(grad_out, mu, logvar, reduce, scale):
+    R, J = mu.shape
+    gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
+    if R:
+        go = grad_out.to(mu.dtype).contiguous()
+        gaussian_kl_bwd_kernel[grid_rows(R, LATENT_TILE)](
+            go, 1 if reduce == "rows" else 0, mu, logvar, gmu, gv, R, J, float(scale), **LATENT_TILE)
+    return gmu, gv

@@ -1,0 +1,149 @@
+"""Elementwise formulas shared by every Triton kernel of fastaevb (each written once).
+
+All helpers take values already in the accumulation dtype (float32, or float64 for
+float64 inputs) and return values of that dtype. Python float literals combined with a
+tensor are materialised in the tensor's dtype, so float64 kernels keep full precision.
+
+NaN handling: ``tl.maximum``/``tl.minimum`` may drop NaN on GPU, so every clamp below is
+a ``tl.where`` on a comparison that is False for NaN, which keeps the NaN.
+
+``libdevice.expm1``/``log1p`` are extern calls the interpreter cannot run, so both are
+built here from ``exp``/``log`` with the usual cancellation-free forms.
+"""
+
+import triton
+import triton.language as tl
+
+LOG_2PI: tl.constexpr = 1.8378770664093453  # log(2*pi)
+
+
+@triton.jit
+def scalar_as(s, like):
+    """A runtime float argument (``tl.float64``) as a 0-d value of ``like``'s dtype, exactly.
+
+    Adding to a zero of the target dtype (instead of ``tl.cast``) keeps float64 precision in
+    both the compiled kernel (fp64 argument) and the interpreter (Python float)."""
+    return (tl.zeros([1], like.dtype) + s).to(like.dtype)
+
+
+@triton.jit
+def exp_m1_m_x(v):
+    """``exp(v) - 1 - v`` without cancellation near 0 (Taylor series for |v| < 0.5)."""
+    if v.dtype == tl.float64:
+        # sum_{n>=2} v^n / n!  up to n = 17 (truncation < 1e-19 relative at |v| = 0.5)
+        p = 1.0 / 355687428096000.0
+        p = p * v + 1.0 / 20922789888000.0
+        p = p * v + 1.0 / 1307674368000.0
+        p = p * v + 1.0 / 87178291200.0
+        p = p * v + 1.0 / 6227020800.0
+        p = p * v + 1.0 / 479001600.0
+        p = p * v + 1.0 / 39916800.0
+        p = p * v + 1.0 / 3628800.0
+        p = p * v + 1.0 / 362880.0
+        p = p * v + 1.0 / 40320.0
+        p = p * v + 1.0 / 5040.0
+        p = p * v + 1.0 / 720.0
+        p = p * v + 1.0 / 120.0
+        p = p * v + 1.0 / 24.0
+        p = p * v + 1.0 / 6.0
+        p = p * v + 0.5
+    else:
+        # up to n = 9 (truncation < 3e-9 relative at |v| = 0.5)
+        p = 1.0 / 362880.0
+        p = p * v + 1.0 / 40320.0
+        p = p * v + 1.0 / 5040.0
+        p = p * v + 1.0 / 720.0
+        p = p * v + 1.0 / 120.0
+        p = p * v + 1.0 / 24.0
+        p = p * v + 1.0 / 6.0
+        p = p * v + 0.5
+    small = v * v * p
+    big = tl.exp(v) - 1.0 - v
+    return tl.where(tl.abs(v) < 0.5, small, big)  # NaN -> big -> NaN
+
+
+@triton.jit
+def expm1(v):
+    """``exp(v) - 1``, accurate near 0 (same series as :func:`exp_m1_m_x`)."""
+    return tl.where(tl.abs(v) < 0.5, v + exp_m1_m_x(v), tl.exp(v) - 1.0)
+
+
+@triton.jit
+def log1p(y):
+    """``log(1 + y)`` for y >= -1, accurate near 0 (Goldberg: log(u) * y / (u - 1), u = 1 + y)."""
+    u = 1.0 + y
+    d = u - 1.0
+    return tl.where(d == 0.0, y, tl.log(u) * (y / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def clamp_min_nan(a, lo):
+    """``max(a, lo)`` that keeps NaN (like ``std::max(a, lo)`` in the torch CPU kernels)."""
+    return tl.where(a < lo, lo, a)
+
+
+# ---------------------------------------------------------------------------------------
+# Appendix B: Gaussian KL against N(0, I) and the reparameterised sample
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def kl_term(mu, v):
+    """``0.5 * (mu^2 + exp(v) - 1 - v)``, one KL summand."""
+    return 0.5 * (mu * mu + exp_m1_m_x(v))
+
+
+@triton.jit
+def kl_grad_logvar(v):
+    """``d kl_term / d v = 0.5 * expm1(v)`` (``d / d mu`` is ``mu``)."""
+    return 0.5 * expm1(v)
+
+
+@triton.jit
+def log_normal_std(e):
+    """``-0.5*log(2 pi) - 0.5*e^2``: log N(e; 0, 1) (log p(z) with e = z; log q adds -0.5 v)."""
+    return -0.5 * LOG_2PI - 0.5 * e * e
+
+
+# ---------------------------------------------------------------------------------------
+# Appendix C.1: Bernoulli decoder
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def bernoulli_logits(l, x):
+    """``x*l - softplus(l)`` and its gradient ``x - sigmoid(l)``, both from one ``exp(-|l|)``.
+
+    softplus(l) = max(l, 0) + log1p(exp(-|l|)), so ll = (x - [l > 0]) * l - log1p(t)."""
+    t = tl.exp(-tl.abs(l))
+    pos = l > 0.0
+    ll = (x - tl.where(pos, 1.0, 0.0)) * l - log1p(t)
+    inv = 1.0 / (1.0 + t)
+    sig = tl.where(pos, inv, t * inv)  # NaN l: t is NaN, so sig is NaN
+    return ll, x - sig
+
+
+@triton.jit
+def bernoulli_probs(p, x):
+    """``-binary_cross_entropy(p, x)`` elementwise (logs clamped at -100) and its gradient
+    ``(x - p) / max(p (1 - p), 1e-12)``, NaN-propagating like torch's CPU kernel."""
+    lp = clamp_min_nan(tl.log(p), -100.0)
+    l1p = clamp_min_nan(log1p(-p), -100.0)
+    ll = x * lp + (1.0 - x) * l1p
+    den = clamp_min_nan((1.0 - p) * p, 1e-12)
+    return ll, (x - p) / den
+
+
+@triton.jit
+def out_of_unit_range(v):
+    """1 where ``v < 0`` or ``v > 1`` (NaN is not flagged), else 0, as int32."""
+    return ((v < 0.0) | (v > 1.0)).to(tl.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# Appendix C.2: Gaussian decoder
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def gaussian_ll(x, m, v):
+    """``-0.5 (log 2pi + v + (x-m)^2 exp(-v))`` and its gradients wrt m and v."""
+    r = x - m
+    iv = tl.exp(-v)
+    q = r * r * iv
+    ll = -0.5 * (LOG_2PI + v + q)
+    return ll, r * iv, -0.5 * (1.0 - q)

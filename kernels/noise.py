@@ -1,0 +1,30 @@
+"""The noise stream: ``eps[i] = tl.randn(seed, i)`` for int64 offsets i (design.md section 3).
+
+Reference: ``torch.randn`` has a different stream; the contract is Triton's Philox4x32-10
+(key = seed lo/hi, counter = (i lo32, i hi32, 0, 0)), which the CPU backends reimplement.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import NOISE_BLOCK
+
+
+@triton.jit(do_not_specialize=["seed", "N"])
+def randn_kernel(off_ptr, out_ptr, seed: tl.int64, N: tl.int32, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < N
+    offsets = tl.load(off_ptr + idx, mask=mask, other=0)  # int64: counters past 2**32 use hi word
+    tl.store(out_ptr + idx, tl.randn(seed, offsets), mask=mask)
+
+
+def randn(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    off = offsets.contiguous().view(-1)
+    out = torch.empty(off.shape, dtype=torch.float32, device=off.device)
+    n = off.numel()
+    if n:
+        randn_kernel[(triton.cdiv(n, NOISE_BLOCK),)](off, out, seed, n, BLOCK=NOISE_BLOCK)
+    return out.view(offsets.shape)

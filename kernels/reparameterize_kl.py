@@ -1,0 +1,156 @@
+"""Reparameterised sample (eq. 4) + analytic KL (Appendix B) + importance-weight terms, fused.
+
+Reference (fastaevb/reference.py): ``reparameterize``, ``gaussian_kl``, ``log_q``, ``log_p``.
+eps[l, r, j] = tl.randn(seed, l*R*J + r*J + j) (int64 offsets), never stored: the backward
+kernel regenerates it from the same seed, as in Triton's low-memory-dropout tutorial.
+With an explicit ``eps`` tensor (HAS_EPS) it is read at the same flat index instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import math as m
+from ._common import LATENT_TILE, grid_rows, zero_or
+
+
+@triton.jit
+def _eps(eps_ptr, seed, flat, mask, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
+    if HAS_EPS:
+        return tl.load(eps_ptr + flat, mask=mask, other=0.0).to(ACC)
+    return tl.randn(seed, flat).to(ACC)  # float32 Philox normal, widened for float64
+
+
+@triton.jit(do_not_specialize=["R", "J", "L", "seed"])
+def reparameterize_kl_fwd_kernel(
+    mu_ptr, v_ptr, eps_ptr, z_ptr, kl_ptr, lq_ptr, lp_ptr,
+    R: tl.int32, J: tl.int32, L: tl.int32, seed: tl.int64,
+    HAS_EPS: tl.constexpr, LOG_WEIGHTS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    base = rows.to(tl.int64)[:, None] * J
+    RJ = R.to(tl.int64) * J
+    # KL once per row
+    acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+    for j0 in range(0, J, BLOCK_D):
+        cols = j0 + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < J)[None, :]
+        off = base + cols[None, :]
+        mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
+        acc += tl.where(mask, m.kl_term(mu, v), 0.0)
+    tl.store(kl_ptr + rows, tl.sum(acc, axis=1), mask=rmask)
+    # one pass over J per sample: z, and the log q / log p row sums of that sample
+    for l in range(L):
+        lbase = tl.cast(l, tl.int64) * RJ
+        acc_q = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+        acc_p = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+        for j0 in range(0, J, BLOCK_D):
+            cols = j0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (cols < J)[None, :]
+            off = base + cols[None, :]
+            flat = lbase + off  # i = l*R*J + r*J + j
+            mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
+            v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
+            eps = _eps(eps_ptr, seed, flat, mask, HAS_EPS, ACC)
+            z = mu + tl.exp(0.5 * v) * eps
+            tl.store(z_ptr + flat, z, mask=mask)
+            if LOG_WEIGHTS:
+                acc_q += tl.where(mask, m.log_normal_std(eps) - 0.5 * v, 0.0)
+                acc_p += tl.where(mask, m.log_normal_std(z), 0.0)
+        if LOG_WEIGHTS:
+            lr = tl.cast(l, tl.int64) * R + rows
+            tl.store(lq_ptr + lr, tl.sum(acc_q, axis=1), mask=rmask)
+            tl.store(lp_ptr + lr, tl.sum(acc_p, axis=1), mask=rmask)
+
+
+@triton.jit(do_not_specialize=["gz_s", "glq_s", "glp_s", "gkl_s", "R", "J", "L", "seed"])
+def reparameterize_kl_bwd_kernel(
+    gz_ptr, gz_s: tl.int32, glq_ptr, glq_s: tl.int32, glp_ptr, glp_s: tl.int32,
+    gkl_ptr, gkl_s: tl.int32,
+    mu_ptr, v_ptr, eps_ptr, gmu_ptr, gv_ptr,
+    R: tl.int32, J: tl.int32, L: tl.int32, seed: tl.int64,
+    HAS_EPS: tl.constexpr, NEED_Z: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Absent upstream gradients arrive as a cached zero read with stride 0 (gz_s, ... = 0).
+    # NEED_Z = grad_z or grad_log_p present: only then is eps regenerated.
+    ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    r64 = rows.to(tl.int64)
+    base = r64[:, None] * J
+    RJ = R.to(tl.int64) * J
+    gkl = tl.load(gkl_ptr + r64 * gkl_s, mask=rmask, other=0.0).to(ACC)[:, None]
+    # -0.5 * sum_l grad_log_q[l, r]: d log q / d v = -0.5 per element
+    glq_sum = tl.zeros([BLOCK_R], ACC)
+    for l in range(L):
+        glq_sum += tl.load(glq_ptr + (tl.cast(l, tl.int64) * R + r64) * glq_s, mask=rmask, other=0.0).to(ACC)
+    for j0 in range(0, J, BLOCK_D):
+        cols = j0 + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (cols < J)[None, :]
+        off = base + cols[None, :]
+        mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
+        g_mu = gkl * mu
+        g_v = gkl * m.kl_grad_logvar(v) - 0.5 * glq_sum[:, None]
+        if NEED_Z:
+            sigma = tl.exp(0.5 * v)
+            for l in range(L):
+                lbase = tl.cast(l, tl.int64) * RJ
+                flat = lbase + off
+                eps = _eps(eps_ptr, seed, flat, mask, HAS_EPS, ACC)
+                z = mu + sigma * eps
+                glp = tl.load(glp_ptr + (tl.cast(l, tl.int64) * R + r64) * glp_s, mask=rmask, other=0.0)
+                gz = tl.load(gz_ptr + flat * gz_s, mask=mask, other=0.0).to(ACC)
+                g = gz - glp.to(ACC)[:, None] * z  # d log p / d z = -z
+                g_mu += g
+                g_v += g * (0.5 * eps * sigma)
+        tl.store(gmu_ptr + off, g_mu, mask=mask)
+        tl.store(gv_ptr + off, g_v, mask=mask)
+
+
+def _seed(seed) -> int:
+    return 0 if seed is None else int(seed)  # ignored when eps is given
+
+
+def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights):
+    R, J = mu.shape
+    L = int(samples)
+    dev, dt = mu.device, mu.dtype
+    z = torch.empty(L, R, J, dtype=dt, device=dev)
+    kl = torch.empty(R, dtype=dt, device=dev)
+    shape_w = (L, R) if log_weights else (0,)
+    log_q = torch.empty(shape_w, dtype=dt, device=dev)
+    log_p = torch.empty(shape_w, dtype=dt, device=dev)
+    has_eps = eps is not None
+    if R:
+        reparameterize_kl_fwd_kernel[grid_rows(R, LATENT_TILE)](
+            mu, logvar, eps if has_eps else mu, z, kl, log_q, log_p, R, J, L, _seed(seed),
+            HAS_EPS=has_eps, LOG_WEIGHTS=bool(log_weights), **LATENT_TILE)
+    return z, kl, log_q, log_p
+
+
+def reparameterize_kl_backward(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, eps, seed, samples):
+    R, J = mu.shape
+    L = int(samples)
+    dev, dt = mu.device, mu.dtype
+    gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
+    if R == 0:
+        return gmu, gv
+    need_z = grad_z is not None or grad_log_p is not None
+    gz, gz_s = zero_or(grad_z, L * R * J, dt, dev)
+    glq, glq_s = zero_or(grad_log_q, L * R, dt, dev)
+    glp, glp_s = zero_or(grad_log_p, L * R, dt, dev)
+    gkl, gkl_s = zero_or(grad_kl, R, dt, dev)
+    has_eps = eps is not None
+    reparameterize_kl_bwd_kernel[grid_rows(R, LATENT_TILE)](
+        gz, gz_s, glq, glq_s, glp, glp_s, gkl, gkl_s,
+        mu, logvar, eps if has_eps else mu, gmu, gv, R, J, L, _seed(seed),
+        HAS_EPS=has_eps, NEED_Z=need_z, **LATENT_TILE)
+    return gmu, gv

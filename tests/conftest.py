@@ -1,0 +1,54 @@
+"""Shared fixtures: the backends under test and hypothesis settings.
+
+Without a GPU, Triton kernels run in interpreter mode on CPU tensors. TRITON_INTERPRET must be
+set before triton decorates the kernels, i.e. before ``fastaevb.kernels`` is first imported.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import fastaevb  # noqa: E402
+from fastaevb import _backend  # noqa: E402
+
+settings.register_profile(
+    "fastaevb",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastaevb"))
+
+KERNEL_BACKENDS = [name for name in ("cpp", "numba", "triton") if name in fastaevb.available_backends()]
+ALL_BACKENDS = KERNEL_BACKENDS + ["torch"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_for(backend: str) -> str:
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    """Name of each fused-kernel backend, with that backend selected for the test."""
+    with fastaevb.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    """Every backend including the pure-torch reference, selected for the test."""
+    with fastaevb.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def kernels_of():
+    """The kernel module of a backend name (``docs/backends.md`` entry points)."""
+    return _backend.kernels

@@ -1,0 +1,218 @@
+"""Every op on every backend: values and gradients equal to ``reference.py`` evaluated in float64.
+
+Tolerances (on row sums and on elementwise gradients), chosen from the arithmetic, not tuned:
+- float32: rtol 1e-5 / atol 1e-6. Each element costs a few ulps (~1e-7 relative); a row of
+  D <= 2000 terms accumulated in float32 drifts by about sqrt(D) ulps of the row sum (< 1e-5
+  relative), and the atol covers rows whose sum is near 0 (KL of a collapsed posterior).
+- float64: rtol 1e-10 / atol 1e-12 (the same argument with 2^-52).
+- float16 / bfloat16 inputs (accumulated in float32, result rounded to the input dtype):
+  one rounding of the output, 2^-11 resp. 2^-8 relative, times 2 for headroom.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import device_for
+from fastaevb import functional as F
+from fastaevb import reference
+
+TOLERANCES = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float16: dict(rtol=2 * 2**-11, atol=1e-3),
+    torch.bfloat16: dict(rtol=2 * 2**-8, atol=1e-2),
+}
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def reduce_rows(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
+    return {"none": lambda t: t, "sum": torch.sum, "mean": torch.mean}[reduction](per_row)
+
+
+def non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a strided view (every other element of a wider buffer)."""
+    wide = torch.zeros((*t.shape[:-1], 2 * t.shape[-1]) if t.dim() else (2,), dtype=t.dtype, device=t.device)
+    view = wide[..., ::2] if t.dim() else wide[0]
+    view.copy_(t)
+    return view
+
+
+def make_target(kind: str, shape, gen, device) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen).to(device)
+    if kind == "float":
+        return u
+    return (u > 0.5).to(torch.uint8 if kind == "uint8" else torch.bool)
+
+
+# --- the ops, as (inputs maker, our call, reference call, differentiable input positions) ------
+
+
+def bernoulli_logits_case(gen, lead, event, dtype, target_kind, device):
+    logits = (4 * torch.randn((*lead, *event), generator=gen)).to(device, dtype)
+    x = make_target(target_kind, (lead[-1], *event), gen, device)
+    return [logits, x], (0,), F.bernoulli_log_likelihood, reference.bernoulli_log_likelihood
+
+
+def bernoulli_probs_case(gen, lead, event, dtype, target_kind, device):
+    probs = torch.sigmoid(4 * torch.randn((*lead, *event), generator=gen)).to(device, dtype)
+    x = make_target(target_kind, (lead[-1], *event), gen, device)
+    return [probs, x], (0,), F.bernoulli_probs_log_likelihood, reference.bernoulli_probs_log_likelihood
+
+
+def gaussian_case(gen, lead, event, dtype, target_kind, device, shared=False):
+    x = torch.randn((lead[-1], *event), generator=gen).to(device, dtype)
+    mean = torch.randn((*lead, *event), generator=gen).to(device, dtype)
+    logvar = torch.randn((1,) if shared else (*lead, *event), generator=gen).to(device, dtype)
+    return [x, mean, logvar], (1, 2), F.gaussian_log_likelihood, reference.gaussian_log_likelihood
+
+
+def gaussian_shared_case(*args):
+    return gaussian_case(*args, shared=True)
+
+
+def gaussian_kl_case(gen, lead, event, dtype, target_kind, device):
+    mu = torch.randn((*lead, event[-1]), generator=gen).to(device, dtype)
+    logvar = torch.randn((*lead, event[-1]), generator=gen).to(device, dtype)
+    return [mu, logvar], (0, 1), F.gaussian_kl, reference.gaussian_kl
+
+
+ROW_CASES = {
+    "bernoulli_logits": bernoulli_logits_case,
+    "bernoulli_probs": bernoulli_probs_case,
+    "gaussian": gaussian_case,
+    "gaussian_shared_logvar": gaussian_shared_case,
+    "gaussian_kl": gaussian_kl_case,
+}
+
+
+def to_reference(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().double() if t.dtype.is_floating_point else t
+
+
+def check_against_reference(ours, expected_fn, inputs, differentiable, tol):
+    """Compare values, then vector-Jacobian products for one random cotangent."""
+    ours_in = [t.detach().requires_grad_(i in differentiable) if t.dtype.is_floating_point else t
+               for i, t in enumerate(inputs)]
+    ref_in = [to_reference(t).requires_grad_(i in differentiable) if t.dtype.is_floating_point else t
+              for i, t in enumerate(inputs)]
+    out = ours(*ours_in)
+    expected = expected_fn(*ref_in)
+    torch.testing.assert_close(out.double(), expected, **tol)
+    cotangent = torch.randn(expected.shape, dtype=torch.float64)
+    wrt = [i for i in differentiable]
+    grads = torch.autograd.grad(out, [ours_in[i] for i in wrt], cotangent.to(out), allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, [ref_in[i] for i in wrt], cotangent, allow_unused=True)
+    for i, got, want in zip(wrt, grads, expected_grads):
+        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: f"gradient of input {i}: {m}")
+
+
+shapes = st.tuples(
+    st.sampled_from([(), (2,), (3,)]),                        # leading sample dims
+    st.sampled_from([0, 1, 2, 3, 7, 13]),                     # batch (0, 1, primes)
+    st.sampled_from([(1,), (5,), (3, 4), (31,), (784,)]),     # event shape
+)
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@given(shape=shapes, reduction=st.sampled_from(REDUCTIONS), target_kind=st.sampled_from(["float", "uint8", "bool"]),
+       strided=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_matches_float64_reference(kernel_backend, case, dtype, shape, reduction, target_kind, strided, seed):
+    samples, batch, event = shape
+    gen = torch.Generator().manual_seed(seed)
+    inputs, differentiable, ours, reference_rows = ROW_CASES[case](
+        gen, (*samples, batch), event, dtype, target_kind, device_for(kernel_backend))
+    if strided:
+        inputs = [non_contiguous(t) if t.dtype.is_floating_point else t for t in inputs]
+    check_against_reference(
+        lambda *a: ours(*a, reduction=reduction),
+        lambda *a: reduce_rows(reference_rows(*a), reduction),
+        inputs, differentiable, TOLERANCES[dtype],
+    )
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_half_inputs_accumulate_in_float32(kernel_backend, case, dtype, reduction):
+    gen = torch.Generator().manual_seed(0)
+    inputs, differentiable, ours, reference_rows = ROW_CASES[case](
+        gen, (6,), (257,), dtype, "float", device_for(kernel_backend))
+    if case == "bernoulli_probs":  # keep 1 - p representable: at p == 1 the gradient overflows half
+        inputs[0] = inputs[0].clamp(0.01, 0.99)
+    out = ours(*inputs, reduction=reduction)
+    assert out.dtype == dtype
+    check_against_reference(
+        lambda *a: ours(*a, reduction=reduction),
+        lambda *a: reduce_rows(reference_rows(*a), reduction),
+        inputs, differentiable, TOLERANCES[dtype],
+    )
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_large_batch(kernel_backend, case, reduction):
+    """The paper's MNIST sizes with many rows (exercises the threaded row loop)."""
+    if kernel_backend == "triton" and device_for("triton") == "cpu":
+        pytest.skip("the interpreter is too slow for the large case; small shapes cover triton")
+    gen = torch.Generator().manual_seed(1)
+    inputs, differentiable, ours, reference_rows = ROW_CASES[case](gen, (1000,), (784,), torch.float32, "float", "cpu")
+    check_against_reference(
+        lambda *a: ours(*a, reduction=reduction),
+        lambda *a: reduce_rows(reference_rows(*a), reduction),
+        inputs, differentiable, TOLERANCES[torch.float32],
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@given(samples=st.sampled_from([1, 2, 5]), batch=st.sampled_from([0, 1, 3, 17]), latent=st.sampled_from([1, 2, 20, 33]),
+       strided=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_reparameterize_kl_with_explicit_eps(kernel_backend, dtype, samples, batch, latent, strided, seed):
+    gen = torch.Generator().manual_seed(seed)
+    device = device_for(kernel_backend)
+    mu, logvar = (torch.randn(batch, latent, generator=gen).to(device, dtype) for _ in range(2))
+    eps = torch.randn((samples, batch, latent) if samples > 1 else (batch, latent), generator=gen).to(device, dtype)
+    if strided:
+        mu, logvar = non_contiguous(mu), non_contiguous(logvar)
+
+    def ours(mu, logvar, eps):
+        outputs = F.reparameterize_kl(mu, logvar, samples=samples, eps=eps, return_log_weights=True)
+        return torch.cat([o.reshape(-1) for o in outputs])
+
+    def expected(mu, logvar, eps):
+        z = reference.reparameterize(mu, logvar, eps)
+        outputs = (z, reference.gaussian_kl(mu, logvar), reference.log_q(logvar, eps), reference.log_p(z))
+        return torch.cat([o.reshape(-1) for o in outputs])
+
+    check_against_reference(ours, expected, [mu, logvar, eps], (0, 1), TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_float64(kernel_backend, case, reduction):
+    gen = torch.Generator().manual_seed(2)
+    inputs, differentiable, ours, _ = ROW_CASES[case](gen, (2, 3), (4,), torch.float64, "float",
+                                                      device_for(kernel_backend))
+    if case == "bernoulli_probs":  # finite differences need p away from the clamp at 0 and 1
+        inputs[0] = inputs[0].clamp(0.05, 0.95)
+    free = [t.requires_grad_(i in differentiable) for i, t in enumerate(inputs)]
+
+    def fn(*diff):
+        args = list(free)
+        for i, t in zip(differentiable, diff):
+            args[i] = t
+        return ours(*args, reduction=reduction)
+
+    assert torch.autograd.gradcheck(fn, [free[i] for i in differentiable])
+
+
+def test_reduction_mean_of_empty_batch_is_nan(kernel_backend):
+    logits = torch.zeros(0, 5, device=device_for(kernel_backend))
+    assert math.isnan(F.bernoulli_log_likelihood(logits, torch.zeros(0, 5, device=logits.device), "mean").item())
+    assert F.bernoulli_log_likelihood(logits, torch.zeros(0, 5, device=logits.device), "sum").item() == 0
