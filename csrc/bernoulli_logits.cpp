@@ -13,30 +13,34 @@ int64_t forward(T* out, T* grad, const T* logits, const X* x, int64_t R, int64_t
                 int reduce, double scale, bool with_grad, int nthreads) {
   const T s = static_cast<T>(scale);
   return reduce_rows<T>(R, R * D, reduce, scale, out, nthreads, [&](int64_t r, int64_t& bad) {
+    // Locals, not captures: a loop bound or factor read through the closure may alias the
+    // stores and keeps gcc from vectorizing.
+    const int64_t n = D;
+    const T sc = s;
     const T* l = logits + r * D;
     const X* xr = x + (r % B) * D;
     T acc = 0;
     int nbad = 0;
-    T dl;
     if (reduce == kElements) {
       T* o = out + r * D;
-#pragma omp simd reduction(+ : nbad) private(dl)
-      for (int64_t d = 0; d < D; ++d) {
-        o[d] = s * bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d]), dl);
+#pragma omp simd reduction(+ : nbad)
+      for (int64_t d = 0; d < n; ++d) {
+        o[d] = sc * bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d])).ll;
         nbad += out_of_range(xr[d]);
       }
     } else if (with_grad) {
       T* g = grad + r * D;
-#pragma omp simd reduction(+ : acc, nbad) private(dl)
-      for (int64_t d = 0; d < D; ++d) {
-        acc += bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d]), dl);
-        g[d] = s * dl;
+#pragma omp simd reduction(+ : acc, nbad)
+      for (int64_t d = 0; d < n; ++d) {
+        const LLGrad<T> t = bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d]));
+        acc += t.ll;
+        g[d] = sc * t.dl;
         nbad += out_of_range(xr[d]);
       }
     } else {
-#pragma omp simd reduction(+ : acc, nbad) private(dl)
-      for (int64_t d = 0; d < D; ++d) {
-        acc += bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d]), dl);
+#pragma omp simd reduction(+ : acc, nbad)
+      for (int64_t d = 0; d < n; ++d) {
+        acc += bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d])).ll;
         nbad += out_of_range(xr[d]);
       }
     }
@@ -50,23 +54,24 @@ void backward(T* grad, const T* grad_out, const T* logits, const X* x, int64_t R
               int64_t D, int reduce, double scale, int nthreads) {
   const T s = static_cast<T>(scale);
   parallel_rows(R, R * D, nthreads, [&](int64_t r) {
+    // Locals, not captures: a loop bound or factor read through the closure may alias the
+    // stores and keeps gcc from vectorizing.
+    const int64_t n = D;
+    const T sc = s;
     const T* l = logits + r * D;
     const X* xr = x + (r % B) * D;
     T* g = grad + r * D;
-    T dl;
     if (reduce == kElements) {
       const T* go = grad_out + r * D;
-#pragma omp simd private(dl)
-      for (int64_t d = 0; d < D; ++d) {
-        bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d]), dl);
-        g[d] = (go[d] * s) * dl;
+#pragma omp simd
+      for (int64_t d = 0; d < n; ++d) {
+        g[d] = (go[d] * sc) * bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d])).dl;
       }
     } else {
-      const T gr = row_upstream(grad_out, reduce, r, s);
-#pragma omp simd private(dl)
-      for (int64_t d = 0; d < D; ++d) {
-        bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d]), dl);
-        g[d] = gr * dl;
+      const T gr = row_upstream(grad_out, reduce, r, sc);
+#pragma omp simd
+      for (int64_t d = 0; d < n; ++d) {
+        g[d] = gr * bernoulli_logits_term<T>(l[d], static_cast<T>(xr[d])).dl;
       }
     }
   });

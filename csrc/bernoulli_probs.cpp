@@ -16,6 +16,10 @@ std::pair<int64_t, int64_t> forward(T* out, T* grad, const T* probs, const X* x,
   std::vector<int64_t> bad_p(static_cast<size_t>(R), 0);  // per row: no second reduction var
   const int64_t bad_x = reduce_rows<T>(R, R * D, reduce, scale, out, nthreads,
                                        [&](int64_t r, int64_t& bad) {
+    // Locals, not captures: a loop bound or factor read through the closure may alias the
+    // stores and keeps gcc from vectorizing.
+    const int64_t n = D;
+    const T sc = s;
     const T* p = probs + r * D;
     const X* xr = x + (r % B) * D;
     T acc = 0;
@@ -23,24 +27,24 @@ std::pair<int64_t, int64_t> forward(T* out, T* grad, const T* probs, const X* x,
     if (reduce == kElements) {
       T* o = out + r * D;
 #pragma omp simd reduction(+ : nbad_x, nbad_p)
-      for (int64_t d = 0; d < D; ++d) {
-        o[d] = s * bernoulli_probs_term<T>(p[d], static_cast<T>(xr[d]));
+      for (int64_t d = 0; d < n; ++d) {
+        o[d] = sc * bernoulli_probs_term<T>(p[d], static_cast<T>(xr[d]));
         nbad_p += out_of_range(p[d]);
         nbad_x += out_of_range(xr[d]);
       }
     } else if (with_grad) {
       T* g = grad + r * D;
 #pragma omp simd reduction(+ : acc, nbad_x, nbad_p)
-      for (int64_t d = 0; d < D; ++d) {
+      for (int64_t d = 0; d < n; ++d) {
         const T xv = static_cast<T>(xr[d]);
         acc += bernoulli_probs_term<T>(p[d], xv);
-        g[d] = s * bernoulli_probs_grad<T>(p[d], xv);
+        g[d] = sc * bernoulli_probs_grad<T>(p[d], xv);
         nbad_p += out_of_range(p[d]);
         nbad_x += out_of_range(xr[d]);
       }
     } else {
 #pragma omp simd reduction(+ : acc, nbad_x, nbad_p)
-      for (int64_t d = 0; d < D; ++d) {
+      for (int64_t d = 0; d < n; ++d) {
         acc += bernoulli_probs_term<T>(p[d], static_cast<T>(xr[d]));
         nbad_p += out_of_range(p[d]);
         nbad_x += out_of_range(xr[d]);
@@ -60,18 +64,22 @@ void backward(T* grad, const T* grad_out, const T* probs, const X* x, int64_t R,
               int64_t D, int reduce, double scale, int nthreads) {
   const T s = static_cast<T>(scale);
   parallel_rows(R, R * D, nthreads, [&](int64_t r) {
+    // Locals, not captures: a loop bound or factor read through the closure may alias the
+    // stores and keeps gcc from vectorizing.
+    const int64_t n = D;
+    const T sc = s;
     const T* p = probs + r * D;
     const X* xr = x + (r % B) * D;
     T* g = grad + r * D;
     if (reduce == kElements) {
       const T* go = grad_out + r * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d)
-        g[d] = (go[d] * s) * bernoulli_probs_grad<T>(p[d], static_cast<T>(xr[d]));
+      for (int64_t d = 0; d < n; ++d)
+        g[d] = (go[d] * sc) * bernoulli_probs_grad<T>(p[d], static_cast<T>(xr[d]));
     } else {
-      const T gr = row_upstream(grad_out, reduce, r, s);
+      const T gr = row_upstream(grad_out, reduce, r, sc);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d)
+      for (int64_t d = 0; d < n; ++d)
         g[d] = gr * bernoulli_probs_grad<T>(p[d], static_cast<T>(xr[d]));
     }
   });

@@ -28,22 +28,24 @@ void forward(T* z, T* kl, T* log_q, T* log_p, const T* mu, const T* logvar, cons
   const T half_j_log2pi = static_cast<T>(0.5 * kLog2Pi) * static_cast<T>(J);
   // KL rows go straight into kl (reduce 'rows', scale 1); the loop body also does the samples.
   reduce_rows<T>(R, L * R * J, kRows, 1.0, kl, nthreads, [&](int64_t r, int64_t&) {
+    // Locals, not captures: a loop bound or factor read through the closure may alias the
+    // stores and keeps gcc from vectorizing.
+    const int64_t n = J;
+    const Noise<T> nz = noise;
     const T* m = mu + r * J;
     const T* v = logvar + r * J;
     T acc = 0;
-    T em1;
-#pragma omp simd reduction(+ : acc) private(em1)
-    for (int64_t j = 0; j < J; ++j) acc += kl_term<T>(m[j], v[j], em1);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) acc += kl_term<T>(m[j], v[j]).kl2;
     for (int64_t l = 0; l < L; ++l) {
       const int64_t base = (l * R + r) * J;
       T* zr = z + base;
       T acc_q = 0, acc_p = 0;  // sum_j (v + eps^2), sum_j z^2
-      T sd;
       if (log_weights) {
-#pragma omp simd reduction(+ : acc_q, acc_p) private(sd)
-        for (int64_t j = 0; j < J; ++j) {
-          const T e = noise(base + j);
-          const T zz = reparam<T>(m[j], v[j], e, sd);
+#pragma omp simd reduction(+ : acc_q, acc_p)
+        for (int64_t j = 0; j < n; ++j) {
+          const T e = nz(base + j);
+          const T zz = reparam<T>(m[j], v[j], e).z;
           zr[j] = zz;
           acc_q += v[j] + e * e;
           acc_p += zz * zz;
@@ -51,8 +53,8 @@ void forward(T* z, T* kl, T* log_q, T* log_p, const T* mu, const T* logvar, cons
         log_q[l * R + r] = -half_j_log2pi - T(0.5) * acc_q;
         log_p[l * R + r] = -half_j_log2pi - T(0.5) * acc_p;
       } else {
-#pragma omp simd private(sd)
-        for (int64_t j = 0; j < J; ++j) zr[j] = reparam<T>(m[j], v[j], noise(base + j), sd);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) zr[j] = reparam<T>(m[j], v[j], nz(base + j)).z;
       }
     }
     return T(0.5) * acc;
@@ -69,6 +71,10 @@ void backward(T* grad_mu, T* grad_logvar, const T* grad_z, const T* grad_kl,
               const Noise<T> noise, int64_t L, int64_t R, int64_t J, int nthreads) {
   const bool through_z = grad_z || grad_log_p;  // else eps is not needed at all
   parallel_rows(R, (through_z ? L : 1) * R * J, nthreads, [&](int64_t r) {
+    // Locals, not captures: a loop bound or factor read through the closure may alias the
+    // stores and keeps gcc from vectorizing.
+    const int64_t n = J;
+    const Noise<T> nz = noise;
     const T* m = mu + r * J;
     const T* v = logvar + r * J;
     T* gm = grad_mu + r * J;
@@ -79,26 +85,23 @@ void backward(T* grad_mu, T* grad_logvar, const T* grad_z, const T* grad_kl,
     if (grad_log_q)
       for (int64_t l = 0; l < L; ++l) sum_gq += grad_log_q[l * R + r];
     const T gq_term = T(-0.5) * sum_gq;
-    T em1;
-#pragma omp simd private(em1)
-    for (int64_t j = 0; j < J; ++j) {
-      kl_term<T>(m[j], v[j], em1);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
       gm[j] = gk * m[j];
-      gv[j] = half_gk * em1 + gq_term;
+      gv[j] = half_gk * kl_term<T>(m[j], v[j]).em1 + gq_term;
     }
     if (!through_z) return;
     for (int64_t l = 0; l < L; ++l) {
       const int64_t base = (l * R + r) * J;
       const T gp = grad_log_p ? grad_log_p[l * R + r] : T(0);
       const T* gz = grad_z ? grad_z + base : nullptr;
-      T sd;
-#pragma omp simd private(sd)
-      for (int64_t j = 0; j < J; ++j) {
-        const T e = noise(base + j);
-        const T zz = reparam<T>(m[j], v[j], e, sd);
-        const T g = (gz ? gz[j] : T(0)) - gp * zz;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const T e = nz(base + j);
+        const Sample<T> smp = reparam<T>(m[j], v[j], e);
+        const T g = (gz ? gz[j] : T(0)) - gp * smp.z;
         gm[j] += g;
-        gv[j] += g * (T(0.5) * e * sd);
+        gv[j] += g * (T(0.5) * e * smp.sd);
       }
     }
   });

@@ -89,19 +89,23 @@ template <> inline int out_of_range<uint8_t>(uint8_t v) { return v > 1; }
 // Gaussian KL (Appendix B). Elementwise kl2 = mu^2 + exp(v) - 1 - v (KL = 0.5 * sum kl2),
 // with exp(v) - 1 as expm1(v) so small v keep their digits.
 // dKL/dmu = mu, dKL/dv = 0.5 * expm1(v): kl_term hands back em1 = expm1(v).
+// (Results come back as small structs, never through reference out-parameters: those
+// become address-taken "simd arrays" under `omp simd` and stop gcc from vectorizing.)
 // ---------------------------------------------------------------------------------------
-template <class T> static inline T kl_term(T mu, T v, T& em1) {
-  em1 = std::expm1(v);
-  return mu * mu + (em1 - v);
+template <class T> struct KLTerm { T kl2, em1; };
+template <class T> static inline KLTerm<T> kl_term(T mu, T v) {
+  const T em1 = std::expm1(v);
+  return {mu * mu + (em1 - v), em1};
 }
 
 // ---------------------------------------------------------------------------------------
 // Reparameterization (eq. 4): z = mu + exp(0.5 v) * eps; sd = exp(0.5 v) is returned for
 // the backward term dz/dv = 0.5 * eps * sd.
 // ---------------------------------------------------------------------------------------
-template <class T> static inline T reparam(T mu, T v, T eps, T& sd) {
-  sd = fexp(T(0.5) * v);
-  return mu + sd * eps;
+template <class T> struct Sample { T z, sd; };
+template <class T> static inline Sample<T> reparam(T mu, T v, T eps) {
+  const T sd = fexp(T(0.5) * v);
+  return {mu + sd * eps, sd};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -110,18 +114,18 @@ template <class T> static inline T reparam(T mu, T v, T eps, T& sd) {
 // sigmoid taken from the same e = exp(-|l|). When the caller ignores dl, the division
 // is dead code and disappears after inlining.
 // ---------------------------------------------------------------------------------------
-template <class T> static inline T bernoulli_logits_term(T l, T x, T& dl) {
+template <class T> struct LLGrad { T ll, dl; };
+template <class T> static inline LLGrad<T> bernoulli_logits_term(T l, T x) {
   const T e = fexp(-std::fabs(l));
   const bool pos = l > T(0);
   const T inv = T(1) / (T(1) + e);
-  dl = x - (pos ? inv : e * inv);
-  return (x - (pos ? T(1) : T(0))) * l - log1p_unit(e);
+  return {(x - (pos ? T(1) : T(0))) * l - log1p_unit(e), x - (pos ? inv : e * inv)};
 }
 
 // ---------------------------------------------------------------------------------------
 // Bernoulli decoder from probabilities: exactly -F.binary_cross_entropy (ATen CPU kernel
 // binary_cross_entropy_out_cpu / _backward_out_cpu): logs clamped at -100 with a max that
-// keeps NaN, gradient (x - p) / max(p (1 - p), 1e-12). Uses libm log/log1p (not
+// keeps NaN, gradient (x - p) / max(p (1 - p), 1e-12f). Uses libm log/log1p (not
 // vectorized; the logits form is the fast path).
 // ---------------------------------------------------------------------------------------
 template <class T> static inline T bernoulli_probs_term(T p, T x) {
@@ -130,7 +134,8 @@ template <class T> static inline T bernoulli_probs_term(T p, T x) {
   return x * log_p - (x - T(1)) * log_1mp;
 }
 template <class T> static inline T bernoulli_probs_grad(T p, T x) {
-  return (x - p) / max_keep_nan((T(1) - p) * p, T(1e-12));
+  // ATen's EPSILON is a float constant: for double the floor is double(1e-12f), not 1e-12.
+  return (x - p) / max_keep_nan((T(1) - p) * p, static_cast<T>(1e-12f));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -139,13 +144,12 @@ template <class T> static inline T bernoulli_probs_grad(T p, T x) {
 // dll/dm = (x - m) exp(-v), dll/dv = -0.5 (1 - (x - m)^2 exp(-v)).
 // With one shared log-variance a row needs only sum (x - m)^2: gaussian_log_likelihood.cpp.
 // ---------------------------------------------------------------------------------------
-template <class T> static inline T gaussian_term(T x, T m, T v, T& dm, T& dv) {
+template <class T> struct GaussTerm { T q, dm, dv; };
+template <class T> static inline GaussTerm<T> gaussian_term(T x, T m, T v) {
   const T d = x - m;
   const T iv = fexp(-v);
   const T q = d * d * iv;
-  dm = d * iv;
-  dv = T(-0.5) * (T(1) - q);
-  return v + q;
+  return {v + q, d * iv, T(-0.5) * (T(1) - q)};
 }
 
 }  // namespace fastaevb

@@ -52,16 +52,24 @@ def max_keep_nan(a, lo):
 
 @njit(cache=True, inline="always")
 def kl_term(mu, v):
-    """``(2 * KL term, expm1(v))``: ``mu^2 + exp(v) - 1 - v`` with ``exp(v) - 1`` as ``expm1(v)``.
-    dKL/dmu = mu, dKL/dv = 0.5 * expm1(v)."""
+    """``(mu^2 + exp(v) - 1 - v, dKL/dmu, dKL/dv)`` with ``exp(v) - 1`` as ``expm1(v)``;
+    KL = 0.5 * sum_j of the first, dKL/dmu = mu, dKL/dv = 0.5 * expm1(v). Unused parts are
+    dead code after inlining."""
     em1 = math.expm1(v)
-    return mu * mu + (em1 - v), em1
+    return mu * mu + (em1 - v), mu, as_type(0.5, v) * em1
 
 
 @njit(cache=True, inline="always")
-def std_normal_logpdf(e):
-    """``-0.5 * log(2 pi) - 0.5 * e^2``: the log density of N(0, 1), for log q and log p."""
-    return as_type(-0.5, e) * (as_type(LOG_2PI, e) + e * e)
+def kl_row(term_sum):
+    """KL of a row from the sum of :func:`kl_term` values."""
+    return as_type(0.5, term_sum) * term_sum
+
+
+@njit(cache=True, inline="always")
+def normal_logpdf_std(e, v):
+    """``-0.5 * (log(2 pi) + v + e^2)``: log N(z; mu, exp(v)) at the standardized ``e = (z - mu) /
+    exp(0.5 v)``. log q(z|x) terms are ``(eps, v)``, log p(z) terms ``(z, 0)``."""
+    return as_type(-0.5, e) * (as_type(LOG_2PI, e) + v + e * e)
 
 
 @njit(cache=True, inline="always")
@@ -96,10 +104,15 @@ def bernoulli_probs_term(p, x):
     return x * log_p - (x - as_type(1.0, p)) * log_1mp
 
 
+# ATen's binary_cross_entropy_backward clamps with `constexpr float EPSILON = 1e-12`: float32
+# 1e-12 (9.99999996e-13) even for float64 inputs. Kept bit-identical.
+_BCE_EPSILON = float(np.float32(1e-12))
+
+
 @njit(cache=True, inline="always")
 def bernoulli_probs_grad(p, x):
     """d ll / d p of :func:`bernoulli_probs_term`: ``(x - p) / max((1 - p) * p, 1e-12)`` (ATen)."""
-    return (x - p) / max_keep_nan((as_type(1.0, p) - p) * p, as_type(1e-12, p))
+    return (x - p) / max_keep_nan((as_type(1.0, p) - p) * p, as_type(_BCE_EPSILON, p))
 
 
 # --- Gaussian decoder (Appendix C.2) ----------------------------------------------------------
@@ -123,16 +136,27 @@ def gaussian_row(q_sum, n):
     return as_type(-0.5, q_sum) * (as_type(n * LOG_2PI, q_sum) + q_sum)
 
 
+# One shared log-variance v: a row needs only S2 = sum_d (x_d - m_d)^2 and exp(-v) once;
+# dll/dm = (x - m) exp(-v) is one factor times the difference. dll/dv summed over a row,
+# -0.5 (n - S2 exp(-v)), cancels once the variance fits the data, so S2 is accumulated in
+# float64 (the differences x - m stay in T) and the row values below are float64 formulas.
+
+
+@njit(cache=True, inline="always")
+def gaussian_shared_sq(x, m):
+    """``(x - m, (x - m)^2)`` with the difference in T and its square in float64."""
+    d = x - m
+    d64 = float(d)
+    return d, d64 * d64
+
+
 @njit(cache=True, inline="always")
 def gaussian_shared_row(sq_sum, v, inv_var, n):
-    """Row log-likelihood with one shared log-variance ``v``: ``sq_sum = sum_d (x_d - m_d)^2``."""
-    return gaussian_row(as_type(n, v) * v + sq_sum * inv_var, n)
+    """Row log-likelihood, float64: ``-0.5 * (n (log 2pi + v) + S2 exp(-v))``."""
+    return -0.5 * (n * (LOG_2PI + v) + sq_sum * inv_var)
 
 
 @njit(cache=True, inline="always")
 def gaussian_shared_grad_logvar(sq_sum, inv_var, n):
-    """``sum_d dll/dv = -0.5 * (n - sq_sum * exp(-v))`` for a shared log-variance (float64)."""
+    """Row sum of dll/dv, float64: ``-0.5 * (n - S2 exp(-v))``."""
     return -0.5 * (n - sq_sum * inv_var)
-
-
-_ = np  # numpy is imported for numba's typing of the callers' globals

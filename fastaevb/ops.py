@@ -155,13 +155,15 @@ def _(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, samples):
 
 
 def _reparameterize_kl_setup(ctx, inputs, output):
-    mu, logvar, seed, eps, samples, _ = inputs
+    mu, logvar, seed, eps, samples, log_weights = inputs
     ctx.save_for_backward(mu, logvar, seed, eps)
-    ctx.samples = samples
+    ctx.samples, ctx.log_weights = samples, log_weights
     ctx.set_materialize_grads(False)
 
 
 def _reparameterize_kl_grad(ctx, grad_z, grad_kl, grad_log_q, grad_log_p):
+    if not ctx.log_weights:  # the empty log_q / log_p placeholders may still get (empty) gradients
+        grad_log_q = grad_log_p = None
     if all(g is None for g in (grad_z, grad_kl, grad_log_q, grad_log_p)):
         return None, None, None, None, None, None
     mu, logvar, seed, eps = ctx.saved_tensors

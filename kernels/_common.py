@@ -45,11 +45,13 @@ def target_view(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.uint8) if x.dtype == torch.bool else x
 
 
-def finish(partials: torch.Tensor, reduce: str, dtype: torch.dtype) -> torch.Tensor:
+def finish(partials: torch.Tensor, reduce: str, dtype: torch.dtype, scale: float) -> torch.Tensor:
     """Per-row partial sums (accumulator dtype) -> 'rows' (R,) or 'total' 0-d, in ``dtype``.
 
     'total' sums the row partials in float64 in a fixed order: deterministic, no atomics."""
     if reduce == "total":
+        if partials.numel() == 0:  # no rows: scale * 0, so a 'mean' over nothing is NaN like torch
+            return torch.full((), 0.0 * scale, dtype=dtype, device=partials.device)
         return partials.sum(dtype=torch.float64).to(dtype)
     return partials.to(dtype)
 

@@ -35,9 +35,10 @@ def bernoulli_logits_fwd_kernel(
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = rmask[:, None] & (cols < D)[None, :]
         off = base + cols[None, :]
+        xmask = mask & (rows < B)[:, None]  # count each data value once, not once per sample
         l = tl.load(l_ptr + off, mask=mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + xbase + cols[None, :], mask=mask, other=0).to(ACC)
-        bad += tl.where(mask, m.out_of_unit_range(x), 0)
+        bad += tl.where(xmask, m.out_of_unit_range(x), 0)
         ll, dll = m.bernoulli_logits(l, x)
         if ELEMENTS:
             tl.store(out_ptr + off, s * ll, mask=mask)
@@ -82,20 +83,20 @@ def bernoulli_logits_forward(logits, x, reduce, scale, with_grad):
     out = torch.empty_like(logits) if elements else torch.empty(R, dtype=acc_dtype(logits.dtype), device=logits.device)
     grad = torch.empty_like(logits) if with_grad else torch.empty(0, dtype=logits.dtype, device=logits.device)
     bad = torch.zeros(R, dtype=torch.int32, device=logits.device)
-    if R and D:
+    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
         bernoulli_logits_fwd_kernel[grid_rows(R, DATA_TILE)](
             logits, x, out, grad, bad, R, x.shape[0], D, float(scale),
             ELEMENTS=elements, WITH_GRAD=bool(with_grad), **DATA_TILE)
     # int(): a device sync on GPU (the price of raising from inside the op; one scalar)
     check_range(int(bad.sum()), "target")
-    return (out if elements else finish(out, reduce, logits.dtype)), grad
+    return (out if elements else finish(out, reduce, logits.dtype, scale)), grad
 
 
 def bernoulli_logits_backward(grad_out, logits, x, reduce, scale):
     R, D = logits.shape
     x = target_view(x)
     grad = torch.empty_like(logits)
-    if R and D:
+    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
         go = grad_out.to(logits.dtype).contiguous()
         sr, sd = grad_out_strides(reduce, D)
         bernoulli_logits_bwd_kernel[grid_rows(R, DATA_TILE)](

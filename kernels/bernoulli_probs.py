@@ -36,10 +36,11 @@ def bernoulli_probs_fwd_kernel(
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = rmask[:, None] & (cols < D)[None, :]
         off = base + cols[None, :]
+        xmask = mask & (rows < B)[:, None]  # count each data value once, not once per sample
         p = tl.load(p_ptr + off, mask=mask, other=0.5).to(ACC)
         x = tl.load(x_ptr + xbase + cols[None, :], mask=mask, other=0).to(ACC)
         bad_p += tl.where(mask, m.out_of_unit_range(p), 0)
-        bad_x += tl.where(mask, m.out_of_unit_range(x), 0)
+        bad_x += tl.where(xmask, m.out_of_unit_range(x), 0)
         ll, dll = m.bernoulli_probs(p, x)
         if ELEMENTS:
             tl.store(out_ptr + off, s * ll, mask=mask)
@@ -85,7 +86,7 @@ def bernoulli_probs_forward(probs, x, reduce, scale, with_grad):
     out = torch.empty_like(probs) if elements else torch.empty(R, dtype=acc_dtype(probs.dtype), device=probs.device)
     grad = torch.empty_like(probs) if with_grad else torch.empty(0, dtype=probs.dtype, device=probs.device)
     bad = torch.zeros(2, R, dtype=torch.int32, device=probs.device)
-    if R and D:
+    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
         bernoulli_probs_fwd_kernel[grid_rows(R, DATA_TILE)](
             probs, x, out, grad, bad[0], bad[1], R, x.shape[0], D, float(scale),
             ELEMENTS=elements, WITH_GRAD=bool(with_grad), **DATA_TILE)
@@ -93,14 +94,14 @@ def bernoulli_probs_forward(probs, x, reduce, scale, with_grad):
     bad_p, bad_x = bad.sum(dim=1).tolist()
     check_range(bad_p, "input")
     check_range(bad_x, "target")
-    return (out if elements else finish(out, reduce, probs.dtype)), grad
+    return (out if elements else finish(out, reduce, probs.dtype, scale)), grad
 
 
 def bernoulli_probs_backward(grad_out, probs, x, reduce, scale):
     R, D = probs.shape
     x = target_view(x)
     grad = torch.empty_like(probs)
-    if R and D:
+    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
         go = grad_out.to(probs.dtype).contiguous()
         sr, sd = grad_out_strides(reduce, D)
         bernoulli_probs_bwd_kernel[grid_rows(R, DATA_TILE)](

@@ -67,11 +67,12 @@ def gaussian_kl_forward(mu, logvar, reduce, scale, with_grad):
     if with_grad:
         gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
     else:
-        gmu = gv = torch.empty(0, dtype=mu.dtype, device=mu.device)
+        # two distinct empty tensors: custom-op outputs must not alias each other
+        gmu, gv = (torch.empty(0, dtype=mu.dtype, device=mu.device) for _ in range(2))
     if R:
         gaussian_kl_fwd_kernel[grid_rows(R, LATENT_TILE)](
             mu, logvar, partial, gmu, gv, R, J, float(scale), WITH_GRAD=bool(with_grad), **LATENT_TILE)
-    return finish(partial, reduce, mu.dtype), gmu, gv
+    return finish(partial, reduce, mu.dtype, scale), gmu, gv
 
 
 def gaussian_kl_backward(grad_out, mu, logvar, reduce, scale):

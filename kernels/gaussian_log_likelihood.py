@@ -98,20 +98,18 @@ def gaussian_forward(x, mean, logvar, reduce, scale, with_grad):
     shared = logvar.numel() == 1 and logvar.shape != mean.shape
     acc = acc_dtype(mean.dtype)
     partial = torch.empty(R, dtype=acc, device=mean.device)
-    empty = torch.empty(0, dtype=mean.dtype, device=mean.device)
-    gm, gv = empty, empty
+    # two distinct empty tensors: custom-op outputs must not alias each other
+    gm, gv = (torch.empty(0, dtype=mean.dtype, device=mean.device) for _ in range(2))
     if with_grad:
         gm = torch.empty_like(mean)
         gv = torch.empty(R, dtype=acc, device=mean.device) if shared else torch.empty_like(logvar)
-    if R and D:
+    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
         gaussian_fwd_kernel[grid_rows(R, DATA_TILE)](
             x, mean, logvar, partial, gm, gv, R, x.shape[0], D, float(scale),
             SHARED_V=shared, WITH_GRAD=bool(with_grad), **DATA_TILE)
-    elif with_grad:
-        gm.zero_(), gv.zero_()
     if with_grad and shared:
         gv = _shared_grad(gv, logvar)
-    return finish(partial, reduce, mean.dtype), gm, gv
+    return finish(partial, reduce, mean.dtype, scale), gm, gv
 
 
 def gaussian_backward(grad_out, x, mean, logvar, reduce, scale):
@@ -119,7 +117,7 @@ def gaussian_backward(grad_out, x, mean, logvar, reduce, scale):
     shared = logvar.numel() == 1 and logvar.shape != mean.shape
     gm = torch.empty_like(mean)
     gv = torch.zeros(R, dtype=acc_dtype(mean.dtype), device=mean.device) if shared else torch.empty_like(logvar)
-    if R and D:
+    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
         go = grad_out.to(mean.dtype).contiguous()
         gaussian_bwd_kernel[grid_rows(R, DATA_TILE)](
             go, 1 if reduce == "rows" else 0, x, mean, logvar, gm, gv, R, x.shape[0], D, float(scale),

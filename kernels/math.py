@@ -14,7 +14,10 @@ built here from ``exp``/``log`` with the usual cancellation-free forms.
 import triton
 import triton.language as tl
 
-LOG_2PI: tl.constexpr = 1.8378770664093453  # log(2*pi)
+LOG_2PI = tl.constexpr(1.8378770664093453)  # log(2*pi)
+# torch's binary_cross_entropy backward clamps p(1-p) at EPSILON = 1e-12 stored as a float32
+# (9.99999996e-13); the float64 reference gradient carries that value, so we use it too.
+BCE_EPS = tl.constexpr(9.999999960041972e-13)
 
 
 @triton.jit
@@ -77,7 +80,7 @@ def log1p(y):
 
 
 @triton.jit
-def clamp_min_nan(a, lo):
+def clamp_min_nan(a, lo: tl.constexpr):
     """``max(a, lo)`` that keeps NaN (like ``std::max(a, lo)`` in the torch CPU kernels)."""
     return tl.where(a < lo, lo, a)
 
@@ -122,11 +125,11 @@ def bernoulli_logits(l, x):
 @triton.jit
 def bernoulli_probs(p, x):
     """``-binary_cross_entropy(p, x)`` elementwise (logs clamped at -100) and its gradient
-    ``(x - p) / max(p (1 - p), 1e-12)``, NaN-propagating like torch's CPU kernel."""
+    ``(x - p) / max(p (1 - p), 1e-12)`` (1e-12 as float32, see BCE_EPS), NaN-propagating like torch's CPU kernel."""
     lp = clamp_min_nan(tl.log(p), -100.0)
     l1p = clamp_min_nan(log1p(-p), -100.0)
     ll = x * lp + (1.0 - x) * l1p
-    den = clamp_min_nan((1.0 - p) * p, 1e-12)
+    den = clamp_min_nan((1.0 - p) * p, BCE_EPS)
     return ll, (x - p) / den
 
 

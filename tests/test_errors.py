@@ -11,7 +11,7 @@ from fastaevb import functional as F
 
 
 def t(*shape, dtype=torch.float32, device="cpu"):
-    return torch.rand(*shape, dtype=dtype, device=device)
+    return torch.rand(shape, dtype=dtype, device=device)
 
 
 METADATA_ERRORS = {

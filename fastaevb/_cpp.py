@@ -1,0 +1,264 @@
+"""C++ / OpenMP CPU backend: the entry points of ``docs/backends.md`` over ``fastaevb._C``.
+
+Each function allocates its outputs with torch, hands raw data pointers, sizes and dtype
+codes to the extension (which releases the GIL and runs ``torch.get_num_threads()``
+OpenMP threads), and turns the out-of-range counts the kernel returns into
+:func:`fastaevb._errors.check_range` errors. No math happens here.
+
+Inputs are assumed contiguous, on the CPU, float32/float64 (``ops.py`` guarantees it);
+upstream gradients are made contiguous here because autograd may hand in expanded ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _C
+from ._errors import check_range
+
+__all__ = [
+    "DTYPES",
+    "randn",
+    "reparameterize_kl_forward",
+    "reparameterize_kl_backward",
+    "gaussian_kl_forward",
+    "gaussian_kl_backward",
+    "bernoulli_logits_forward",
+    "bernoulli_logits_backward",
+    "bernoulli_probs_forward",
+    "bernoulli_probs_backward",
+    "gaussian_forward",
+    "gaussian_backward",
+]
+
+DTYPES = (torch.float32, torch.float64)
+
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
+_REDUCE_CODE = {"elements": _C.REDUCE_ELEMENTS, "rows": _C.REDUCE_ROWS, "total": _C.REDUCE_TOTAL}
+_U64 = (1 << 64) - 1
+_num_threads = torch.get_num_threads
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _contig(t: Tensor | None) -> Tensor | None:
+    # Keep the result referenced until the kernel returns: its pointer is all _C gets.
+    return None if t is None else t.contiguous()
+
+
+def _reduced(rows: int, reduce: str, like: Tensor) -> Tensor:
+    shape = () if reduce == "total" else (rows,)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def _grad_slot(like: Tensor, with_grad: bool) -> Tensor:
+    return torch.empty_like(like) if with_grad else like.new_empty(0)
+
+
+def _target(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, int]:
+    """Targets go in as the input's float type (code 0) or as bytes (uint8 / bool, code 1)."""
+    if x.dtype == dtype:
+        return x, 0
+    if x.dtype == torch.uint8 or x.dtype == torch.bool:
+        return x, 1
+    return x.to(dtype), 0
+
+
+# --------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------
+
+
+def randn(seed: int, offsets: Tensor) -> Tensor:
+    """``triton.language.randn(seed, offsets)`` on the CPU: float32, shape of ``offsets``."""
+    offsets = offsets.to(torch.int64).contiguous()
+    out = torch.empty(offsets.shape, dtype=torch.float32)
+    _C.randn(out.data_ptr(), offsets.data_ptr(), offsets.numel(), int(seed) & _U64, _num_threads())
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Reparameterization + KL
+# --------------------------------------------------------------------------------------
+
+
+def reparameterize_kl_forward(
+    mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: int, samples: int, log_weights: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    R, J = mu.shape
+    z = mu.new_empty((samples, R, J))
+    kl = mu.new_empty((R,))
+    weight_shape = (samples, R) if log_weights else (0,)
+    log_q = mu.new_empty(weight_shape)
+    log_p = mu.new_empty(weight_shape)
+    _C.reparameterize_kl_forward(
+        z.data_ptr(), kl.data_ptr(), log_q.data_ptr(), log_p.data_ptr(),
+        mu.data_ptr(), logvar.data_ptr(), _ptr(eps), int(seed) & _U64,
+        samples, R, J, bool(log_weights), _DTYPE_CODE[mu.dtype], _num_threads(),
+    )  # fmt: skip
+    return z, kl, log_q, log_p
+
+
+def reparameterize_kl_backward(
+    grad_z: Tensor | None,
+    grad_kl: Tensor | None,
+    grad_log_q: Tensor | None,
+    grad_log_p: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Tensor | None,
+    seed: int,
+    samples: int,
+) -> tuple[Tensor, Tensor]:
+    R, J = mu.shape
+    grad_z, grad_kl = _contig(grad_z), _contig(grad_kl)
+    grad_log_q, grad_log_p = _contig(grad_log_q), _contig(grad_log_p)
+    grad_mu = torch.empty_like(mu)
+    grad_logvar = torch.empty_like(logvar)
+    _C.reparameterize_kl_backward(
+        grad_mu.data_ptr(), grad_logvar.data_ptr(),
+        _ptr(grad_z), _ptr(grad_kl), _ptr(grad_log_q), _ptr(grad_log_p),
+        mu.data_ptr(), logvar.data_ptr(), _ptr(eps), int(seed) & _U64,
+        samples, R, J, _DTYPE_CODE[mu.dtype], _num_threads(),
+    )  # fmt: skip
+    return grad_mu, grad_logvar
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian KL
+# --------------------------------------------------------------------------------------
+
+
+def gaussian_kl_forward(
+    mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    R, J = mu.shape
+    out = _reduced(R, reduce, mu)
+    grad_mu = _grad_slot(mu, with_grad)
+    grad_logvar = _grad_slot(logvar, with_grad)
+    _C.gaussian_kl_forward(
+        out.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(), mu.data_ptr(),
+        logvar.data_ptr(), R, J, _REDUCE_CODE[reduce], float(scale), bool(with_grad),
+        _DTYPE_CODE[mu.dtype], _num_threads(),
+    )  # fmt: skip
+    return out, grad_mu, grad_logvar
+
+
+def gaussian_kl_backward(
+    grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, Tensor]:
+    grad_out = grad_out.contiguous()
+    R, J = mu.shape
+    grad_mu = torch.empty_like(mu)
+    grad_logvar = torch.empty_like(logvar)
+    _C.gaussian_kl_backward(
+        grad_mu.data_ptr(), grad_logvar.data_ptr(), grad_out.data_ptr(), mu.data_ptr(),
+        logvar.data_ptr(), R, J, _REDUCE_CODE[reduce], float(scale),
+        _DTYPE_CODE[mu.dtype], _num_threads(),
+    )  # fmt: skip
+    return grad_mu, grad_logvar
+
+
+# --------------------------------------------------------------------------------------
+# Bernoulli decoder
+# --------------------------------------------------------------------------------------
+
+
+def bernoulli_logits_forward(
+    logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor]:
+    R, D = logits.shape
+    x, xtype = _target(x, logits.dtype)
+    out = torch.empty_like(logits) if reduce == "elements" else _reduced(R, reduce, logits)
+    grad = _grad_slot(logits, with_grad)
+    bad_x = _C.bernoulli_logits_forward(
+        out.data_ptr(), grad.data_ptr(), logits.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[logits.dtype], xtype,
+        _num_threads(),
+    )  # fmt: skip
+    check_range(bad_x, "target")
+    return out, grad
+
+
+def bernoulli_logits_backward(
+    grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float
+) -> Tensor:
+    grad_out = grad_out.contiguous()
+    R, D = logits.shape
+    x, xtype = _target(x, logits.dtype)
+    grad = torch.empty_like(logits)
+    _C.bernoulli_logits_backward(
+        grad.data_ptr(), grad_out.data_ptr(), logits.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[logits.dtype], xtype, _num_threads(),
+    )  # fmt: skip
+    return grad
+
+
+def bernoulli_probs_forward(
+    probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor]:
+    R, D = probs.shape
+    x, xtype = _target(x, probs.dtype)
+    out = torch.empty_like(probs) if reduce == "elements" else _reduced(R, reduce, probs)
+    grad = _grad_slot(probs, with_grad)
+    bad_p, bad_x = _C.bernoulli_probs_forward(
+        out.data_ptr(), grad.data_ptr(), probs.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[probs.dtype], xtype,
+        _num_threads(),
+    )  # fmt: skip
+    check_range(bad_p, "input")
+    check_range(bad_x, "target")
+    return out, grad
+
+
+def bernoulli_probs_backward(
+    grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float
+) -> Tensor:
+    grad_out = grad_out.contiguous()
+    R, D = probs.shape
+    x, xtype = _target(x, probs.dtype)
+    grad = torch.empty_like(probs)
+    _C.bernoulli_probs_backward(
+        grad.data_ptr(), grad_out.data_ptr(), probs.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[probs.dtype], xtype, _num_threads(),
+    )  # fmt: skip
+    return grad
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian decoder
+# --------------------------------------------------------------------------------------
+
+
+def gaussian_forward(
+    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    R, D = mean.shape
+    out = _reduced(R, reduce, mean)
+    grad_mean = _grad_slot(mean, with_grad)
+    grad_logvar = _grad_slot(logvar, with_grad)
+    _C.gaussian_forward(
+        out.data_ptr(), grad_mean.data_ptr(), grad_logvar.data_ptr(), x.data_ptr(),
+        mean.data_ptr(), logvar.data_ptr(), R, x.shape[0], D, logvar.numel() == 1,
+        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[mean.dtype],
+        _num_threads(),
+    )  # fmt: skip
+    return out, grad_mean, grad_logvar
+
+
+def gaussian_backward(
+    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, Tensor]:
+    grad_out = grad_out.contiguous()
+    R, D = mean.shape
+    grad_mean = torch.empty_like(mean)
+    grad_logvar = torch.empty_like(logvar)
+    _C.gaussian_backward(
+        grad_mean.data_ptr(), grad_logvar.data_ptr(), grad_out.data_ptr(), x.data_ptr(),
+        mean.data_ptr(), logvar.data_ptr(), R, x.shape[0], D, logvar.numel() == 1,
+        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[mean.dtype], _num_threads(),
+    )  # fmt: skip
+    return grad_mean, grad_logvar

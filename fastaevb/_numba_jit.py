@@ -1,0 +1,67 @@
+"""The ``kernel`` decorator of the numba backend: ``njit`` with an on-disk cache that knows all
+the backend's sources.
+
+numba's ``cache=True`` keys a cached function on the hash of *its own* source file only. The
+kernels inline helpers from ``_numba_math`` and ``_numba_philox``, so after an edit of a
+helper (or an upgrade of fastaevb that leaves old ``__pycache__/*.nbi`` files behind) plain
+``cache=True`` would silently load stale machine code. Here the cache index is stamped with
+the hash of every backend source file as well, so any change recompiles.
+
+Only public extension points of numba's caching are subclassed (the locator classes a
+``CacheImpl`` tries, and ``get_source_stamp``); the cache is attached the way
+``Dispatcher.enable_caching`` does it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from numba import njit
+from numba.core.caching import CompileResultCacheImpl, FunctionCache
+from numba.core.dispatcher import Dispatcher
+
+_SOURCES = ("_numba_jit.py", "_numba_math.py", "_numba_philox.py", "_numba_kernels.py")
+
+
+def _sources_digest() -> str:
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
+_DIGEST = _sources_digest()
+
+
+def _stamped(locator: type) -> type:
+    """``locator`` whose source stamp also covers every backend source file."""
+
+    def get_source_stamp(self):
+        return (locator.get_source_stamp(self), _DIGEST)
+
+    return type(f"FastaevbStamped{locator.__name__}", (locator,), {"get_source_stamp": get_source_stamp})
+
+
+class _CacheImpl(CompileResultCacheImpl):
+    _locator_classes = [_stamped(cls) for cls in CompileResultCacheImpl._locator_classes]
+
+
+class _Cache(FunctionCache):
+    _impl_class = _CacheImpl
+
+
+def kernel(**options):
+    """``njit(cache=True, fastmath=False, **options)`` with the backend-wide cache stamp."""
+
+    def decorate(func):
+        dispatcher = njit(cache=False, fastmath=False, **options)(func)
+        if isinstance(dispatcher, Dispatcher):  # not under NUMBA_DISABLE_JIT
+            try:
+                dispatcher._cache = _Cache(func)
+            except RuntimeError:  # no writable cache directory: compile every run
+                pass
+        return dispatcher
+
+    return decorate

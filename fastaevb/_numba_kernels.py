@@ -1,0 +1,386 @@
+"""The fused SGVB kernels of the numba backend: one ``prange`` over rows per step.
+
+Calling convention (``fastaevb/_numba.py`` is the only caller): numpy views of contiguous
+torch tensors. Inputs are 2-D ``(rows, columns)``; an output whose shape depends on
+``reduce`` or ``with_grad`` is a flat 1-D array, so 'elements' / 'rows' / 'total' (and an
+empty, not requested gradient) share one compiled specialization. An absent optional
+input is an empty array of the same type plus a ``has_*`` flag, so ``None`` adds no
+specialization either. ``reduce`` is ELEMENTS / ROWS / TOTAL, ``scale`` a float64,
+``with_grad`` / ``has_*`` / ``log_weights`` booleans, ``seed`` a uint64.
+
+Rows accumulate in the float type T of the input; 'total' keeps every row sum in T and adds
+them in float64 in row order after the parallel loop, so the result does not depend on the
+thread count. The elementwise math is in ``_numba_math``, the noise in ``_numba_philox``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._numba_math import (
+    as_type,
+    bernoulli_logits_term,
+    bernoulli_probs_grad,
+    bernoulli_probs_term,
+    gaussian_row,
+    gaussian_shared_grad_logvar,
+    gaussian_shared_row,
+    gaussian_shared_sq,
+    gaussian_term,
+    kl_row,
+    kl_term,
+    normal_logpdf_std,
+    out_of_range,
+    reparam_sd,
+)
+from ._numba_jit import kernel
+from ._numba_philox import randn as philox_randn
+
+ELEMENTS, ROWS, TOTAL = 0, 1, 2
+
+
+# --- row reduction driver ---------------------------------------------------------------------
+
+
+@kernel(inline="always")
+def _row_sums(out, rows, reduce):
+    """Where row r's scaled sum goes: ``out`` itself for 'rows', a scratch row buffer otherwise."""
+    return out if reduce == ROWS else np.empty(rows if reduce == TOTAL else 0, out.dtype)
+
+
+@kernel(inline="always")
+def _row_scale(scale, reduce, like):
+    """Factor applied to a row sum when it is stored: ``scale`` for 'rows', 1 for 'total'
+    (scaled once, in float64, by :func:`_finish_total`)."""
+    return as_type(scale if reduce == ROWS else 1.0, like)
+
+
+@kernel()
+def _finish_total(sums, scale, reduce, out):
+    """'total': ``out[0] = scale * sum_r sums[r]``, the row sums added in float64 in row order."""
+    if reduce == TOTAL:
+        total = 0.0
+        for r in range(sums.shape[0]):
+            total += sums[r]
+        out[0] = as_type(scale * total, out)
+
+
+@kernel(inline="always")
+def _grad_weight(grad_out, reduce, scale, r, columns, c):
+    """The incoming gradient of element (r, c) times ``scale``, for any reduce mode."""
+    if reduce == ELEMENTS:
+        g = grad_out[r * columns + c]
+    elif reduce == ROWS:
+        g = grad_out[r]
+    else:
+        g = grad_out[0]
+    return g * as_type(scale, grad_out)
+
+
+# --- noise ------------------------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def randn(out, offsets, seed):
+    """``out[i] = tl.randn(seed, offsets[i])`` (float32)."""
+    for i in prange(offsets.shape[0]):
+        out[i] = philox_randn(seed, offsets[i])
+
+
+@kernel(inline="always")
+def _eps(eps, has_eps, seed, i, like):
+    """eps at flat index ``i`` of the (L, R, J) sample tensor: given, or regenerated from Philox."""
+    return eps[i] if has_eps else as_type(philox_randn(seed, i), like)
+
+
+# --- reparameterize + KL ----------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, seed, samples, log_weights):
+    """z (L*R*J,), kl (R,), log_q / log_p (L*R,) when ``log_weights``; eps flat (L*R*J,) if given."""
+    rows, latent = mu.shape
+    zero = as_type(0.0, mu)
+    for r in prange(rows):
+        if log_weights:
+            for l in range(samples):
+                log_q[l * rows + r] = zero
+                log_p[l * rows + r] = zero
+        kl_sum = zero
+        for j in range(latent):
+            m = mu[r, j]
+            v = logvar[r, j]
+            term, _, _ = kl_term(m, v)
+            kl_sum += term
+            sd = reparam_sd(v)
+            for l in range(samples):
+                i = (l * rows + r) * latent + j
+                e = _eps(eps, has_eps, seed, i, m)
+                zl = m + sd * e
+                z[i] = zl
+                if log_weights:
+                    log_q[l * rows + r] += normal_logpdf_std(e, v)
+                    log_p[l * rows + r] += normal_logpdf_std(zl, zero)
+        kl[r] = kl_row(kl_sum)
+
+
+@kernel(parallel=True)
+def reparameterize_kl_backward(
+    grad_mu, grad_logvar, grad_z, has_grad_z, grad_kl, has_grad_kl, grad_log_q, has_grad_log_q,
+    grad_log_p, has_grad_log_p, mu, logvar, eps, has_eps, seed, samples,
+):
+    """grad_mu, grad_logvar (R, J) from any subset of grad_z (L*R*J,), grad_kl (R,),
+    grad_log_q / grad_log_p (L*R,); z and eps are recomputed, never read back."""
+    rows, latent = mu.shape
+    zero = as_type(0.0, mu)
+    half = as_type(0.5, mu)
+    through_z = has_grad_z or has_grad_log_p
+    for r in prange(rows):
+        g_kl = grad_kl[r] if has_grad_kl else zero
+        g_q = zero  # sum_l grad_log_q[l, r]: d log q / d v = -0.5 per element and sample
+        if has_grad_log_q:
+            for l in range(samples):
+                g_q += grad_log_q[l * rows + r]
+        for j in range(latent):
+            m = mu[r, j]
+            v = logvar[r, j]
+            g_m = zero  # sum_l g_zl
+            g_v = zero  # sum_l g_zl * eps_l
+            if through_z:
+                sd = reparam_sd(v)
+                for l in range(samples):
+                    i = (l * rows + r) * latent + j
+                    e = _eps(eps, has_eps, seed, i, m)
+                    g = grad_z[i] if has_grad_z else zero
+                    if has_grad_log_p:  # d log p / d z = -z
+                        g -= grad_log_p[l * rows + r] * (m + sd * e)
+                    g_m += g
+                    g_v += g * e
+                g_v = g_v * half * sd  # dz/dv = 0.5 * eps * sd
+            if has_grad_kl:
+                _, d_mu, d_v = kl_term(m, v)
+                g_m += g_kl * d_mu
+                g_v += g_kl * d_v
+            grad_mu[r, j] = g_m
+            grad_logvar[r, j] = g_v - half * g_q
+
+
+# --- analytic KL ------------------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def gaussian_kl_forward(out, grad_mu, grad_logvar, mu, logvar, reduce, scale, with_grad):
+    """out (R,) or (1,); with_grad: grad_mu, grad_logvar flat (R*J,) of the scaled total."""
+    rows, latent = mu.shape
+    sums = _row_sums(out, rows, reduce)
+    row_scale = _row_scale(scale, reduce, mu)
+    g_scale = as_type(scale, mu)
+    for r in prange(rows):
+        s = as_type(0.0, mu)
+        for j in range(latent):
+            term, d_mu, d_v = kl_term(mu[r, j], logvar[r, j])
+            s += term
+            if with_grad:
+                grad_mu[r * latent + j] = g_scale * d_mu
+                grad_logvar[r * latent + j] = g_scale * d_v
+        sums[r] = row_scale * kl_row(s)
+    _finish_total(sums, scale, reduce, out)
+
+
+@kernel(parallel=True)
+def gaussian_kl_backward(grad_mu, grad_logvar, grad_out, mu, logvar, reduce, scale):
+    """grad_out (R,) or (1,) -> grad_mu, grad_logvar (R, J)."""
+    rows, latent = mu.shape
+    for r in prange(rows):
+        w = _grad_weight(grad_out, reduce, scale, r, latent, 0)
+        for j in range(latent):
+            _, d_mu, d_v = kl_term(mu[r, j], logvar[r, j])
+            grad_mu[r, j] = w * d_mu
+            grad_logvar[r, j] = w * d_v
+
+
+# --- Bernoulli decoder ------------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def bernoulli_logits_forward(out, grad, logits, x, reduce, scale, with_grad):
+    """out (R*D,) / (R,) / (1,); grad (R*D,) when with_grad. Returns the out-of-range target count
+    (each data row counted once, on its first use r < B)."""
+    rows, cols = logits.shape
+    batch = x.shape[0]
+    sums = _row_sums(out, rows, reduce)
+    row_scale = _row_scale(scale, reduce, logits)
+    v_scale = as_type(scale, logits)
+    bad = 0
+    for r in prange(rows):
+        b = r % batch
+        first = r < batch
+        s = as_type(0.0, logits)
+        row_bad = 0
+        for c in range(cols):
+            xv = x[b, c]
+            if first:
+                row_bad += out_of_range(xv)
+            ll, dl = bernoulli_logits_term(logits[r, c], as_type(xv, logits))
+            s += ll
+            if reduce == ELEMENTS:
+                out[r * cols + c] = v_scale * ll
+            if with_grad:
+                grad[r * cols + c] = v_scale * dl
+        if reduce != ELEMENTS:
+            sums[r] = row_scale * s
+        bad += row_bad
+    _finish_total(sums, scale, reduce, out)
+    return bad
+
+
+@kernel(parallel=True)
+def bernoulli_logits_backward(grad, grad_out, logits, x, reduce, scale):
+    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * (x - sigmoid(l))."""
+    rows, cols = logits.shape
+    batch = x.shape[0]
+    for r in prange(rows):
+        b = r % batch
+        for c in range(cols):
+            _, dl = bernoulli_logits_term(logits[r, c], as_type(x[b, c], logits))
+            grad[r, c] = _grad_weight(grad_out, reduce, scale, r, cols, c) * dl
+
+
+@kernel(parallel=True)
+def bernoulli_probs_forward(out, grad, probs, x, reduce, scale, with_grad):
+    """As :func:`bernoulli_logits_forward` for probabilities (``-F.binary_cross_entropy``).
+    Returns (out-of-range probs, out-of-range targets)."""
+    rows, cols = probs.shape
+    batch = x.shape[0]
+    sums = _row_sums(out, rows, reduce)
+    row_scale = _row_scale(scale, reduce, probs)
+    v_scale = as_type(scale, probs)
+    bad_p = 0
+    bad_x = 0
+    for r in prange(rows):
+        b = r % batch
+        first = r < batch
+        s = as_type(0.0, probs)
+        row_bad_p = 0
+        row_bad_x = 0
+        for c in range(cols):
+            p = probs[r, c]
+            xv = x[b, c]
+            row_bad_p += out_of_range(p)
+            if first:
+                row_bad_x += out_of_range(xv)
+            xf = as_type(xv, probs)
+            ll = bernoulli_probs_term(p, xf)
+            s += ll
+            if reduce == ELEMENTS:
+                out[r * cols + c] = v_scale * ll
+            if with_grad:
+                grad[r * cols + c] = v_scale * bernoulli_probs_grad(p, xf)
+        if reduce != ELEMENTS:
+            sums[r] = row_scale * s
+        bad_p += row_bad_p
+        bad_x += row_bad_x
+    _finish_total(sums, scale, reduce, out)
+    return bad_p, bad_x
+
+
+@kernel(parallel=True)
+def bernoulli_probs_backward(grad, grad_out, probs, x, reduce, scale):
+    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * (x - p) / max(p (1 - p), 1e-12)."""
+    rows, cols = probs.shape
+    batch = x.shape[0]
+    for r in prange(rows):
+        b = r % batch
+        for c in range(cols):
+            dp = bernoulli_probs_grad(probs[r, c], as_type(x[b, c], probs))
+            grad[r, c] = _grad_weight(grad_out, reduce, scale, r, cols, c) * dp
+
+
+# --- Gaussian decoder -------------------------------------------------------------------------
+# logvar is (R, D), or (1, 1) with ``shared``: one log-variance for every element. Then v and
+# exp(-v) are float64 scalars, the per-row sums of squares S2 float64 (see _numba_math), and the
+# gradient of v sums the rows' -0.5 (D - S2 exp(-v)) in float64 in row order.
+
+
+@kernel()
+def _shared_grad_logvar(sq_sums, grad_out, weighted, reduce, scale, inv_var, cols):
+    """``sum_r w_r * gaussian_shared_grad_logvar(sq_sums[r])`` in float64 in row order, with
+    ``w_r = scale * grad_out[r]`` (``grad_out[0]`` for 'total') when ``weighted``, else ``scale``.
+    The weight goes into each term, so no rows give 0 whatever the scale (a mean over 0 rows)."""
+    total = 0.0
+    for r in range(sq_sums.shape[0]):
+        w = scale
+        if weighted:
+            w *= np.float64(grad_out[r] if reduce == ROWS else grad_out[0])
+        total += w * gaussian_shared_grad_logvar(sq_sums[r], inv_var, cols)
+    return total
+
+
+@kernel(parallel=True)
+def gaussian_forward(out, grad_mean, grad_logvar, x, mean, logvar, shared, reduce, scale, with_grad):
+    """out (R,) or (1,); with_grad: grad_mean (R*D,), grad_logvar (R*D,) or (1,) when shared."""
+    rows, cols = mean.shape
+    batch = x.shape[0]
+    sums = _row_sums(out, rows, reduce)
+    row_scale = _row_scale(scale, reduce, mean)
+    g_scale = as_type(scale, mean)
+    if shared:
+        v = np.float64(logvar[0, 0])
+        inv_var = math.exp(-v)
+        g_mean = as_type(scale * inv_var, mean)  # d (scale * ll) / dm = scale exp(-v) (x - m)
+        sq_sums = np.empty(rows, np.float64)
+        for r in prange(rows):
+            b = r % batch
+            sq = 0.0
+            for c in range(cols):
+                d, d2 = gaussian_shared_sq(x[b, c], mean[r, c])
+                sq += d2
+                if with_grad:
+                    grad_mean[r * cols + c] = g_mean * d
+            sq_sums[r] = sq
+            sums[r] = row_scale * as_type(gaussian_shared_row(sq, v, inv_var, cols), mean)
+        if with_grad:
+            grad_logvar[0] = as_type(_shared_grad_logvar(sq_sums, out, False, reduce, scale, inv_var, cols), mean)
+    else:
+        for r in prange(rows):
+            b = r % batch
+            s = as_type(0.0, mean)
+            for c in range(cols):
+                q, d_m, d_v = gaussian_term(x[b, c], mean[r, c], logvar[r, c])
+                s += q
+                if with_grad:
+                    grad_mean[r * cols + c] = g_scale * d_m
+                    grad_logvar[r * cols + c] = g_scale * d_v
+            sums[r] = row_scale * gaussian_row(s, cols)
+    _finish_total(sums, scale, reduce, out)
+
+
+@kernel(parallel=True)
+def gaussian_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, shared, reduce, scale):
+    """grad_out (R,) or (1,) -> grad_mean (R*D,), grad_logvar (R*D,) or (1,) when shared."""
+    rows, cols = mean.shape
+    batch = x.shape[0]
+    if shared:
+        inv_var = math.exp(-np.float64(logvar[0, 0]))
+        sq_sums = np.empty(rows, np.float64)
+        for r in prange(rows):
+            b = r % batch
+            g_mean = as_type(np.float64(grad_out[r if reduce == ROWS else 0]) * scale * inv_var, mean)
+            sq = 0.0
+            for c in range(cols):
+                d, d2 = gaussian_shared_sq(x[b, c], mean[r, c])
+                sq += d2
+                grad_mean[r * cols + c] = g_mean * d
+            sq_sums[r] = sq
+        grad_logvar[0] = as_type(_shared_grad_logvar(sq_sums, grad_out, True, reduce, scale, inv_var, cols), mean)
+    else:
+        for r in prange(rows):
+            b = r % batch
+            w = _grad_weight(grad_out, reduce, scale, r, cols, 0)
+            for c in range(cols):
+                _, d_m, d_v = gaussian_term(x[b, c], mean[r, c], logvar[r, c])
+                grad_mean[r * cols + c] = w * d_m
+                grad_logvar[r * cols + c] = w * d_v
