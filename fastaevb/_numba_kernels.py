@@ -10,7 +10,10 @@ specialization either. ``reduce`` is ELEMENTS / ROWS / TOTAL, ``scale`` a float6
 
 Rows accumulate in the float type T of the input; 'total' keeps every row sum in T and adds
 them in float64 in row order after the parallel loop, so the result does not depend on the
-thread count. The elementwise math is in ``_numba_math``, the noise in ``_numba_philox``.
+thread count. (One exception, as in the C++ backend: with a shared Gaussian log-variance the
+per-row sums of squares are float64, because its gradient cancels.) The elementwise math is
+in ``_numba_math``, the noise in ``_numba_philox``; ``kernel`` (``_numba_jit``) is ``njit``
+with an on-disk cache that is invalidated by a change to any of these files.
 """
 
 from __future__ import annotations
@@ -368,7 +371,8 @@ def gaussian_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, shared,
         sq_sums = np.empty(rows, np.float64)
         for r in prange(rows):
             b = r % batch
-            g_mean = as_type(np.float64(grad_out[r if reduce == ROWS else 0]) * scale * inv_var, mean)
+            go = grad_out[r] if reduce == ROWS else grad_out[0]
+            g_mean = as_type(np.float64(go) * scale * inv_var, mean)
             sq = 0.0
             for c in range(cols):
                 d, d2 = gaussian_shared_sq(x[b, c], mean[r, c])

@@ -5,8 +5,10 @@ Tolerances (on row sums and on elementwise gradients), chosen from the arithmeti
   D <= 2000 terms accumulated in float32 drifts by about sqrt(D) ulps of the row sum (< 1e-5
   relative), and the atol covers rows whose sum is near 0 (KL of a collapsed posterior).
 - float64: rtol 1e-10 / atol 1e-12 (the same argument with 2^-52).
-- float16 / bfloat16 inputs (accumulated in float32, result rounded to the input dtype):
-  one rounding of the output, 2^-11 resp. 2^-8 relative, times 2 for headroom.
+- float16 / bfloat16 inputs (accumulated in float32, result rounded to the input dtype): a
+  gradient written in forward is rounded once when stored and once more when backward scales
+  it, 2^-11 resp. 2^-8 relative each. bfloat16 gets one more 2^-8 because the Triton
+  interpreter truncates float32 -> bfloat16 instead of rounding to nearest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ TOLERANCES = {
     torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.float64: dict(rtol=1e-10, atol=1e-12),
     torch.float16: dict(rtol=2 * 2**-11, atol=1e-3),
-    torch.bfloat16: dict(rtol=2 * 2**-8, atol=1e-2),
+    torch.bfloat16: dict(rtol=3 * 2**-8, atol=1e-2),
 }
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -43,10 +45,10 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-def make_target(kind: str, shape, gen, device) -> torch.Tensor:
+def make_target(kind: str, shape, gen, device, dtype) -> torch.Tensor:
     u = torch.rand(shape, generator=gen).to(device)
     if kind == "float":
-        return u
+        return u.to(dtype)
     return (u > 0.5).to(torch.uint8 if kind == "uint8" else torch.bool)
 
 
@@ -55,13 +57,13 @@ def make_target(kind: str, shape, gen, device) -> torch.Tensor:
 
 def bernoulli_logits_case(gen, lead, event, dtype, target_kind, device):
     logits = (4 * torch.randn((*lead, *event), generator=gen)).to(device, dtype)
-    x = make_target(target_kind, (lead[-1], *event), gen, device)
+    x = make_target(target_kind, (lead[-1], *event), gen, device, dtype)
     return [logits, x], (0,), F.bernoulli_log_likelihood, reference.bernoulli_log_likelihood
 
 
 def bernoulli_probs_case(gen, lead, event, dtype, target_kind, device):
     probs = torch.sigmoid(4 * torch.randn((*lead, *event), generator=gen)).to(device, dtype)
-    x = make_target(target_kind, (lead[-1], *event), gen, device)
+    x = make_target(target_kind, (lead[-1], *event), gen, device, dtype)
     return [probs, x], (0,), F.bernoulli_probs_log_likelihood, reference.bernoulli_probs_log_likelihood
 
 
