@@ -55,15 +55,18 @@ COMPILE_CASES = [("aot_eager", name) for name in ("cpp", "numba", "triton")] + [
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", STEPS)
 @pytest.mark.parametrize("compiler, backend", COMPILE_CASES)
-def test_compiled_step(objective, compiler, backend, monkeypatch):
+def test_compiled_step(objective, compiler, backend):
     if backend != "default" and backend not in fastaevb.available_backends():
         pytest.skip(f"{backend} is not available")
     # inductor lowers torch.randint to its own generator; fall back to eager's so the seed matches
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    with torch._inductor.config.patch(fallback_random=True):
+        check_compiled_step(STEPS[objective], compiler, backend)
+
+
+def check_compiled_step(step, compiler, backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model, x = TinyVAE(), (torch.rand(8, 24) > 0.5).float()
-    step = STEPS[objective]
     compiled = torch.compile(step, fullgraph=True, backend=compiler)
 
     with fastaevb.use_backend(backend) if backend != "default" else torch.enable_grad():
