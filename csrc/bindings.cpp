@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <string>
+
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -12,6 +14,22 @@ using namespace pybind11::literals;
 #ifndef FASTAEVB_NATIVE_BUILD
 #define FASTAEVB_NATIVE_BUILD 0
 #endif
+
+namespace {
+
+// The two Bernoulli parameterizations share one argument list; only the input's name differs.
+template <class Fwd, class Bwd>
+void bind_bernoulli(py::module_& m, const std::string& name, const char* input, Fwd fwd,
+                    Bwd bwd) {
+  using guard = py::call_guard<py::gil_scoped_release>;
+  m.def((name + "_forward").c_str(), fwd, guard(), "out"_a, "grad"_a, py::arg(input), "x"_a,
+        "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a,
+        "nthreads"_a);
+  m.def((name + "_backward").c_str(), bwd, guard(), "grad"_a, "grad_out"_a, py::arg(input),
+        "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastaevb fused SGVB CPU kernels (OpenMP). Called through fastaevb._cpp.";
@@ -34,19 +52,10 @@ PYBIND11_MODULE(_C, m) {
         "grad_logvar"_a, "grad_out"_a, "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a,
         "dtype"_a, "nthreads"_a);
 
-  m.def("bernoulli_logits_forward", &f::bernoulli_logits_forward, guard(), "out"_a, "grad"_a,
-        "logits"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a,
-        "xtype"_a, "nthreads"_a);
-  m.def("bernoulli_logits_backward", &f::bernoulli_logits_backward, guard(), "grad"_a,
-        "grad_out"_a, "logits"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a,
-        "xtype"_a, "nthreads"_a);
-
-  m.def("bernoulli_probs_forward", &f::bernoulli_probs_forward, guard(), "out"_a, "grad"_a,
-        "probs"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a,
-        "xtype"_a, "nthreads"_a);
-  m.def("bernoulli_probs_backward", &f::bernoulli_probs_backward, guard(), "grad"_a,
-        "grad_out"_a, "probs"_a, "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a,
-        "xtype"_a, "nthreads"_a);
+  bind_bernoulli(m, "bernoulli_logits", "logits", &f::bernoulli_logits_forward,
+                 &f::bernoulli_logits_backward);
+  bind_bernoulli(m, "bernoulli_probs", "probs", &f::bernoulli_probs_forward,
+                 &f::bernoulli_probs_backward);
 
   m.def("gaussian_forward", &f::gaussian_forward, guard(), "out"_a, "grad_mean"_a,
         "grad_logvar"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,

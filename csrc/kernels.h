@@ -1,4 +1,5 @@
-// Entry points of the fused CPU kernels, one .cpp each, bound in bindings.cpp.
+// Entry points of the fused CPU kernels, one .cpp per step (bernoulli.cpp holds both
+// parameterizations), bound in bindings.cpp.
 //
 // Every tensor arrives as a raw address (torch's data_ptr()) of a contiguous buffer,
 // allocated by fastaevb/_cpp.py. A pointer of 0 means "absent" (None / not requested).

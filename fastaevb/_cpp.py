@@ -167,18 +167,40 @@ def gaussian_kl_backward(
 # --------------------------------------------------------------------------------------
 
 
+def _bernoulli_forward(kernel, inp: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool):
+    """Runs ``_C.bernoulli_{logits,probs}_forward``; returns ``(out, grad, counts)``."""
+    R, D = inp.shape
+    x, xtype = _target(x, inp.dtype)
+    out = torch.empty_like(inp) if reduce == "elements" else _reduced(R, reduce, inp)
+    grad = _grad_slot(inp, with_grad)
+    bad = kernel(
+        out.data_ptr(), grad.data_ptr(), inp.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[inp.dtype], xtype,
+        _num_threads(),
+    )  # fmt: skip
+    return out, grad, bad
+
+
+def _bernoulli_backward(
+    kernel, grad_out: Tensor, inp: Tensor, x: Tensor, reduce: str, scale: float
+) -> Tensor:
+    grad_out = grad_out.contiguous()
+    R, D = inp.shape
+    x, xtype = _target(x, inp.dtype)
+    grad = torch.empty_like(inp)
+    kernel(
+        grad.data_ptr(), grad_out.data_ptr(), inp.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[inp.dtype], xtype, _num_threads(),
+    )  # fmt: skip
+    return grad
+
+
 def bernoulli_logits_forward(
     logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    R, D = logits.shape
-    x, xtype = _target(x, logits.dtype)
-    out = torch.empty_like(logits) if reduce == "elements" else _reduced(R, reduce, logits)
-    grad = _grad_slot(logits, with_grad)
-    bad_x = _C.bernoulli_logits_forward(
-        out.data_ptr(), grad.data_ptr(), logits.data_ptr(), x.data_ptr(), R, x.shape[0], D,
-        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[logits.dtype], xtype,
-        _num_threads(),
-    )  # fmt: skip
+    out, grad, bad_x = _bernoulli_forward(
+        _C.bernoulli_logits_forward, logits, x, reduce, scale, with_grad
+    )
     check_range(bad_x, "target")
     return out, grad
 
@@ -186,29 +208,15 @@ def bernoulli_logits_forward(
 def bernoulli_logits_backward(
     grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float
 ) -> Tensor:
-    grad_out = grad_out.contiguous()
-    R, D = logits.shape
-    x, xtype = _target(x, logits.dtype)
-    grad = torch.empty_like(logits)
-    _C.bernoulli_logits_backward(
-        grad.data_ptr(), grad_out.data_ptr(), logits.data_ptr(), x.data_ptr(), R, x.shape[0], D,
-        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[logits.dtype], xtype, _num_threads(),
-    )  # fmt: skip
-    return grad
+    return _bernoulli_backward(_C.bernoulli_logits_backward, grad_out, logits, x, reduce, scale)
 
 
 def bernoulli_probs_forward(
     probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    R, D = probs.shape
-    x, xtype = _target(x, probs.dtype)
-    out = torch.empty_like(probs) if reduce == "elements" else _reduced(R, reduce, probs)
-    grad = _grad_slot(probs, with_grad)
-    bad_p, bad_x = _C.bernoulli_probs_forward(
-        out.data_ptr(), grad.data_ptr(), probs.data_ptr(), x.data_ptr(), R, x.shape[0], D,
-        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[probs.dtype], xtype,
-        _num_threads(),
-    )  # fmt: skip
+    out, grad, (bad_p, bad_x) = _bernoulli_forward(
+        _C.bernoulli_probs_forward, probs, x, reduce, scale, with_grad
+    )
     check_range(bad_p, "input")
     check_range(bad_x, "target")
     return out, grad
@@ -217,15 +225,7 @@ def bernoulli_probs_forward(
 def bernoulli_probs_backward(
     grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float
 ) -> Tensor:
-    grad_out = grad_out.contiguous()
-    R, D = probs.shape
-    x, xtype = _target(x, probs.dtype)
-    grad = torch.empty_like(probs)
-    _C.bernoulli_probs_backward(
-        grad.data_ptr(), grad_out.data_ptr(), probs.data_ptr(), x.data_ptr(), R, x.shape[0], D,
-        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[probs.dtype], xtype, _num_threads(),
-    )  # fmt: skip
-    return grad
+    return _bernoulli_backward(_C.bernoulli_probs_backward, grad_out, probs, x, reduce, scale)
 
 
 # --------------------------------------------------------------------------------------

@@ -213,88 +213,67 @@ def _(grad_out, mu, logvar, reduce, scale):
 _register_reduced_autograd(gaussian_kl, gaussian_kl_backward, differentiable=(0, 1))
 
 
-# --- Bernoulli decoder from logits ------------------------------------------------------------
+# --- Bernoulli decoder (from logits, from probabilities) --------------------------------------
 
 
-@torch.library.custom_op("fastaevb::bernoulli_logits_ll", mutates_args=())
-def bernoulli_logits_ll(logits: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
-    """Appendix C.1: ``scale * sum_d (x_d*l_d - softplus(l_d))``; gradient ``scale * (x - sigmoid(l))``.
+def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: str):
+    """Define ``fastaevb::{name}`` and its backward op over the backends' ``{entry}_forward`` /
+    ``{entry}_backward``: the two Bernoulli forms differ only in their formula."""
+
+    @torch.library.custom_op(f"fastaevb::{name}", mutates_args=())
+    def forward(decoded: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+        kernels = _kernels(decoded.device)
+        dtype = _compute_dtype(kernels, decoded.dtype)
+        outputs = getattr(kernels, f"{entry}_forward")(
+            _prepared(decoded, dtype), _prepared_target(target, dtype), reduce, scale, with_grad
+        )
+        return _restored(outputs, decoded.dtype)
+
+    @forward.register_fake
+    def _(decoded, target, reduce, scale, with_grad):
+        return _reduced_like(decoded, reduce), _grad_like(decoded, with_grad)
+
+    @torch.library.custom_op(f"fastaevb::{name}_backward", mutates_args=())
+    def backward(grad_out: Tensor, decoded: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
+        kernels = _kernels(decoded.device)
+        dtype = _compute_dtype(kernels, decoded.dtype)
+        grad = getattr(kernels, f"{entry}_backward")(
+            _prepared(grad_out, dtype), _prepared(decoded, dtype), _prepared_target(target, dtype), reduce, scale
+        )
+        return grad.to(decoded.dtype)
+
+    @backward.register_fake
+    def _(grad_out, decoded, target, reduce, scale):
+        return torch.empty_like(decoded)
+
+    forward.__doc__, backward.__doc__ = forward_doc, backward_doc
+    _register_reduced_autograd(forward, lambda *args: (backward(*args),), differentiable=(0,))
+    return forward, backward
+
+
+bernoulli_logits_ll, bernoulli_logits_ll_backward = _define_bernoulli_op(
+    "bernoulli_logits_ll",
+    "bernoulli_logits",
+    """Appendix C.1 from logits: ``scale * sum_d (x_d*l_d - softplus(l_d))``; gradient
+    ``scale * (x - sigmoid(l))``.
 
     ``target`` (float in [0, 1], uint8 or bool) is ``(B, D)`` for logits ``(R, D)``; row r uses
     target row ``r % B``. Targets outside [0, 1] are flagged by the kernel and raise ValueError.
-    """
-    kernels = _kernels(logits.device)
-    dtype = _compute_dtype(kernels, logits.dtype)
-    outputs = kernels.bernoulli_logits_forward(
-        _prepared(logits, dtype), _prepared_target(target, dtype), reduce, scale, with_grad
-    )
-    return _restored(outputs, logits.dtype)
+    """,
+    """``grad_out * scale * (x - sigmoid(l))``.""",
+)
 
+bernoulli_probs_ll, bernoulli_probs_ll_backward = _define_bernoulli_op(
+    "bernoulli_probs_ll",
+    "bernoulli_probs",
+    """Appendix C.1 from probabilities, as ``-F.binary_cross_entropy``: ``scale * sum_d (x*max(log p, -100)
+    + (1-x)*max(log(1-p), -100))``; gradient ``scale * (x - p) / max(p*(1-p), 1e-12)``.
 
-@bernoulli_logits_ll.register_fake
-def _(logits, target, reduce, scale, with_grad):
-    return _reduced_like(logits, reduce), _grad_like(logits, with_grad)
-
-
-@torch.library.custom_op("fastaevb::bernoulli_logits_ll_backward", mutates_args=())
-def bernoulli_logits_ll_backward(grad_out: Tensor, logits: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
-    """``grad_out * scale * (x - sigmoid(l))``."""
-    kernels = _kernels(logits.device)
-    dtype = _compute_dtype(kernels, logits.dtype)
-    grad = kernels.bernoulli_logits_backward(
-        _prepared(grad_out, dtype), _prepared(logits, dtype), _prepared_target(target, dtype), reduce, scale
-    )
-    return grad.to(logits.dtype)
-
-
-@bernoulli_logits_ll_backward.register_fake
-def _(grad_out, logits, target, reduce, scale):
-    return torch.empty_like(logits)
-
-
-_register_reduced_autograd(bernoulli_logits_ll, lambda *a: (bernoulli_logits_ll_backward(*a),), differentiable=(0,))
-
-
-# --- Bernoulli decoder from probabilities -----------------------------------------------------
-
-
-@torch.library.custom_op("fastaevb::bernoulli_probs_ll", mutates_args=())
-def bernoulli_probs_ll(probs: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
-    """Appendix C.1 as ``-F.binary_cross_entropy``: ``scale * sum_d (x*max(log p, -100) +
-    (1-x)*max(log(1-p), -100))``; gradient ``scale * (x - p) / max(p*(1-p), 1e-12)``.
-
-    Probabilities or targets outside [0, 1] are flagged by the kernel and raise ValueError.
-    """
-    kernels = _kernels(probs.device)
-    dtype = _compute_dtype(kernels, probs.dtype)
-    outputs = kernels.bernoulli_probs_forward(
-        _prepared(probs, dtype), _prepared_target(target, dtype), reduce, scale, with_grad
-    )
-    return _restored(outputs, probs.dtype)
-
-
-@bernoulli_probs_ll.register_fake
-def _(probs, target, reduce, scale, with_grad):
-    return _reduced_like(probs, reduce), _grad_like(probs, with_grad)
-
-
-@torch.library.custom_op("fastaevb::bernoulli_probs_ll_backward", mutates_args=())
-def bernoulli_probs_ll_backward(grad_out: Tensor, probs: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
-    """``grad_out * scale * (x - p) / max(p*(1-p), 1e-12)``."""
-    kernels = _kernels(probs.device)
-    dtype = _compute_dtype(kernels, probs.dtype)
-    grad = kernels.bernoulli_probs_backward(
-        _prepared(grad_out, dtype), _prepared(probs, dtype), _prepared_target(target, dtype), reduce, scale
-    )
-    return grad.to(probs.dtype)
-
-
-@bernoulli_probs_ll_backward.register_fake
-def _(grad_out, probs, target, reduce, scale):
-    return torch.empty_like(probs)
-
-
-_register_reduced_autograd(bernoulli_probs_ll, lambda *a: (bernoulli_probs_ll_backward(*a),), differentiable=(0,))
+    Shapes as ``bernoulli_logits_ll``. Probabilities or targets outside [0, 1] are flagged by the
+    kernel and raise ValueError.
+    """,
+    """``grad_out * scale * (x - p) / max(p*(1-p), 1e-12)``.""",
+)
 
 
 # --- Gaussian decoder -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Triton backend of fastaevb (installed as ``fastaevb.kernels``): the entry points of
-docs/backends.md, one file per fused step, formulas once in ``math.py``.
+docs/backends.md, one file per fused step (``bernoulli.py`` holds both Bernoulli
+parameterizations), formulas once in ``math.py``.
 
 Imported lazily by fastaevb when the triton backend is used (it imports triton). Runs on
 CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set before import).
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .bernoulli_logits import bernoulli_logits_backward, bernoulli_logits_forward
-from .bernoulli_probs import bernoulli_probs_backward, bernoulli_probs_forward
+from .bernoulli import (
+    bernoulli_logits_backward,
+    bernoulli_logits_forward,
+    bernoulli_probs_backward,
+    bernoulli_probs_forward,
+)
 from .gaussian_kl import gaussian_kl_backward, gaussian_kl_forward
 from .gaussian_log_likelihood import gaussian_backward, gaussian_forward
 from .noise import randn

@@ -67,8 +67,7 @@ def _flags(**kw) -> str:
 
 
 def enumerate_specs() -> list[Spec]:
-    from . import bernoulli_logits as bl
-    from . import bernoulli_probs as bp
+    from . import bernoulli as bn
     from . import gaussian_kl as gk
     from . import gaussian_log_likelihood as gl
     from . import noise
@@ -103,24 +102,19 @@ def enumerate_specs() -> list[Spec]:
         specs.append(_spec(gk.gaussian_kl_bwd_kernel,
                            dict(go_ptr=p, go_sr=i32, mu_ptr=p, v_ptr=p, gmu_ptr=p, gv_ptr=p, R=i32, J=i32, scale=f64),
                            dict(**LATENT_TILE), dt))
-        # Bernoulli (logits and probs): float targets of the same dtype, or uint8 (bool viewed)
-        for xt in (p, "*u8"):
+        # Bernoulli (PROBS=0 logits, PROBS=1 probs): float targets of the same dtype, or uint8
+        # (bool viewed)
+        for xt, probs in itertools.product((p, "*u8"), (False, True)):
             for elements, wg in ((True, False), (False, False), (False, True)):
-                flags = dict(ELEMENTS=elements, WITH_GRAD=wg)
-                out = p if elements else "*" + acc
-                specs.append(_spec(bl.bernoulli_logits_fwd_kernel,
-                                   dict(l_ptr=p, x_ptr=xt, out_ptr=out, grad_ptr=p, bad_ptr="*i32",
-                                        R=i32, B=i32, D=i32, scale=f64),
+                flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg)
+                specs.append(_spec(bn.bernoulli_fwd_kernel,
+                                   dict(in_ptr=p, x_ptr=xt, out_ptr=p if elements else "*" + acc, grad_ptr=p,
+                                        bad_in_ptr="*i32", bad_x_ptr="*i32", R=i32, B=i32, D=i32, scale=f64),
                                    dict(**flags, **DATA_TILE), f"{dt} x={xt[1:]} " + _flags(**flags)))
-                specs.append(_spec(bp.bernoulli_probs_fwd_kernel,
-                                   dict(p_ptr=p, x_ptr=xt, out_ptr=out, grad_ptr=p, bad_p_ptr="*i32",
-                                        bad_x_ptr="*i32", R=i32, B=i32, D=i32, scale=f64),
-                                   dict(**flags, **DATA_TILE), f"{dt} x={xt[1:]} " + _flags(**flags)))
-            bwd = dict(go_ptr=p, go_sr=i32, go_sd=i32, x_ptr=xt, grad_ptr=p, R=i32, B=i32, D=i32, scale=f64)
-            specs.append(_spec(bl.bernoulli_logits_bwd_kernel, dict(bwd, l_ptr=p), dict(**DATA_TILE),
-                               f"{dt} x={xt[1:]}"))
-            specs.append(_spec(bp.bernoulli_probs_bwd_kernel, dict(bwd, p_ptr=p), dict(**DATA_TILE),
-                               f"{dt} x={xt[1:]}"))
+            specs.append(_spec(bn.bernoulli_bwd_kernel,
+                               dict(go_ptr=p, go_sr=i32, go_sd=i32, in_ptr=p, x_ptr=xt, grad_ptr=p,
+                                    R=i32, B=i32, D=i32, scale=f64),
+                               dict(PROBS=probs, **DATA_TILE), f"{dt} x={xt[1:]} " + _flags(PROBS=probs)))
         # Gaussian decoder
         for shared in (False, True):
             for wg in (False, True):

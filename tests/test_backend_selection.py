@@ -1,0 +1,85 @@
+"""Backend choice: automatic by device, use_backend, FASTAEVB_BACKEND; import without triton."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fastaevb
+from fastaevb import _backend
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environment, timeout=300)
+
+
+def test_torch_is_always_available():
+    assert "torch" in fastaevb.available_backends()
+
+
+def test_cpu_default_prefers_cpp_then_numba():
+    expected = next(b for b in ("cpp", "numba", "torch") if b in fastaevb.available_backends())
+    assert _backend.resolve(torch.device("cpu")) == expected
+
+
+def test_use_backend_nests_and_restores():
+    default = _backend.resolve(torch.device("cpu"))
+    with fastaevb.use_backend("torch"):
+        assert _backend.resolve(torch.device("cpu")) == "torch"
+        with fastaevb.use_backend(default):
+            assert _backend.resolve(torch.device("cpu")) == default
+        assert _backend.resolve(torch.device("cpu")) == "torch"
+    assert _backend.resolve(torch.device("cpu")) == default
+
+
+@pytest.mark.parametrize("name", [b for b in ("cpp", "numba") if b in fastaevb.available_backends()])
+def test_cpu_backend_refuses_cuda_tensors(name):
+    with fastaevb.use_backend(name), pytest.raises(ValueError, match=f"backend '{name}' cannot run .* 'cuda'"):
+        _backend.resolve(torch.device("cuda"))
+
+
+def test_environment_variable_selects_backend():
+    result = run_python("""
+        import torch, fastaevb
+        from fastaevb import _backend
+        print(_backend.resolve(torch.device("cpu")))
+        """, FASTAEVB_BACKEND="torch")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch"
+
+
+def test_unknown_environment_backend_is_a_clear_error():
+    result = run_python("import fastaevb", FASTAEVB_BACKEND="tpu")
+    assert result.returncode != 0
+    assert "FASTAEVB_BACKEND: unknown backend 'tpu'" in result.stderr
+
+
+def test_import_works_without_triton_and_numba():
+    """Neither triton nor numba is imported by ``import fastaevb``; with both missing it still works."""
+    result = run_python("""
+        import sys
+        sys.modules["triton"] = None  # makes "import triton" and find_spec fail, as if uninstalled
+        sys.modules["numba"] = None
+        import torch, fastaevb
+        from fastaevb import functional as F
+        assert "triton" not in fastaevb.available_backends(), fastaevb.available_backends()
+        x = torch.rand(4, 6)
+        print(float(F.binary_cross_entropy(x, x)))
+        """)
+    assert result.returncode == 0, result.stderr
+
+
+def test_import_is_lazy():
+    result = run_python("""
+        import sys, fastaevb
+        print(sorted(m for m in ("triton", "numba") if m in sys.modules))
+        """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
