@@ -17,21 +17,6 @@ from torch import Tensor
 from . import _C
 from ._errors import check_range
 
-__all__ = [
-    "DTYPES",
-    "randn",
-    "reparameterize_kl_forward",
-    "reparameterize_kl_backward",
-    "gaussian_kl_forward",
-    "gaussian_kl_backward",
-    "bernoulli_logits_forward",
-    "bernoulli_logits_backward",
-    "bernoulli_probs_forward",
-    "bernoulli_probs_backward",
-    "gaussian_forward",
-    "gaussian_backward",
-]
-
 DTYPES = (torch.float32, torch.float64)
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import fastaevb
+from conftest import KERNEL_BACKENDS
 from fastaevb import _backend
 
 
@@ -83,3 +85,13 @@ def test_import_is_lazy():
         """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+def test_kernel_modules_implement_one_contract(name, kernels_of):
+    """Same entry points with the same argument names on every backend (docs/backends.md)."""
+    module, reference_module = kernels_of(name), kernels_of(KERNEL_BACKENDS[0])
+    assert torch.float32 in module.DTYPES and torch.float64 in module.DTYPES
+    for entry in _backend.ENTRY_POINTS:
+        params = list(inspect.signature(getattr(module, entry)).parameters)
+        assert params == list(inspect.signature(getattr(reference_module, entry)).parameters), entry
