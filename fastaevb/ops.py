@@ -47,7 +47,10 @@ def _compute_dtype(kernels: ModuleType, dtype: torch.dtype) -> torch.dtype:
 
 
 def _prepared(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else t.to(dtype).contiguous()
+    # the dtype test skips a no-op .to(): a few microseconds each, several per call
+    if t is None:
+        return None
+    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
 
 
 def _prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -57,7 +60,7 @@ def _prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
-    return tuple(t.to(dtype) for t in tensors)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
 def _reduced_like(t: Tensor, reduce: str) -> Tensor:
@@ -240,7 +243,7 @@ def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: 
         grad = getattr(kernels, f"{entry}_backward")(
             _prepared(grad_out, dtype), _prepared(decoded, dtype), _prepared_target(target, dtype), reduce, scale
         )
-        return grad.to(decoded.dtype)
+        return _restored((grad,), decoded.dtype)[0]
 
     @backward.register_fake
     def _(grad_out, decoded, target, reduce, scale):
