@@ -83,16 +83,19 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
         *tensors, reduce, scale, with_grad = inputs
         grads_in_forward = output[1:]
         ctx.mark_non_differentiable(*grads_in_forward)
+        ctx.set_materialize_grads(False)  # else autograd fills zeros shaped like those gradients
         ctx.reduce, ctx.scale, ctx.with_grad = reduce, scale, with_grad
         ctx.save_for_backward(*(grads_in_forward if with_grad else tensors))
 
     def backward(ctx, grad_out, *_):
+        result: list[Optional[Tensor]] = [None] * len(ctx.needs_input_grad)
+        if grad_out is None:
+            return tuple(result)
         saved = ctx.saved_tensors
         if ctx.with_grad:
             grads = [g * grad_out for g in saved]
         else:
             grads = backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
-        result: list[Optional[Tensor]] = [None] * len(ctx.needs_input_grad)
         for position, grad in zip(differentiable, grads):
             if ctx.needs_input_grad[position]:
                 result[position] = grad
