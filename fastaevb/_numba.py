@@ -148,39 +148,42 @@ def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: s
 # --- Bernoulli decoder ------------------------------------------------------------------------
 
 
-def bernoulli_logits_forward(logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
-    out, grad = _reduced(logits, reduce), _grad(logits, with_grad)
+def _bernoulli_forward(decoded: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool, probs: bool):
+    out, grad = _reduced(decoded, reduce), _grad(decoded, with_grad)
     _threads()
-    bad = K.bernoulli_logits_forward(
-        _flat(out), _flat(grad), _a(logits), _target(x, logits.dtype), _REDUCE[reduce], float(scale), bool(with_grad)
+    bad_in, bad_x = K.bernoulli_forward(
+        _flat(out), _flat(grad), _a(decoded), _target(x, decoded.dtype), _REDUCE[reduce], float(scale),
+        bool(with_grad), probs,
     )
-    check_range(bad, "target")
-    return out, grad
-
-
-def bernoulli_logits_backward(grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
-    grad = torch.empty_like(logits)
-    _threads()
-    K.bernoulli_logits_backward(_a(grad), _flat(grad_out), _a(logits), _target(x, logits.dtype), _REDUCE[reduce], float(scale))
-    return grad
-
-
-def bernoulli_probs_forward(probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
-    out, grad = _reduced(probs, reduce), _grad(probs, with_grad)
-    _threads()
-    bad_p, bad_x = K.bernoulli_probs_forward(
-        _flat(out), _flat(grad), _a(probs), _target(x, probs.dtype), _REDUCE[reduce], float(scale), bool(with_grad)
-    )
-    check_range(bad_p, "input")
+    if probs:
+        check_range(bad_in, "input")
     check_range(bad_x, "target")
     return out, grad
 
 
-def bernoulli_probs_backward(grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
-    grad = torch.empty_like(probs)
+def _bernoulli_backward(grad_out: Tensor, decoded: Tensor, x: Tensor, reduce: str, scale: float, probs: bool):
+    grad = torch.empty_like(decoded)
     _threads()
-    K.bernoulli_probs_backward(_a(grad), _flat(grad_out), _a(probs), _target(x, probs.dtype), _REDUCE[reduce], float(scale))
+    K.bernoulli_backward(
+        _a(grad), _flat(grad_out), _a(decoded), _target(x, decoded.dtype), _REDUCE[reduce], float(scale), probs
+    )
     return grad
+
+
+def bernoulli_logits_forward(logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+    return _bernoulli_forward(logits, x, reduce, scale, with_grad, probs=False)
+
+
+def bernoulli_logits_backward(grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
+    return _bernoulli_backward(grad_out, logits, x, reduce, scale, probs=False)
+
+
+def bernoulli_probs_forward(probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+    return _bernoulli_forward(probs, x, reduce, scale, with_grad, probs=True)
+
+
+def bernoulli_probs_backward(grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
+    return _bernoulli_backward(grad_out, probs, x, reduce, scale, probs=True)
 
 
 # --- Gaussian decoder -------------------------------------------------------------------------

@@ -205,101 +205,81 @@ def gaussian_kl_backward(grad_mu, grad_logvar, grad_out, mu, logvar, reduce, sca
             grad_logvar[r, j] = w * d_v
 
 
-# --- Bernoulli decoder ------------------------------------------------------------------------
+# --- Bernoulli decoder (from logits, or from probabilities with ``probs``) ---------------------
+
+
+@kernel(inline="always")
+def _bernoulli_ll(v, x, probs):
+    return bernoulli_probs_term(v, x) if probs else bernoulli_logits_term(v, x)[0]
+
+
+@kernel(inline="always")
+def _bernoulli_ll_grad(v, x, probs):
+    """``(ll, dll/dv)``; from logits both come from one exp(-|l|)."""
+    if probs:
+        return bernoulli_probs_term(v, x), bernoulli_probs_grad(v, x)
+    return bernoulli_logits_term(v, x)
+
+
+@kernel(inline="always")
+def _bernoulli_grad(v, x, probs):
+    return bernoulli_probs_grad(v, x) if probs else bernoulli_logits_term(v, x)[1]
 
 
 @kernel(parallel=True)
-def bernoulli_logits_forward(out, grad, logits, x, reduce, scale, with_grad):
-    """out (R*D,) / (R,) / (1,); grad (R*D,) when with_grad. Returns the out-of-range target count
-    (each data row counted once, on its first use r < B)."""
-    rows, cols = logits.shape
+def bernoulli_forward(out, grad, decoded, x, reduce, scale, with_grad, probs):
+    """out (R*D,) / (R,) / (1,); grad (R*D,) when with_grad. ``decoded`` holds logits, or
+    probabilities (``-F.binary_cross_entropy``) when ``probs``. Returns (out-of-range
+    probabilities, always 0 for logits; out-of-range targets, each data row counted once, on its
+    first use r < B)."""
+    rows, cols = decoded.shape
     batch = x.shape[0]
     sums = _row_sums(out, rows, reduce)
-    row_scale = _row_scale(scale, reduce, logits)
-    v_scale = as_type(scale, logits)
-    bad = 0
-    for r in prange(rows):
-        b = r % batch
-        first = r < batch
-        s = as_type(0.0, logits)
-        row_bad = 0
-        for c in range(cols):
-            xv = x[b, c]
-            if first:
-                row_bad += out_of_range(xv)
-            ll, dl = bernoulli_logits_term(logits[r, c], as_type(xv, logits))
-            s += ll
-            if reduce == ELEMENTS:
-                out[r * cols + c] = v_scale * ll
-            if with_grad:
-                grad[r * cols + c] = v_scale * dl
-        if reduce != ELEMENTS:
-            sums[r] = row_scale * s
-        bad += row_bad
-    _finish_total(sums, scale, reduce, out)
-    return bad
-
-
-@kernel(parallel=True)
-def bernoulli_logits_backward(grad, grad_out, logits, x, reduce, scale):
-    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * (x - sigmoid(l))."""
-    rows, cols = logits.shape
-    batch = x.shape[0]
-    for r in prange(rows):
-        b = r % batch
-        for c in range(cols):
-            _, dl = bernoulli_logits_term(logits[r, c], as_type(x[b, c], logits))
-            grad[r, c] = _grad_weight(grad_out, reduce, scale, r, cols, c) * dl
-
-
-@kernel(parallel=True)
-def bernoulli_probs_forward(out, grad, probs, x, reduce, scale, with_grad):
-    """As :func:`bernoulli_logits_forward` for probabilities (``-F.binary_cross_entropy``).
-    Returns (out-of-range probs, out-of-range targets)."""
-    rows, cols = probs.shape
-    batch = x.shape[0]
-    sums = _row_sums(out, rows, reduce)
-    row_scale = _row_scale(scale, reduce, probs)
-    v_scale = as_type(scale, probs)
-    bad_p = 0
+    row_scale = _row_scale(scale, reduce, decoded)
+    v_scale = as_type(scale, decoded)
+    bad_in = 0
     bad_x = 0
     for r in prange(rows):
         b = r % batch
         first = r < batch
-        s = as_type(0.0, probs)
-        row_bad_p = 0
+        s = as_type(0.0, decoded)
+        row_bad_in = 0
         row_bad_x = 0
         for c in range(cols):
-            p = probs[r, c]
+            v = decoded[r, c]
             xv = x[b, c]
-            row_bad_p += out_of_range(p)
+            if probs:
+                row_bad_in += out_of_range(v)
             if first:
                 row_bad_x += out_of_range(xv)
-            xf = as_type(xv, probs)
-            ll = bernoulli_probs_term(p, xf)
+            xf = as_type(xv, decoded)
+            if with_grad:
+                ll, dl = _bernoulli_ll_grad(v, xf, probs)
+                grad[r * cols + c] = v_scale * dl
+            else:
+                ll = _bernoulli_ll(v, xf, probs)
             s += ll
             if reduce == ELEMENTS:
                 out[r * cols + c] = v_scale * ll
-            if with_grad:
-                grad[r * cols + c] = v_scale * bernoulli_probs_grad(p, xf)
         if reduce != ELEMENTS:
             sums[r] = row_scale * s
-        bad_p += row_bad_p
+        bad_in += row_bad_in
         bad_x += row_bad_x
     _finish_total(sums, scale, reduce, out)
-    return bad_p, bad_x
+    return bad_in, bad_x
 
 
 @kernel(parallel=True)
-def bernoulli_probs_backward(grad, grad_out, probs, x, reduce, scale):
-    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * (x - p) / max(p (1 - p), 1e-12)."""
-    rows, cols = probs.shape
+def bernoulli_backward(grad, grad_out, decoded, x, reduce, scale, probs):
+    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * dll/dv: ``x - sigmoid(l)`` from
+    logits, ``(x - p) / max(p (1 - p), 1e-12)`` from probabilities."""
+    rows, cols = decoded.shape
     batch = x.shape[0]
     for r in prange(rows):
         b = r % batch
         for c in range(cols):
-            dp = bernoulli_probs_grad(probs[r, c], as_type(x[b, c], probs))
-            grad[r, c] = _grad_weight(grad_out, reduce, scale, r, cols, c) * dp
+            dl = _bernoulli_grad(decoded[r, c], as_type(x[b, c], decoded), probs)
+            grad[r, c] = _grad_weight(grad_out, reduce, scale, r, cols, c) * dl
 
 
 # --- Gaussian decoder -------------------------------------------------------------------------
