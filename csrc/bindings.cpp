@@ -5,7 +5,9 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <vector>
 
+#include "hwy/targets.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -73,4 +75,21 @@ PYBIND11_MODULE(_C, m) {
   m.attr("openmp") = 0;
 #endif
   m.attr("native") = static_cast<bool>(FASTAEVB_NATIVE_BUILD);
+
+  // Highway's runtime choice: the best compiled target this CPU supports (lowest bit wins).
+  m.def("simd_target", [] {
+    const int64_t usable = hwy::SupportedTargets() & HWY_TARGETS;
+    return std::string(hwy::TargetName(usable & -usable));
+  });
+  m.def("simd_targets_compiled", [] {
+    std::vector<std::string> names;
+    for (int64_t bits = HWY_TARGETS; bits != 0; bits &= bits - 1) names.emplace_back(hwy::TargetName(bits & -bits));
+    return names;
+  });
+  m.def("simd_targets_supported", [] {
+    std::vector<std::string> names;
+    for (int64_t bits = hwy::SupportedTargets() & HWY_TARGETS; bits != 0; bits &= bits - 1)
+      names.emplace_back(hwy::TargetName(bits & -bits));
+    return names;
+  });
 }

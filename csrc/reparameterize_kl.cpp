@@ -1,133 +1,198 @@
 // Reparameterized sample (eq. 4) + analytic KL (Appendix B) + optional importance-weight
-// terms log q(z|x), log p(z), forward and backward. eps is never stored: it is read from
-// the eps buffer when the caller passed one, otherwise regenerated from (seed, flat index
-// l*R*J + r*J + j) with Triton's Philox randn, in forward and again in backward.
-#include <algorithm>
+// terms log q(z|x), log p(z), forward and backward, as Highway vector code for every SIMD
+// target. eps is never stored: it is read from the eps buffer when the caller passed one,
+// otherwise regenerated from (seed, flat index l*R*J + r*J + j) with Triton's Philox randn
+// (simd_math-inl.h), in forward and again in backward.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "reparameterize_kl.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "row_job.h"
+#include "simd_math-inl.h"
 
-#include "kernels.h"
-#include "philox.h"
-#include "row_reduce.h"
-#include "sgvb_math.h"
-
+HWY_BEFORE_NAMESPACE();
 namespace fastaevb {
-namespace {
+namespace HWY_NAMESPACE {
 
-// The noise of flat index i: given, or Philox (float32, widened to T).
-template <class T>
-struct Noise {
-  const T* eps;
-  uint64_t seed;
-  T operator()(int64_t i) const {
-    return eps ? eps[i] : static_cast<T>(philox_randn(seed, i));
-  }
-};
+constexpr double kHalfLog2Pi = 0.91893853320467274178032973640562;  // 0.5 log(2 pi)
 
-template <class T>
-void forward(T* z, T* kl, T* log_q, T* log_p, const T* mu, const T* logvar, const Noise<T> noise,
-             int64_t L, int64_t R, int64_t J, bool log_weights, int nthreads) {
-  const T half_j_log2pi = static_cast<T>(0.5 * kLog2Pi) * static_cast<T>(J);
-  // KL rows go straight into kl (reduce 'rows', scale 1); the loop body also does the samples.
-  reduce_rows<T>(R, L * R * J, kRows, 1.0, kl, nthreads, [&](int64_t r, int64_t&) {
-    // Locals, not captures: a loop bound or factor read through the closure may alias the
-    // stores and keeps gcc from vectorizing.
-    const int64_t n = J;
-    const Noise<T> nz = noise;
-    const T* m = mu + r * J;
-    const T* v = logvar + r * J;
-    T acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) acc += kl_term<T>(m[j], v[j]).kl2;
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t base = (l * R + r) * J;
-      T* zr = z + base;
-      T acc_q = 0, acc_p = 0;  // sum_j (v + eps^2), sum_j z^2
-      if (log_weights) {
-#pragma omp simd reduction(+ : acc_q, acc_p)
-        for (int64_t j = 0; j < n; ++j) {
-          const T e = nz(base + j);
-          const T zz = reparam<T>(m[j], v[j], e).z;
-          zr[j] = zz;
-          acc_q += v[j] + e * e;
-          acc_p += zz * zz;
-        }
-        log_q[l * R + r] = -half_j_log2pi - T(0.5) * acc_q;
-        log_p[l * R + r] = -half_j_log2pi - T(0.5) * acc_p;
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) zr[j] = reparam<T>(m[j], v[j], nz(base + j)).z;
-      }
-    }
-    return T(0.5) * acc;
-  });
+// The noise of flat indices first .. first + lanes: given, or Philox.
+template <bool kTail, class D, class T>
+HWY_INLINE V<D> Noise(D d, const T* eps, uint64_t seed, int64_t first, size_t count) {
+  if (eps) return LoadAt<kTail>(d, eps, static_cast<size_t>(first), count);
+  return RandnAs(d, seed, first);
 }
 
-// g_zl = grad_z[l] - grad_log_p[l, r] * z_l
-// grad_mu     = grad_kl[r] * mu + sum_l g_zl
-// grad_logvar = grad_kl[r] * 0.5 * expm1(v) - 0.5 * sum_l grad_log_q[l, r]
-//               + sum_l g_zl * 0.5 * eps_l * exp(0.5 v)
 template <class T>
-void backward(T* grad_mu, T* grad_logvar, const T* grad_z, const T* grad_kl,
-              const T* grad_log_q, const T* grad_log_p, const T* mu, const T* logvar,
-              const Noise<T> noise, int64_t L, int64_t R, int64_t J, int nthreads) {
-  const bool through_z = grad_z || grad_log_p;  // else eps is not needed at all
-  parallel_rows(R, (through_z ? L : 1) * R * J, nthreads, [&](int64_t r) {
-    // Locals, not captures: a loop bound or factor read through the closure may alias the
-    // stores and keeps gcc from vectorizing.
-    const int64_t n = J;
-    const Noise<T> nz = noise;
+void ForwardT(const ReparamJob& job, int64_t r0, int64_t r1) {
+  using DT = hn::ScalableTag<T>;
+  const DT d;
+  const int64_t L = job.L, R = job.R, J = job.J;
+  const T* mu = static_cast<const T*>(job.mu);
+  const T* logvar = static_cast<const T*>(job.logvar);
+  const T* eps = static_cast<const T*>(job.eps);
+  T* z = static_cast<T*>(job.z);
+  T* log_q = static_cast<T*>(job.log_q);
+  T* log_p = static_cast<T*>(job.log_p);
+  const T half_j_log2pi = static_cast<T>(kHalfLog2Pi * static_cast<double>(J));
+  for (int64_t r = r0; r < r1; ++r) {
     const T* m = mu + r * J;
     const T* v = logvar + r * J;
-    T* gm = grad_mu + r * J;
-    T* gv = grad_logvar + r * J;
-    const T gk = grad_kl ? grad_kl[r] : T(0);
-    const T half_gk = T(0.5) * gk;
+    if (job.kl_sums) {
+      V<DT> acc = hn::Zero(d);
+      ForEachVector(d, static_cast<size_t>(J), [&](size_t i, size_t count, auto tail) {
+        constexpr bool kTail = decltype(tail)::value;
+        const auto t = KL(d, LoadAt<kTail>(d, m, i, count), LoadAt<kTail>(d, v, i, count));
+        acc = AddLanes<kTail>(d, acc, t.kl2, count);
+      });
+      job.kl_sums[r] = hn::GetLane(hn::SumOfLanes(d, acc));
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t base = (l * R + r) * J;
+      V<DT> acc_q = hn::Zero(d), acc_p = hn::Zero(d);  // sum_j (v + eps^2), sum_j z^2
+      ForEachVector(d, static_cast<size_t>(J), [&](size_t i, size_t count, auto tail) {
+        constexpr bool kTail = decltype(tail)::value;
+        const auto vv = LoadAt<kTail>(d, v, i, count);
+        const auto e = Noise<kTail>(d, eps, job.seed, base + static_cast<int64_t>(i), count);
+        const auto zz = hn::MulAdd(StdDev(d, vv), e, LoadAt<kTail>(d, m, i, count));
+        StoreAt<kTail>(d, zz, z + base, i, count);
+        if (log_q) {
+          acc_q = AddLanes<kTail>(d, acc_q, hn::MulAdd(e, e, vv), count);
+          acc_p = AddLanes<kTail>(d, acc_p, hn::Mul(zz, zz), count);
+        }
+      });
+      if (log_q) {
+        log_q[l * R + r] = -half_j_log2pi - T(0.5) * hn::GetLane(hn::SumOfLanes(d, acc_q));
+        log_p[l * R + r] = -half_j_log2pi - T(0.5) * hn::GetLane(hn::SumOfLanes(d, acc_p));
+      }
+    }
+  }
+}
+
+// g_l = grad_z[l] - grad_log_p[l, r] z_l
+// grad_mu     = grad_kl[r] mu + sum_l g_l
+// grad_logvar = grad_kl[r] 0.5 expm1(v) - 0.5 sum_l grad_log_q[l, r] + sum_l g_l 0.5 eps_l exp(0.5 v)
+template <class T>
+void BackwardT(const ReparamJob& job, int64_t r0, int64_t r1) {
+  using DT = hn::ScalableTag<T>;
+  const DT d;
+  const int64_t L = job.L, R = job.R, J = job.J;
+  const T* mu = static_cast<const T*>(job.mu);
+  const T* logvar = static_cast<const T*>(job.logvar);
+  const T* eps = static_cast<const T*>(job.eps);
+  const T* grad_z = static_cast<const T*>(job.grad_z);
+  const T* grad_kl = static_cast<const T*>(job.grad_kl);
+  const T* grad_log_q = static_cast<const T*>(job.grad_log_q);
+  const T* grad_log_p = static_cast<const T*>(job.grad_log_p);
+  T* grad_mu = static_cast<T*>(job.grad_mu);
+  T* grad_logvar = static_cast<T*>(job.grad_logvar);
+  const bool through_z = grad_z || grad_log_p;  // else eps is not needed at all
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* m = mu + r * J;
+    const T* v = logvar + r * J;
     T sum_gq = 0;
     if (grad_log_q)
       for (int64_t l = 0; l < L; ++l) sum_gq += grad_log_q[l * R + r];
-    const T gq_term = T(-0.5) * sum_gq;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      gm[j] = gk * m[j];
-      gv[j] = half_gk * kl_term<T>(m[j], v[j]).em1 + gq_term;
-    }
-    if (!through_z) return;
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t base = (l * R + r) * J;
-      const T gp = grad_log_p ? grad_log_p[l * R + r] : T(0);
-      const T* gz = grad_z ? grad_z + base : nullptr;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const T e = nz(base + j);
-        const Sample<T> smp = reparam<T>(m[j], v[j], e);
-        const T g = (gz ? gz[j] : T(0)) - gp * smp.z;
-        gm[j] += g;
-        gv[j] += g * (T(0.5) * e * smp.sd);
+    const auto gk = hn::Set(d, grad_kl ? grad_kl[r] : T(0));
+    const auto gq_term = hn::Set(d, T(-0.5) * sum_gq);
+    const auto half = hn::Set(d, 0.5);
+    ForEachVector(d, static_cast<size_t>(J), [&](size_t i, size_t count, auto tail) {
+      constexpr bool kTail = decltype(tail)::value;
+      const auto mm = LoadAt<kTail>(d, m, i, count);
+      const auto vv = LoadAt<kTail>(d, v, i, count);
+      auto gm = hn::Zero(d), gv = gq_term;
+      if (grad_kl) {
+        gm = hn::Mul(gk, mm);
+        gv = hn::MulAdd(hn::Mul(half, gk), KL(d, mm, vv).em1, gv);
       }
-    }
-  });
+      if (through_z) {
+        const auto half_sd = hn::Mul(half, StdDev(d, vv));
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t base = (l * R + r) * J;
+          const auto e = Noise<kTail>(d, eps, job.seed, base + static_cast<int64_t>(i), count);
+          auto g = grad_z ? LoadAt<kTail>(d, grad_z + base, i, count) : hn::Zero(d);
+          if (grad_log_p) {
+            const auto zz = hn::MulAdd(hn::Add(half_sd, half_sd), e, mm);
+            g = hn::NegMulAdd(hn::Set(d, grad_log_p[l * R + r]), zz, g);
+          }
+          gm = hn::Add(gm, g);
+          gv = hn::MulAdd(g, hn::Mul(e, half_sd), gv);
+        }
+      }
+      StoreAt<kTail>(d, gm, grad_mu + r * J, i, count);
+      StoreAt<kTail>(d, gv, grad_logvar + r * J, i, count);
+    });
+  }
 }
 
+void ReparamForwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
+  if (job.dtype == 0) ForwardT<float>(job, r0, r1);
+  else ForwardT<double>(job, r0, r1);
+}
+
+void ReparamBackwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
+  if (job.dtype == 0) BackwardT<float>(job, r0, r1);
+  else BackwardT<double>(job, r0, r1);
+}
+
+// out[k] = randn(seed, offsets[k]) for k in [k0, k1): lane 0 of a vector at offsets[k].
+void RandnAt(float* out, const int64_t* offsets, uint64_t seed, int64_t k0, int64_t k1) {
+  const hn::ScalableTag<uint32_t> du;
+  for (int64_t k = k0; k < k1; ++k) out[k] = hn::GetLane(Randn(du, seed, offsets[k]));
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace fastaevb
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include <vector>
+
+#include "kernels.h"
+#include "parallel.h"
+
+namespace fastaevb {
+HWY_EXPORT(ReparamForwardRows);
+HWY_EXPORT(ReparamBackwardRows);
+HWY_EXPORT(RandnAt);
+
+namespace {
+// Single-thread cost per latent value with Philox noise and without (bench/, float32).
+double ns_per_value(bool philox) { return philox ? 4.0 : 1.5; }
 }  // namespace
 
 void randn(addr out, addr offsets, int64_t n, uint64_t seed, int nthreads) {
-  float* o = as_ptr<float>(out);
-  const int64_t* off = as_ptr<const int64_t>(offsets);
-  // Parallel over fixed chunks of the flat range (rows of 4096 values).
-  const int64_t chunk = 4096;
-  parallel_rows((n + chunk - 1) / chunk, n, nthreads, [&](int64_t c) {
-    const int64_t end = std::min(n, (c + 1) * chunk);
-    for (int64_t i = c * chunk; i < end; ++i) o[i] = philox_randn(seed, off[i]);
+  const auto kernel = HWY_DYNAMIC_DISPATCH(RandnAt);
+  parallel_for(n, n * 20.0, nthreads, [&](int64_t k0, int64_t k1) {
+    kernel(as_ptr<float>(out), as_ptr<const int64_t>(offsets), seed, k0, k1);
   });
 }
 
 void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar,
                                addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
                                bool log_weights, int dtype, int nthreads) {
+  std::vector<double> kl_sums(kl ? static_cast<size_t>(R) : 0);
+  ReparamJob job{};
+  job.L = L;
+  job.R = R;
+  job.J = J;
+  job.dtype = dtype;
+  job.seed = seed;
+  job.mu = as_ptr<const void>(mu);
+  job.logvar = as_ptr<const void>(logvar);
+  job.eps = as_ptr<const void>(eps);
+  job.z = as_ptr<void>(z);
+  job.kl_sums = kl ? kl_sums.data() : nullptr;
+  job.log_q = log_weights ? as_ptr<void>(log_q) : nullptr;
+  job.log_p = log_weights ? as_ptr<void>(log_p) : nullptr;
+  const auto kernel = HWY_DYNAMIC_DISPATCH(ReparamForwardRows);
+  const double work = (L * ns_per_value(eps == 0) + (kl ? 1.5 : 0.0)) * R * J * (dtype + 1);
+  parallel_for(R, work, nthreads, [&](int64_t r0, int64_t r1) { kernel(job, r0, r1); });
+  if (!kl) return;
   dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
-    forward<T>(as_ptr<T>(z), as_ptr<T>(kl), as_ptr<T>(log_q), as_ptr<T>(log_p),
-               as_ptr<const T>(mu), as_ptr<const T>(logvar), Noise<T>{as_ptr<const T>(eps), seed},
-               L, R, J, log_weights, nthreads);
+    for (int64_t r = 0; r < R; ++r) as_ptr<T>(kl)[r] = static_cast<T>(0.5 * kl_sums[r]);
+    return 0;
   });
 }
 
@@ -135,13 +200,26 @@ void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, add
                                 addr grad_log_q, addr grad_log_p, addr mu, addr logvar,
                                 addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
                                 int dtype, int nthreads) {
-  dispatch_float(dtype, [&](auto t) {
-    using T = decltype(t);
-    backward<T>(as_ptr<T>(grad_mu), as_ptr<T>(grad_logvar), as_ptr<const T>(grad_z),
-                as_ptr<const T>(grad_kl), as_ptr<const T>(grad_log_q),
-                as_ptr<const T>(grad_log_p), as_ptr<const T>(mu), as_ptr<const T>(logvar),
-                Noise<T>{as_ptr<const T>(eps), seed}, L, R, J, nthreads);
-  });
+  ReparamJob job{};
+  job.L = L;
+  job.R = R;
+  job.J = J;
+  job.dtype = dtype;
+  job.seed = seed;
+  job.mu = as_ptr<const void>(mu);
+  job.logvar = as_ptr<const void>(logvar);
+  job.eps = as_ptr<const void>(eps);
+  job.grad_mu = as_ptr<void>(grad_mu);
+  job.grad_logvar = as_ptr<void>(grad_logvar);
+  job.grad_z = as_ptr<const void>(grad_z);
+  job.grad_kl = as_ptr<const void>(grad_kl);
+  job.grad_log_q = as_ptr<const void>(grad_log_q);
+  job.grad_log_p = as_ptr<const void>(grad_log_p);
+  const bool through_z = grad_z || grad_log_p;
+  const auto kernel = HWY_DYNAMIC_DISPATCH(ReparamBackwardRows);
+  const double work = ((through_z ? L * ns_per_value(eps == 0) : 0.0) + 1.5) * R * J * (dtype + 1);
+  parallel_for(R, work, nthreads, [&](int64_t r0, int64_t r1) { kernel(job, r0, r1); });
 }
 
 }  // namespace fastaevb
+#endif  // HWY_ONCE

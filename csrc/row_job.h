@@ -1,0 +1,95 @@
+// What a per-target row kernel is asked to do: one struct per step, shared between the SIMD
+// code (compiled once per target) and the drivers that split rows over threads.
+#pragma once
+
+#include <cstdint>
+
+namespace fastaevb {
+
+// Row kernels' modes. Sums are unscaled row sums (in the input's float type, stored as double);
+// gradients are scaled by `scale` (forward) or by the upstream gradient times `scale` (backward).
+enum Mode : int {
+  kFwdElements = 0,  // out[i] = scale * f_i                       (Bernoulli drop-ins, 'none')
+  kFwdSum = 1,       // sums[r] = sum_i f_i
+  kFwdSumGrad = 2,   // sums[r] = sum_i f_i and grad[i] = scale * df_i
+  kBwdRow = 3,       // grad[i] = grad_out[r] * scale * df_i (grad_out[0] when upstream_total)
+  kBwdElements = 4,  // grad[i] = grad_out[i] * scale * df_i
+};
+
+// Rows: row r covers elements [r * D, min((r + 1) * D, total)) of the decoder output and row
+// (r % B) of the data. A caller that needs no per-row results may pass the data as flat chunks
+// (D = chunk length, B = R, total = numel), which splits a few huge rows over threads.
+struct Rows {
+  int64_t R, B, D, total;
+  int64_t length(int64_t r) const {
+    const int64_t end = (r + 1) * D < total ? (r + 1) * D : total;
+    return end - r * D;
+  }
+};
+
+struct BernoulliJob {
+  Rows rows;
+  int mode, dtype, xtype;  // xtype: 0 = the input's float type, 1 = uint8 (bool)
+  bool probs;              // false: logits (Appendix C.1), true: probabilities (BCE)
+  double scale;
+  const void* in;
+  const void* x;
+  void* out;
+  void* grad;
+  const void* grad_out;
+  bool upstream_total;
+  double* sums;
+};
+
+struct GaussianJob {
+  Rows rows;
+  int mode, dtype;
+  bool shared_logvar;  // one log-variance for every element: logvar[0]
+  double inv_var;      // exp(-logvar[0]) when shared_logvar
+  double scale;
+  const void* x;
+  const void* mean;
+  const void* logvar;
+  void* grad_mean;
+  void* grad_logvar;  // per element; unused when shared_logvar (the driver sums it)
+  const void* grad_out;
+  bool upstream_total;
+  double* sums;     // sum_d q_d (per-element logvar) or sum_d (x - m)^2 (shared)
+};
+
+struct KLJob {
+  Rows rows;
+  int mode, dtype;
+  double scale;
+  const void* mu;
+  const void* logvar;
+  void* grad_mu;
+  void* grad_logvar;
+  const void* grad_out;
+  bool upstream_total;
+  double* sums;  // sum_j (mu^2 + expm1(v) - v)
+};
+
+// Reparameterization: mu, logvar (R, J); samples L; eps given or Philox(seed, flat index).
+struct ReparamJob {
+  int64_t L, R, J;
+  int dtype;
+  uint64_t seed;
+  const void* mu;
+  const void* logvar;
+  const void* eps;
+  // forward
+  void* z;
+  double* kl_sums;  // sum_j kl2 per row, or null (no KL wanted)
+  void* log_q;      // (L, R) or null
+  void* log_p;
+  // backward
+  void* grad_mu;
+  void* grad_logvar;
+  const void* grad_z;
+  const void* grad_kl;
+  const void* grad_log_q;
+  const void* grad_log_p;
+};
+
+}  // namespace fastaevb
