@@ -1,0 +1,169 @@
+"""pytest-benchmark: one whole AEVB training step (forward, backward, Adagrad update) of the
+paper's MNIST model, 784-500-20-500-784 tanh MLPs, M=100, L=1, Adagrad with the N(0, I) prior
+as weight decay, the estimator scaled by N/M.
+
+Workloads (``benchmark.group``) and implementations (``extra_info['implementation']``):
+
+``train_step``
+    ``eager``: plain PyTorch as the classic VAE example writes it (sigmoid decoder,
+    ``F.binary_cross_entropy`` + the KLD formula, ``mu + randn_like(std) * std``), Adagrad as
+    constructed by default (on CPU the single-tensor loop, not fused / foreach).
+    ``compiled``: the best stock setup: ``torch.compile`` of model and loss, fused Adagrad.
+    ``fastaevb``: ``fastaevb.aevb.train.Trainer.sgvb_step`` (the application's own step:
+    ``SGVBLoss('bernoulli')`` on logits, fused ``reparameterize`` with the trainer's explicit eps,
+    fused Adagrad).
+``train_step_loss_swapped``
+    ``eager`` as above; ``fastaevb``: the same eager model and optimizer where only the loss
+    lines change: ``SGVBLoss('bernoulli')`` and ``fastaevb.functional.reparameterize`` (the
+    decoder's final ``sigmoid`` is dropped so the loss gets logits).
+
+``items`` in extra_info is datapoints per call, so datapoints/s = items / time.
+``FASTAEVB_BENCH_QUICK=1``: 3 rounds (CI); otherwise 50.
+Run: ``pytest bench/test_training.py --benchmark-json=train.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from torch import nn
+
+import fastaevb
+from fastaevb import functional as FF
+from fastaevb.aevb.models import ModelConfig
+from fastaevb.aevb.train import RunConfig, Trainer
+
+M, D, H, J, N = 100, 784, 500, 20, 60_000
+LR, WEIGHT_DECAY = 0.02, 1.0
+QUICK = os.environ.get("FASTAEVB_BENCH_QUICK") == "1"
+ROUNDS, ITERATIONS = (3, 2) if QUICK else (50, 5)
+
+
+class ClassicVAE(nn.Module):
+    """The classic PyTorch VAE example's structure with the paper's sizes and tanh units."""
+
+    def __init__(self, logits: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(D, H), nn.Linear(H, J), nn.Linear(H, J)
+        self.fc3, self.fc4 = nn.Linear(J, H), nn.Linear(H, D)
+        self.logits = logits
+        for p in self.parameters():
+            nn.init.normal_(p, 0.0, 0.01)
+
+    def encode(self, x):
+        h1 = torch.tanh(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z):
+        out = self.fc4(torch.tanh(self.fc3(z)))
+        return out if self.logits else torch.sigmoid(out)
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, D))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def loss_function(recon_x, x, mu, logvar):
+    BCE = torch_F.binary_cross_entropy(recon_x, x.view(-1, D), reduction="sum")
+    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return BCE + KLD
+
+
+def batch() -> torch.Tensor:
+    return (torch.rand(M, D, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+
+
+def eager_step():
+    model = ClassicVAE()
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+
+    def step(x):
+        recon, mu, logvar = model(x)
+        loss = loss_function(recon, x, mu, logvar) * (N / M)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def compiled_step():
+    model = ClassicVAE()
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+
+    @torch.compile
+    def compute_loss(x):
+        recon, mu, logvar = model(x)
+        return loss_function(recon, x, mu, logvar) * (N / M)
+
+    def step(x):
+        loss = compute_loss(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def fastaevb_step():
+    trainer = Trainer(ModelConfig("bernoulli", D, H, J), RunConfig(batch_size=M, lr=LR, weight_decay=WEIGHT_DECAY),
+                      torch.zeros(N, D))
+    noise = torch.Generator().manual_seed(0)
+
+    def step(x):
+        return trainer.sgvb_step(x, torch.randn(M, J, generator=noise))
+
+    return step
+
+
+def swapped_step():
+    model = ClassicVAE(logits=True)
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    sgvb = fastaevb.SGVBLoss("bernoulli")
+    model.reparameterize = lambda mu, logvar: FF.reparameterize(mu, logvar)
+
+    def step(x):
+        recon, mu, logvar = model(x)
+        loss = sgvb(recon, x, mu, logvar) * (N / M)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+CASES = {
+    ("train_step", "eager"): eager_step,
+    ("train_step", "compiled"): compiled_step,
+    ("train_step", "fastaevb"): fastaevb_step,
+    ("train_step_loss_swapped", "eager"): eager_step,
+    ("train_step_loss_swapped", "fastaevb"): swapped_step,
+}
+
+
+@pytest.mark.parametrize("workload,implementation", list(CASES), ids=["/".join(c) for c in CASES])
+def test_training_step(benchmark, workload, implementation):
+    torch.manual_seed(0)
+    step = CASES[workload, implementation]()
+    x = batch()
+    for _ in range(5):  # compile and warm up outside the timing
+        step(x)
+    benchmark.group = workload
+    benchmark.extra_info.update(
+        implementation=implementation, items=M, threads=torch.get_num_threads(),
+        model="784-500-20-500-784 tanh, Bernoulli, M=100, L=1, Adagrad",
+    )
+    loss = benchmark.pedantic(step, args=(x,), rounds=ROUNDS, iterations=ITERATIONS, warmup_rounds=2)
+    assert torch.isfinite(loss)
