@@ -6,7 +6,7 @@ imported when their backend first runs.
 """
 
 from . import functional, ops, reference
-from ._backend import available_backends, use_backend
+from .backends import available_backends, use_backend
 from .nn import SGVBLoss
 
 __all__ = ["functional", "ops", "reference", "SGVBLoss", "available_backends", "use_backend"]

@@ -67,17 +67,24 @@ def not_requiring_grad(name: str, t: Tensor) -> None:
 
 
 def decoder_rows(output_name: str, output: Tensor, x_name: str, x: Tensor) -> tuple[tuple[int, ...], int]:
-    """Check that ``output`` is ``(*sample, B, *event)`` for data ``x`` of shape ``(B, *event)``.
+    """Check that ``output`` is ``(*sample, *x.shape)`` or ``(*sample, B, D)`` for data ``x`` of shape
+    ``(B, *event)`` with ``D = prod(event)`` (a decoder's flat rows, as the classic example's
+    ``recon_x`` of shape ``(B, 784)`` for images ``(B, 1, 28, 28)``). Anything else raises, showing
+    both shapes: no silent reshape pairs the wrong elements.
 
     Returns the row shape ``(*sample, B)`` (one value per datapoint and sample) and the
     event size ``D`` (the number of elements summed per row).
     """
     if x.dim() == 0:
         raise ValueError(f"{x_name} must have at least one dimension (the batch)")
+    batch, event = x.shape[0], math.prod(x.shape[1:])
     lead = output.dim() - x.dim()
-    if lead < 0 or tuple(output.shape[lead:]) != tuple(x.shape):
-        raise ValueError(
-            f"{output_name} of shape {tuple(output.shape)} does not match {x_name} of shape {tuple(x.shape)}: "
-            f"{output_name} must have {x_name}'s shape, optionally with leading sample dimensions"
-        )
-    return tuple(output.shape[: lead + 1]), math.prod(x.shape[1:])
+    if lead >= 0 and tuple(output.shape[lead:]) == tuple(x.shape):
+        return tuple(output.shape[: lead + 1]), event
+    if x.dim() > 2 and output.dim() >= 2 and tuple(output.shape[-2:]) == (batch, event):
+        return tuple(output.shape[:-1]), event
+    raise ValueError(
+        f"{output_name} of shape {tuple(output.shape)} does not match {x_name} of shape {tuple(x.shape)}: "
+        f"{output_name} must have {x_name}'s shape or ({batch}, {event}) (its rows), optionally with leading "
+        f"sample dimensions"
+    )

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend, _errors, ops, reference
+from . import _errors, backends, ops, reference
 from . import _validation as check
 from .reference import importance_weighted_bound
 
@@ -35,13 +35,14 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "importance_weighted_bound",
+    "sgvb_loss",
 ]
 
 _SEED_BOUND = 2**63 - 1
 
 
 def _use_reference(t: Tensor) -> bool:
-    return _backend.resolve(t.device) == "torch"
+    return backends.resolve(t.device) == "torch"
 
 
 def _wants_grad_in_forward(reduce: str, *tensors: Tensor) -> bool:
@@ -184,7 +185,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
     batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
     rows = math.prod(batch)
     reduce, scale = _row_reduction(reduction, rows)
-    kl, _, _ = ops.gaussian_kl(
+    kl = ops.gaussian_kl(
         mu.reshape(rows, latent), logvar.reshape(rows, latent), reduce, scale,
         _wants_grad_in_forward(reduce, mu, logvar),
     )
@@ -210,10 +211,11 @@ def _bernoulli(op, reference_rows, output_name: str, output: Tensor, x: Tensor, 
         _check_reference_range("target", x)
         if output_name == "probs":
             _check_reference_range("input", output)
-        return _reduce_reference(reference_rows(output, x), reduction)
+        rows_view = reference_rows(output.reshape(*row_shape, event), x.reshape(x.shape[0], event))
+        return _reduce_reference(rows_view, reduction)
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
-    ll, _ = op(
+    ll = op(
         output.reshape(rows, event), x.reshape(x.shape[0], event), reduce, scale,
         _wants_grad_in_forward(reduce, output),
     )
@@ -274,10 +276,14 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
         check.same_shape("mean", mean, logvar=logvar)
     row_shape, event = check.decoder_rows("mean", mean, "x", x)
     if _use_reference(mean):
-        return _reduce_reference(reference.gaussian_log_likelihood(x, mean, logvar), reduction)
+        per_row = reference.gaussian_log_likelihood(
+            x.reshape(x.shape[0], event), mean.reshape(*row_shape, event),
+            logvar if shared else logvar.reshape(*row_shape, event),
+        )
+        return _reduce_reference(per_row, reduction)
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
-    ll, _, _ = ops.gaussian_ll(
+    ll = ops.gaussian_ll(
         x.reshape(x.shape[0], event), mean.reshape(rows, event),
         logvar.reshape(1) if shared else logvar.reshape(rows, event),
         reduce, scale, _wants_grad_in_forward(reduce, mean, logvar),
@@ -319,7 +325,7 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
     else:
         numel = input.numel()
         reduce, scale = "total", -1.0 if reduction == "sum" else (-1.0 / numel if numel else math.nan)
-    loss, _ = op(
+    loss = op(
         input.reshape(rows, event), target.reshape(rows, event), reduce, scale,
         _wants_grad_in_forward(reduce, input),
     )
@@ -365,3 +371,134 @@ def binary_cross_entropy_with_logits(
     """
     reduction = _drop_in_reduction(size_average, reduce, reduction, weight=weight, pos_weight=pos_weight)
     return _bce(ops.bernoulli_logits_ll, F.binary_cross_entropy_with_logits, input, target, reduction)
+
+
+# --- the whole SGVB loss of a training step -----------------------------------------------------
+
+LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian")
+ESTIMATORS = ("analytic", "generic")
+_KERNEL_LIKELIHOOD = {"bernoulli": "bernoulli_logits", "bernoulli_probs": "bernoulli_probs", "gaussian": "gaussian"}
+
+
+def _decoder_log_likelihood(
+    likelihood: str, recon: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], reduction: str
+) -> Tensor:
+    if likelihood == "bernoulli":
+        return bernoulli_log_likelihood(recon, x, reduction)
+    if likelihood == "bernoulli_probs":
+        return bernoulli_probs_log_likelihood(recon, x, reduction)
+    logvar = recon.new_zeros(()) if decoder_logvar is None else decoder_logvar
+    return gaussian_log_likelihood(x.to(recon.dtype), recon, logvar, reduction)
+
+
+def sgvb_loss(
+    recon: Tensor,
+    x: Tensor,
+    mu: Optional[Tensor] = None,
+    logvar: Optional[Tensor] = None,
+    *,
+    likelihood: str,
+    reduction: str = "sum",
+    decoder_logvar: Optional[Tensor] = None,
+    estimator: str = "analytic",
+    log_q: Optional[Tensor] = None,
+    log_p: Optional[Tensor] = None,
+) -> Tensor:
+    """Negative SGVB estimate of the ELBO: the loss of one AEVB step (Algorithm 1).
+
+    ``estimator='analytic'`` is estimator B, eq. (7) (eq. 10 for Gaussians):
+    ``KL(q(z|x) || p(z)) - mean_l log p(x|z_l)`` with the KL of Appendix B from ``mu``, ``logvar``.
+    ``estimator='generic'`` is estimator A, eq. (6): ``-mean_l (log p(x|z_l) + log p(z_l) - log q(z_l|x))``
+    from ``log_q``, ``log_p`` of :func:`reparameterize_kl` (``return_log_weights=True``), for
+    encoders whose KL has no closed form; both are unbiased for the same bound.
+
+    Args:
+        recon: the decoder output for z: ``x``'s shape or ``(B, D)`` rows, optionally with leading
+            sample dimensions ``(*L, ...)`` (the log-likelihood is then averaged over them).
+            Logits for ``likelihood='bernoulli'``, probabilities for ``'bernoulli_probs'``, means for
+            ``'gaussian'``.
+        x: ``(B, ...)`` data (targets in [0, 1], uint8 or bool for the Bernoulli decoders).
+        mu, logvar: ``(B, J)`` encoder outputs (analytic estimator).
+        likelihood: the decoder of Appendix C; no default, so probabilities are never read as logits.
+        reduction: ``'sum'`` over datapoints (the classic example), ``'mean'`` over datapoints, or
+            ``'none'`` for one value per datapoint.
+        decoder_logvar: Gaussian decoder log-variance, ``recon``'s shape or one shared value
+            (default 0: unit variance).
+        log_q, log_p: ``(*L, B)`` log-weights (generic estimator).
+
+    With a scalar reduction and a fused backend, the whole loss (KL, decoder log-likelihood and all
+    their gradients) is one kernel call.
+    """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    reduction = check.reduction(reduction)
+    check.floating("recon", recon)
+    row_shape, event = check.decoder_rows("recon", recon, "x", x)
+    batch = x.shape[0]
+    samples = math.prod(row_shape[:-1])
+    if likelihood == "gaussian" and decoder_logvar is not None:
+        check.floating("decoder_logvar", decoder_logvar)
+        if decoder_logvar.numel() != 1 and decoder_logvar.shape != recon.shape:
+            raise ValueError(
+                f"decoder_logvar must have recon's shape {tuple(recon.shape)} or hold one shared value, "
+                f"got {tuple(decoder_logvar.shape)}"
+            )
+    if estimator == "generic":
+        return _generic_sgvb_loss(likelihood, recon, x, decoder_logvar, log_q, log_p, row_shape, reduction)
+
+    if mu is None or logvar is None:
+        raise ValueError("the analytic estimator needs mu and logvar (the encoder's outputs)")
+    _check_latents(mu, logvar, 1, None)
+    check.same_device("recon", recon, x=x, mu=mu)
+    if tuple(mu.shape[:-1]) != (batch,):
+        raise ValueError(f"mu of shape {tuple(mu.shape)} must be (B, J) with B = {batch}, the batch of x")
+    if reduction == "none" or _use_reference(recon):  # per datapoint, then reduced
+        log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_logvar, "none")
+        per_datapoint = gaussian_kl(mu, logvar, "none") - log_px.reshape(samples, batch).mean(0)
+        return _reduce_reference(per_datapoint, reduction)
+
+    # One fused call: kl_scale * sum KL - ll_scale * sum log p(x|z).
+    if likelihood == "gaussian":
+        check.floating("x", x)
+    else:
+        check.target("x", x)
+    check.not_requiring_grad("x", x)
+    per_datapoint = 1.0 / batch if reduction == "mean" else 1.0
+    flat_logvar = None
+    if likelihood == "gaussian":
+        check.same_float_dtype("recon", recon, mu=mu)
+        dlv = recon.new_zeros(1) if decoder_logvar is None else decoder_logvar
+        flat_logvar = dlv.reshape(1) if dlv.numel() == 1 else dlv.reshape(samples * batch, event)
+    data = x.reshape(batch, event)
+    if likelihood == "gaussian":
+        data = data.to(recon.dtype)
+    tensors = (recon, mu, logvar) if flat_logvar is None else (recon, mu, logvar, flat_logvar)
+    return ops.sgvb_loss(
+        recon.reshape(samples * batch, event), data, flat_logvar, mu, logvar,
+        _KERNEL_LIKELIHOOD[likelihood], per_datapoint, per_datapoint / samples,
+        _wants_grad_in_forward("total", *tensors),
+    )
+
+
+def _generic_sgvb_loss(
+    likelihood: str, recon: Tensor, x: Tensor, decoder_logvar: Optional[Tensor],
+    log_q: Optional[Tensor], log_p: Optional[Tensor], row_shape: tuple[int, ...], reduction: str,
+) -> Tensor:
+    """Estimator A (eq. 6) from the fused log-weights: ``-mean_l (log p(x|z_l) + log p(z_l) - log q(z_l|x))``."""
+    if log_q is None or log_p is None:
+        raise ValueError(
+            "the generic estimator needs log_q and log_p: "
+            "z, kl, log_q, log_p = reparameterize_kl(mu, logvar, samples=L, return_log_weights=True)"
+        )
+    for name, t in (("log_q", log_q), ("log_p", log_p)):
+        check.floating(name, t)
+        if tuple(t.shape) != row_shape:
+            raise ValueError(f"{name} must have shape {row_shape} (samples and batch of recon), got {tuple(t.shape)}")
+    batch = row_shape[-1]
+    samples = math.prod(row_shape[:-1])
+    log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_logvar, "none")
+    per_sample = (log_px + log_p - log_q).reshape(samples, batch)
+    per_datapoint = -per_sample.mean(0)
+    return _reduce_reference(per_datapoint, reduction)

@@ -2,80 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
-import torch
 from torch import Tensor, nn
 
 from . import _validation as check
 from . import functional as F
 
-_LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian")
-
 
 class SGVBLoss(nn.Module):
-    """Negative SGVB estimate of the ELBO, eq. (10): ``KL(q(z|x) || p(z)) - mean_l log p(x|z_l)``.
+    """Negative SGVB estimate of the ELBO (eq. 10 negated): the loss of one AEVB step.
 
     ``forward(recon, x, mu, logvar)`` has the signature of ``loss_function(recon_x, x, mu, logvar)``
     of the classic PyTorch VAE example, so ``loss_function = SGVBLoss("bernoulli_probs")`` is a
-    one-line swap giving the same number (``BCE + KLD`` with ``reduction='sum'``).
+    one-line swap giving the same number (``BCE + KLD`` with ``reduction='sum'``). See
+    :func:`fastaevb.functional.sgvb_loss` for the formulas and shapes.
 
     Args:
-        likelihood: the decoder of Appendix C.
-            ``'bernoulli'``: ``recon`` holds logits (fastest and most stable).
-            ``'bernoulli_probs'``: ``recon`` holds probabilities (``sigmoid`` outputs), matching
-            ``F.binary_cross_entropy`` exactly.
-            ``'gaussian'``: ``recon`` is ``(mean, logvar)`` (per element, or a single shared
-            log-variance), or just ``mean`` for unit variance.
+        likelihood: the decoder of Appendix C, required (a default could silently read
+            probabilities as logits). ``'bernoulli'``: ``recon`` holds logits (fastest, stable for
+            any logit). ``'bernoulli_probs'``: ``recon`` holds probabilities (``sigmoid`` outputs,
+            the classic example), matching ``F.binary_cross_entropy`` exactly. ``'gaussian'``:
+            ``recon`` is ``(mean, logvar)`` (per element, or one shared log-variance), or just
+            ``mean`` for unit variance.
         reduction: ``'sum'`` over datapoints (the classic example), ``'mean'`` over datapoints, or
             ``'none'`` for one value per datapoint.
+        estimator: ``'analytic'`` (estimator B, eq. 7: analytic KL; the paper's choice) or
+            ``'generic'`` (estimator A, eq. 6), which takes ``log_q=``, ``log_p=`` from
+            ``functional.reparameterize_kl(..., return_log_weights=True)`` instead of mu, logvar.
 
-    ``x`` is ``(B, ...)``; ``recon`` holds ``B * D`` values, or ``L * B * D`` with a leading
-    sample dimension L (the log-likelihood is then averaged over the L samples). Both are
-    flattened to rows as the classic example's ``x.view(-1, 784)`` does.
+    ``recon`` has ``x``'s shape or ``x``'s rows ``(B, D)``, optionally with leading sample
+    dimensions (the log-likelihood is then averaged over them); any other shape raises.
     """
 
-    def __init__(self, likelihood: str = "bernoulli", reduction: str = "sum") -> None:
+    def __init__(self, likelihood: str, reduction: str = "sum", estimator: str = "analytic") -> None:
         super().__init__()
-        if likelihood not in _LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {likelihood!r}")
+        if likelihood not in F.LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {F.LIKELIHOODS}, got {likelihood!r}")
+        if estimator not in F.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {F.ESTIMATORS}, got {estimator!r}")
         self.likelihood = likelihood
         self.reduction = check.reduction(reduction)
+        self.estimator = estimator
 
     def extra_repr(self) -> str:
-        return f"likelihood={self.likelihood!r}, reduction={self.reduction!r}"
+        return f"likelihood={self.likelihood!r}, reduction={self.reduction!r}, estimator={self.estimator!r}"
 
-    def forward(self, recon: Union[Tensor, tuple[Tensor, Tensor]], x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    def forward(
+        self,
+        recon: Union[Tensor, tuple[Tensor, Tensor]],
+        x: Tensor,
+        mu: Optional[Tensor] = None,
+        logvar: Optional[Tensor] = None,
+        *,
+        log_q: Optional[Tensor] = None,
+        log_p: Optional[Tensor] = None,
+    ) -> Tensor:
         decoder_logvar = None
-        if self.likelihood == "gaussian" and isinstance(recon, (tuple, list)):
+        if isinstance(recon, (tuple, list)):
+            if self.likelihood != "gaussian":
+                raise TypeError(f"recon is a (mean, logvar) pair, which only likelihood='gaussian' takes "
+                                f"(this loss has likelihood={self.likelihood!r})")
             recon, decoder_logvar = recon
-        check.floating("recon", recon)
-        if x.dim() == 0:
-            raise ValueError("x must have a batch dimension")
-        rows = x.reshape(x.shape[0], -1)
-        if recon.numel() == 0 or rows.numel() == 0 or recon.numel() % rows.numel():
-            raise ValueError(
-                f"recon of shape {tuple(recon.shape)} must hold x's {rows.numel()} values "
-                f"(x has shape {tuple(x.shape)}), optionally times a leading number of samples"
-            )
-        samples = recon.numel() // rows.numel()
-        sample_shape = (samples,) if samples > 1 else ()
-        recon = recon.reshape(*sample_shape, *rows.shape)
-
-        reduction = "sum" if self.reduction == "sum" else "none"
-        if self.likelihood == "bernoulli":
-            log_px = F.bernoulli_log_likelihood(recon, rows, reduction)
-        elif self.likelihood == "bernoulli_probs":
-            log_px = F.bernoulli_probs_log_likelihood(recon, rows, reduction)
-        else:
-            if decoder_logvar is None:
-                decoder_logvar = recon.new_zeros(())
-            elif decoder_logvar.numel() != 1:
-                decoder_logvar = decoder_logvar.reshape(recon.shape)
-            log_px = F.gaussian_log_likelihood(rows.to(recon.dtype), recon, decoder_logvar, reduction)
-
-        if self.reduction == "sum":
-            kl = F.gaussian_kl(mu, logvar, "sum")
-            return kl - log_px / samples if samples > 1 else kl - log_px
-        per_datapoint = F.gaussian_kl(mu, logvar, "none").reshape(-1) - (log_px.mean(0) if samples > 1 else log_px)
-        return per_datapoint if self.reduction == "none" else per_datapoint.mean()
+        return F.sgvb_loss(
+            recon, x, mu, logvar, likelihood=self.likelihood, reduction=self.reduction,
+            decoder_logvar=decoder_logvar, estimator=self.estimator, log_q=log_q, log_p=log_p,
+        )

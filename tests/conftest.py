@@ -4,6 +4,7 @@ Without a GPU, Triton kernels run in interpreter mode on CPU tensors. TRITON_INT
 set before triton decorates the kernels, i.e. before ``fastaevb.kernels`` is first imported.
 """
 
+import contextlib
 import os
 
 import torch
@@ -15,7 +16,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 import fastaevb  # noqa: E402
-from fastaevb import _backend  # noqa: E402
+from fastaevb import backends as _backend  # noqa: E402
 
 settings.register_profile(
     "fastaevb",
@@ -34,11 +35,18 @@ def device_for(backend: str) -> str:
     return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
+# Each kernel backend on the eager call path (autograd.Function), and the torch.library custom-op
+# path (what torch.compile runs) once more on the first backend: the path is backend-independent.
+CALL_PATHS = [(name, "eager") for name in KERNEL_BACKENDS] + [(KERNEL_BACKENDS[0], "custom_op")]
+
+
+@pytest.fixture(params=CALL_PATHS, ids=[n if p == "eager" else f"{n}-{p}" for n, p in CALL_PATHS])
 def kernel_backend(request):
-    """Name of each fused-kernel backend, with that backend selected for the test."""
-    with fastaevb.use_backend(request.param):
-        yield request.param
+    """Name of each fused-kernel backend, with that backend (and call path) selected for the test."""
+    name, path = request.param
+    custom = fastaevb.ops.use_custom_ops() if path == "custom_op" else contextlib.nullcontext()
+    with fastaevb.use_backend(name), custom:
+        yield name
 
 
 @pytest.fixture(params=ALL_BACKENDS)

@@ -13,7 +13,7 @@ import torch
 
 import fastaevb
 from conftest import KERNEL_BACKENDS
-from fastaevb import _backend
+from fastaevb import backends as _backend
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -50,7 +50,7 @@ def test_cpu_backend_refuses_cuda_tensors(name):
 def test_environment_variable_selects_backend():
     result = run_python("""
         import torch, fastaevb
-        from fastaevb import _backend
+        from fastaevb import backends as _backend
         print(_backend.resolve(torch.device("cpu")))
         """, FASTAEVB_BACKEND="torch")
     assert result.returncode == 0, result.stderr

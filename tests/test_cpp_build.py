@@ -8,7 +8,7 @@ import torch
 
 _C = pytest.importorskip("fastaevb._C", reason="C++ extension fastaevb._C is not built")
 
-from fastaevb._backend import ENTRY_POINTS  # noqa: E402
+from fastaevb.backends import ENTRY_POINTS  # noqa: E402
 
 
 def test_extension_exposes_the_kernels():
@@ -20,7 +20,7 @@ def test_extension_exposes_the_kernels():
 
 def test_no_flush_to_zero_after_import():
     # Runs kernels too, on every thread, so an FTZ/DAZ setting in any of them would show.
-    from fastaevb import _cpp
+    from fastaevb.backends import cpp as _cpp
 
     _cpp.bernoulli_logits_forward(torch.zeros(256, 256), torch.zeros(256, 256), "total", 1.0, True)
     assert (torch.tensor(1e-40) * 1 != 0).item()
@@ -30,7 +30,7 @@ def test_no_flush_to_zero_after_import():
 
 
 def test_denormal_results_survive_the_kernels():
-    from fastaevb import _cpp
+    from fastaevb.backends import cpp as _cpp
 
     # exp(-v) for v = 90 is a float32 denormal (~8e-40): a flushed kernel would give 0 there.
     x = torch.ones(1, 1)
@@ -41,7 +41,7 @@ def test_denormal_results_survive_the_kernels():
 
 
 def test_randn_is_deterministic_and_standard_normal():
-    from fastaevb import _cpp
+    from fastaevb.backends import cpp as _cpp
 
     offsets = torch.arange(200_000)
     a = _cpp.randn(123, offsets)

@@ -22,8 +22,8 @@ import torch
 
 pytest.importorskip("numba")
 
-from fastaevb import _numba  # noqa: E402
-from fastaevb import _numba_philox as philox  # noqa: E402
+from fastaevb.backends import numba as _numba  # noqa: E402
+from fastaevb.backends.numba import philox  # noqa: E402
 
 MASK32 = 0xFFFFFFFF
 SEEDS = [0, 1, 42, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 7, 123456789012345, 2**62 + 12345, 2**63 - 1]

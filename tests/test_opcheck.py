@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import device_for
-from fastaevb import ops
+from fastaevb.ops import custom as ops
 
 
 def sample_args(device):

@@ -30,7 +30,7 @@ ENTRY_POINTS = (
     "bernoulli_probs_forward", "bernoulli_probs_backward",
     "gaussian_forward", "gaussian_backward",
 )
-_MODULES = {"cpp": "fastaevb._cpp", "numba": "fastaevb._numba", "triton": "fastaevb.kernels"}
+_MODULES = {"cpp": "fastaevb.backends.cpp", "numba": "fastaevb.backends.numba", "triton": "fastaevb.kernels"}
 _DEVICES = {"cpp": ("cpu",), "numba": ("cpu",), "triton": ("cuda",), "torch": None}
 
 

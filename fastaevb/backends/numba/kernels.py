@@ -1,6 +1,6 @@
 """The fused SGVB kernels of the numba backend: one ``prange`` over rows per step.
 
-Calling convention (``fastaevb/_numba.py`` is the only caller): numpy views of contiguous
+Calling convention (``fastaevb/backends/numba/__init__.py`` is the only caller): numpy views of contiguous
 torch tensors. Inputs are 2-D ``(rows, columns)``; an output whose shape depends on
 ``reduce`` or ``with_grad`` is a flat 1-D array, so 'elements' / 'rows' / 'total' (and an
 empty, not requested gradient) share one compiled specialization. An absent optional
@@ -12,7 +12,7 @@ Rows accumulate in the float type T of the input; 'total' keeps every row sum in
 them in float64 in row order after the parallel loop, so the result does not depend on the
 thread count. (One exception, as in the C++ backend: with a shared Gaussian log-variance the
 per-row sums of squares are float64, because its gradient cancels.) The elementwise math is
-in ``_numba_math``, the noise in ``_numba_philox``; ``kernel`` (``_numba_jit``) is ``njit``
+in ``math``, the noise in ``philox``; ``kernel`` (``jit``) is ``njit``
 with an on-disk cache that is invalidated by a change to any of these files.
 """
 
@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._numba_math import (
+from .math import (
     as_type,
     bernoulli_logits_term,
     bernoulli_probs_grad,
@@ -39,8 +39,8 @@ from ._numba_math import (
     out_of_range,
     reparam_sd,
 )
-from ._numba_jit import kernel
-from ._numba_philox import randn as philox_randn
+from .jit import kernel
+from .philox import randn as philox_randn
 
 ELEMENTS, ROWS, TOTAL = 0, 1, 2
 
@@ -284,7 +284,7 @@ def bernoulli_backward(grad, grad_out, decoded, x, reduce, scale, probs):
 
 # --- Gaussian decoder -------------------------------------------------------------------------
 # logvar is (R, D), or (1, 1) with ``shared``: one log-variance for every element. Then v and
-# exp(-v) are float64 scalars, the per-row sums of squares S2 float64 (see _numba_math), and the
+# exp(-v) are float64 scalars, the per-row sums of squares S2 float64 (see math.py), and the
 # gradient of v sums the rows' -0.5 (D - S2 exp(-v)) in float64 in row order.
 
 

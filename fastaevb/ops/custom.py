@@ -1,8 +1,9 @@
-"""The fused SGVB steps as ``torch.library`` custom ops: schema, device kernel, fake kernel, autograd.
+"""The fused SGVB steps as ``torch.library`` custom ops: what ``torch.compile`` sees.
 
-One op per fused step (plus its backward op, so compiled backward graphs stay traceable):
+One op per fused step, plus its backward op so compiled backward graphs stay traceable:
 
 ====================================  ==============================================
+``fastaevb::sgvb_loss``               the whole loss of a step: KL (App. B) + decoder log p(x|z) (App. C)
 ``fastaevb::reparameterize_kl``       z = mu + exp(logvar/2) eps (eq. 4) and the KL (App. B)
 ``fastaevb::gaussian_kl``             KL(q(z|x) || N(0, I)), Appendix B
 ``fastaevb::bernoulli_logits_ll``     Bernoulli log p(x|z) from logits, Appendix C.1
@@ -10,10 +11,10 @@ One op per fused step (plus its backward op, so compiled backward graphs stay tr
 ``fastaevb::gaussian_ll``             Gaussian log p(x|z), Appendix C.2
 ====================================  ==============================================
 
-Tensors reaching an op are already validated and flattened to 2-D by ``functional``:
-decoder outputs ``(R, D)``, data ``(B, D)`` with ``R % B == 0``, latents ``(R, J)``.
-The kernel is picked inside the op (``_backend``), so ``torch.compile`` sees one opaque node.
-The calling convention of the backends is ``docs/backends.md``.
+Each op's body is the kernel call of ``ops.calls``; the kernel is picked inside the op, so a
+compiled graph holds one opaque node per step. Eagerly, ``fastaevb.ops`` skips this dispatcher
+layer and runs ``ops.eager`` (the same calls under ``autograd.Function``); these ops are also
+usable directly as ``torch.ops.fastaevb.*``.
 
 Reduced ops take ``reduce`` ('elements' | 'rows' | 'total'), ``scale`` (multiplies the value
 and its gradient: 'mean' and sign flips) and ``with_grad``: for a scalar result the gradient is
@@ -22,45 +23,12 @@ written during the forward pass and backward only multiplies it by the incoming 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from types import ModuleType
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _backend
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def _kernels(device: torch.device) -> ModuleType:
-    name = _backend.resolve(device)
-    if name == "torch":  # the op was called directly under use_backend("torch")
-        name = _backend.kernel_backend(device)
-    return _backend.kernels(name)
-
-
-def _compute_dtype(kernels: ModuleType, dtype: torch.dtype) -> torch.dtype:
-    """Backends compute in their native dtypes; anything else (half on CPU) runs in float32."""
-    return dtype if dtype in kernels.DTYPES else torch.float32
-
-
-def _prepared(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    # the dtype test skips a no-op .to(): a few microseconds each, several per call
-    if t is None:
-        return None
-    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
-
-
-def _prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
-    if t.dtype == torch.bool:
-        return t.contiguous().view(torch.uint8)
-    return t.contiguous() if t.dtype == torch.uint8 else _prepared(t, dtype)
-
-
-def _restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
-    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+from . import calls
 
 
 def _reduced_like(t: Tensor, reduce: str) -> Tensor:
@@ -92,16 +60,76 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
         if grad_out is None:
             return tuple(result)
         saved = ctx.saved_tensors
-        if ctx.with_grad:
-            grads = [g * grad_out for g in saved]
-        else:
-            grads = backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
+        grads = [g * grad_out for g in saved] if ctx.with_grad else backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
         for position, grad in zip(differentiable, grads):
             if ctx.needs_input_grad[position]:
                 result[position] = grad
         return tuple(result)
 
     op.register_autograd(backward, setup_context=setup_context)
+
+
+# --- the whole loss ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastaevb::sgvb_loss", mutates_args=())
+def sgvb_loss(
+    decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
+    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Negative ELBO of eq. (10) in one call: ``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r|z_r)``
+    with KL of Appendix B and the decoder of Appendix C (``likelihood``: 'bernoulli_logits',
+    'bernoulli_probs', 'gaussian'); with ``with_grad`` also its gradients with respect to
+    (decoded, decoder_logvar, mu, logvar), written in the same pass."""
+    return calls.sgvb_loss_forward(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
+
+
+@sgvb_loss.register_fake
+def _(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad):
+    dlv = decoder_logvar if decoder_logvar is not None and likelihood == "gaussian" else decoded.new_empty(0)
+    return (mu.new_empty(()), _grad_like(decoded, with_grad), _grad_like(dlv, with_grad and dlv.numel() > 0),
+            _grad_like(mu, with_grad), _grad_like(logvar, with_grad))
+
+
+@torch.library.custom_op("fastaevb::sgvb_loss_backward", mutates_args=())
+def sgvb_loss_backward(
+    grad_out: Tensor, decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
+    likelihood: str, kl_scale: float, ll_scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``grad_out`` times the gradients of :func:`sgvb_loss` (decoded, decoder_logvar, mu, logvar)."""
+    return calls.sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale)
+
+
+@sgvb_loss_backward.register_fake
+def _(grad_out, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale):
+    dlv = decoder_logvar if decoder_logvar is not None and likelihood == "gaussian" else decoded.new_empty(0)
+    return torch.empty_like(decoded), torch.empty_like(dlv), torch.empty_like(mu), torch.empty_like(logvar)
+
+
+def _sgvb_loss_setup(ctx, inputs, output):
+    decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad = inputs
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    ctx.likelihood, ctx.kl_scale, ctx.ll_scale, ctx.with_grad = likelihood, kl_scale, ll_scale, with_grad
+    ctx.save_for_backward(*(output[1:] if with_grad else (decoded, x, decoder_logvar, mu, logvar)))
+
+
+def _sgvb_loss_grad(ctx, grad_out, *_):
+    if grad_out is None:
+        return (None,) * 9
+    if ctx.with_grad:
+        grads = [g * grad_out for g in ctx.saved_tensors]
+    else:
+        decoded, x, decoder_logvar, mu, logvar = ctx.saved_tensors
+        grads = sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar,
+                                   ctx.likelihood, ctx.kl_scale, ctx.ll_scale)
+    grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar = grads
+    if not ctx.needs_input_grad[2]:
+        grad_decoder_logvar = None
+    return grad_decoded, None, grad_decoder_logvar, grad_mu, grad_logvar, None, None, None, None
+
+
+sgvb_loss.register_autograd(_sgvb_loss_grad, setup_context=_sgvb_loss_setup)
 
 
 # --- reparameterize + KL ----------------------------------------------------------------------
@@ -118,17 +146,7 @@ def reparameterize_kl(
     Shapes: mu, logvar ``(R, J)`` -> z ``(samples, R, J)``, kl ``(R,)``, log_q/log_p ``(samples, R)``
     (empty when ``log_weights`` is False).
     """
-    kernels = _kernels(mu.device)
-    dtype = _compute_dtype(kernels, mu.dtype)
-    outputs = kernels.reparameterize_kl_forward(
-        _prepared(mu, dtype), _prepared(logvar, dtype), _prepared(eps, dtype),
-        _seed_value(seed), samples, log_weights,
-    )
-    return _restored(outputs, mu.dtype)
-
-
-def _seed_value(seed: Optional[Tensor]) -> int:
-    return 0 if seed is None else int(seed)
+    return calls.reparameterize_kl_forward(mu, logvar, seed, eps, samples, log_weights)  # type: ignore[return-value]
 
 
 @reparameterize_kl.register_fake
@@ -145,14 +163,9 @@ def reparameterize_kl_backward(
     mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`reparameterize_kl` with respect to mu and logvar; eps is regenerated."""
-    kernels = _kernels(mu.device)
-    dtype = _compute_dtype(kernels, mu.dtype)
-    grad_mu, grad_logvar = kernels.reparameterize_kl_backward(
-        _prepared(grad_z, dtype), _prepared(grad_kl, dtype), _prepared(grad_log_q, dtype),
-        _prepared(grad_log_p, dtype), _prepared(mu, dtype), _prepared(logvar, dtype),
-        _prepared(eps, dtype), _seed_value(seed), samples,
+    return calls.reparameterize_kl_backward(  # type: ignore[return-value]
+        grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, samples
     )
-    return _restored((grad_mu, grad_logvar), mu.dtype)
 
 
 @reparameterize_kl_backward.register_fake
@@ -189,10 +202,7 @@ reparameterize_kl.register_autograd(_reparameterize_kl_grad, setup_context=_repa
 def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Appendix B: ``scale * 0.5 * sum_j (mu^2 + exp(logvar) - 1 - logvar)`` per row ('rows') or in
     total ('total'); with ``with_grad`` also ``scale * mu`` and ``scale * 0.5 * (exp(logvar) - 1)``."""
-    kernels = _kernels(mu.device)
-    dtype = _compute_dtype(kernels, mu.dtype)
-    outputs = kernels.gaussian_kl_forward(_prepared(mu, dtype), _prepared(logvar, dtype), reduce, scale, with_grad)
-    return _restored(outputs, mu.dtype)
+    return calls.gaussian_kl_forward(mu, logvar, reduce, scale, with_grad)  # type: ignore[return-value]
 
 
 @gaussian_kl.register_fake
@@ -203,12 +213,7 @@ def _(mu, logvar, reduce, scale, with_grad):
 @torch.library.custom_op("fastaevb::gaussian_kl_backward", mutates_args=())
 def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, Tensor]:
     """``grad_out * scale * (mu, 0.5 * (exp(logvar) - 1))``, grad_out broadcast over each row."""
-    kernels = _kernels(mu.device)
-    dtype = _compute_dtype(kernels, mu.dtype)
-    outputs = kernels.gaussian_kl_backward(
-        _prepared(grad_out, dtype), _prepared(mu, dtype), _prepared(logvar, dtype), reduce, scale
-    )
-    return _restored(outputs, mu.dtype)
+    return calls.gaussian_kl_backward(grad_out, mu, logvar, reduce, scale)  # type: ignore[return-value]
 
 
 @gaussian_kl_backward.register_fake
@@ -228,12 +233,7 @@ def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: 
 
     @torch.library.custom_op(f"fastaevb::{name}", mutates_args=())
     def forward(decoded: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
-        kernels = _kernels(decoded.device)
-        dtype = _compute_dtype(kernels, decoded.dtype)
-        outputs = getattr(kernels, f"{entry}_forward")(
-            _prepared(decoded, dtype), _prepared_target(target, dtype), reduce, scale, with_grad
-        )
-        return _restored(outputs, decoded.dtype)
+        return calls.bernoulli_forward(entry, decoded, target, reduce, scale, with_grad)  # type: ignore[return-value]
 
     @forward.register_fake
     def _(decoded, target, reduce, scale, with_grad):
@@ -241,12 +241,7 @@ def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: 
 
     @torch.library.custom_op(f"fastaevb::{name}_backward", mutates_args=())
     def backward(grad_out: Tensor, decoded: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
-        kernels = _kernels(decoded.device)
-        dtype = _compute_dtype(kernels, decoded.dtype)
-        grad = getattr(kernels, f"{entry}_backward")(
-            _prepared(grad_out, dtype), _prepared(decoded, dtype), _prepared_target(target, dtype), reduce, scale
-        )
-        return _restored((grad,), decoded.dtype)[0]
+        return calls.bernoulli_backward(entry, grad_out, decoded, target, reduce, scale)[0]
 
     @backward.register_fake
     def _(grad_out, decoded, target, reduce, scale):
@@ -294,12 +289,7 @@ def gaussian_ll(
     ``logvar`` is ``mean``'s shape or ``(1,)`` (one shared log-variance). Gradients:
     ``d/dm = (x - m) exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 exp(-v))`` (summed when shared).
     """
-    kernels = _kernels(mean.device)
-    dtype = _compute_dtype(kernels, mean.dtype)
-    outputs = kernels.gaussian_forward(
-        _prepared(x, dtype), _prepared(mean, dtype), _prepared(logvar, dtype), reduce, scale, with_grad
-    )
-    return _restored(outputs, mean.dtype)
+    return calls.gaussian_ll_forward(x, mean, logvar, reduce, scale, with_grad)  # type: ignore[return-value]
 
 
 @gaussian_ll.register_fake
@@ -312,13 +302,7 @@ def gaussian_ll_backward(
     grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
 ) -> tuple[Tensor, Tensor]:
     """``grad_out * scale * (d/dmean, d/dlogvar)`` of :func:`gaussian_ll`."""
-    kernels = _kernels(mean.device)
-    dtype = _compute_dtype(kernels, mean.dtype)
-    outputs = kernels.gaussian_backward(
-        _prepared(grad_out, dtype), _prepared(x, dtype), _prepared(mean, dtype), _prepared(logvar, dtype),
-        reduce, scale,
-    )
-    return _restored(outputs, mean.dtype)
+    return calls.gaussian_ll_backward(grad_out, x, mean, logvar, reduce, scale)  # type: ignore[return-value]
 
 
 @gaussian_ll_backward.register_fake

@@ -1,12 +1,12 @@
 """The numba backend: the entry points of ``docs/backends.md`` over the jitted CPU kernels.
 
 Each entry point allocates its outputs with torch, hands numpy views of them and of the
-(contiguous, CPU) inputs to one kernel of ``_numba_kernels`` and raises through
+(contiguous, CPU) inputs to one kernel of ``kernels`` and raises through
 ``_errors.check_range`` on the out-of-range counts the kernel returns. Outputs are passed
 flat, absent inputs as empty arrays, and scalars with fixed Python types, so each kernel
 compiles for at most float32 / float64 x (float or uint8 targets).
 
-numba is imported with this module, which ``fastaevb._backend`` imports on first use.
+numba is imported with this module, which ``fastaevb.backends`` imports on first use.
 Compiled kernels are cached on disk (``cache=True``); the first call of a kernel in a fresh
 environment compiles it (seconds).
 """
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _numba_kernels as K
-from ._errors import check_range
+from . import kernels as K
+from ..._errors import check_range
 
 DTYPES = (torch.float32, torch.float64)
 

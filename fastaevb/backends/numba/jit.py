@@ -2,7 +2,7 @@
 the backend's sources.
 
 numba's ``cache=True`` keys a cached function on the hash of *its own* source file only. The
-kernels inline helpers from ``_numba_math`` and ``_numba_philox``, so after an edit of a
+kernels inline helpers from ``math`` and ``philox``, so after an edit of a
 helper (or an upgrade of fastaevb that leaves old ``__pycache__/*.nbi`` files behind) plain
 ``cache=True`` would silently load stale machine code. Here the cache index is stamped with
 the hash of every backend source file as well, so any change recompiles.
@@ -21,7 +21,7 @@ from numba import njit
 from numba.core.caching import CompileResultCacheImpl, FunctionCache
 from numba.core.dispatcher import Dispatcher
 
-_SOURCES = ("_numba_jit.py", "_numba_math.py", "_numba_philox.py", "_numba_kernels.py")
+_SOURCES = ("jit.py", "math.py", "philox.py", "kernels.py")
 
 
 def _sources_digest() -> str:

@@ -1,6 +1,6 @@
 """The elementwise SGVB formulas (design.md section 2) for the numba backend, written once.
 
-Every kernel in ``_numba_kernels`` calls these; none repeats a formula. They are generic over
+Every kernel in ``kernels`` calls these; none repeats a formula. They are generic over
 the float type T of their first argument: constants go through ``as_type(value, like)``,
 because numba types a bare Python float as float64 and ``float32 * float64`` is float64.
 """

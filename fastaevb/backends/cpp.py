@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _C
-from ._errors import check_range
+from .. import _C
+from .._errors import check_range
 
 DTYPES = (torch.float32, torch.float64)
 

@@ -1,0 +1,99 @@
+"""The fused SGVB steps with autograd, as ``functional`` calls them: one function per step.
+
+Two call paths run the same kernel calls (``ops.calls``) and the same backward rules:
+
+- eagerly, a plain ``torch.autograd.Function`` (``ops.eager``): no dispatcher in between, a few
+  microseconds of Python per call;
+- while ``torch.compile`` traces (or inside :func:`use_custom_ops`), the ``torch.library`` custom
+  ops of ``ops.custom`` (``torch.ops.fastaevb.*``), which have fake kernels, so compiled graphs
+  hold one opaque node per step and no graph break.
+
+Inputs are validated and flattened by ``functional``: decoder outputs ``(R, D)``, data ``(B, D)``
+with ``R % B == 0``, latents ``(R, J)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import custom, eager
+
+__all__ = [
+    "sgvb_loss", "reparameterize_kl", "gaussian_kl", "bernoulli_logits_ll", "bernoulli_probs_ll", "gaussian_ll",
+    "use_custom_ops", "custom",
+]
+
+_force_custom: list[bool] = []
+
+
+@contextlib.contextmanager
+def use_custom_ops() -> Iterator[None]:
+    """Run eager calls through the ``torch.library`` custom ops too (as ``torch.compile`` does):
+    for tests and debugging; slower."""
+    _force_custom.append(True)
+    try:
+        yield
+    finally:
+        _force_custom.pop()
+
+
+def _custom_path() -> bool:
+    return bool(_force_custom) or torch.compiler.is_compiling()
+
+
+def sgvb_loss(
+    decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
+    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+) -> Tensor:
+    """``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r|z_r)`` (eq. 10 negated, Appendix B + C),
+    one call for the whole loss of a step. ``likelihood``: 'bernoulli_logits', 'bernoulli_probs'
+    or 'gaussian' (then ``decoder_logvar`` is mean's shape or one shared value)."""
+    if _custom_path():
+        return custom.sgvb_loss(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)[0]
+    return eager.SGVBLossFunction.apply(
+        likelihood, kl_scale, ll_scale, with_grad, decoded, x, decoder_logvar, mu, logvar
+    )
+
+
+def reparameterize_kl(
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(z, kl, log_q, log_p)`` of eq. (4) / Appendix B; see ``ops.custom.reparameterize_kl``."""
+    if _custom_path():
+        return custom.reparameterize_kl(mu, logvar, seed, eps, samples, log_weights)
+    return eager.ReparameterizeKLFunction.apply(mu, logvar, seed, eps, samples, log_weights)
+
+
+def _reduced(custom_op, eager_step, *tensors: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
+    if _custom_path():
+        return custom_op(*tensors, reduce, scale, with_grad)[0]
+    forward_call, backward_call, differentiable = eager_step
+    return eager.ReducedFunction.apply(forward_call, backward_call, differentiable, reduce, scale, with_grad, *tensors)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
+    """Appendix B: ``scale * KL`` per row ('rows') or in total ('total')."""
+    return _reduced(custom.gaussian_kl, eager.GAUSSIAN_KL, mu, logvar, reduce=reduce, scale=scale, with_grad=with_grad)
+
+
+def bernoulli_logits_ll(logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
+    """Appendix C.1 from logits: ``scale * log p(x|z)`` per element, row or in total."""
+    return _reduced(custom.bernoulli_logits_ll, eager.BERNOULLI_LOGITS, logits, x,
+                    reduce=reduce, scale=scale, with_grad=with_grad)
+
+
+def bernoulli_probs_ll(probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
+    """Appendix C.1 from probabilities (``-F.binary_cross_entropy``): per element, row or in total."""
+    return _reduced(custom.bernoulli_probs_ll, eager.BERNOULLI_PROBS, probs, x,
+                    reduce=reduce, scale=scale, with_grad=with_grad)
+
+
+def gaussian_ll(x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
+    """Appendix C.2: ``scale * log p(x|z)`` per row or in total."""
+    return _reduced(custom.gaussian_ll, eager.GAUSSIAN_LL, x, mean, logvar, reduce=reduce, scale=scale,
+                    with_grad=with_grad)

@@ -1,0 +1,179 @@
+"""Kernel calls shared by the two call paths (the eager ``autograd.Function`` path of
+``ops.eager`` and the ``torch.library`` custom ops of ``ops.custom``): pick the backend's kernel
+module for the device, bring tensors to a dtype it computes in, call, cast back.
+
+Shapes (validated and flattened by ``functional``): decoder outputs ``(R, D)``, data ``(B, D)``
+with ``R % B == 0``, latents ``(R, J)``. The backend contract is ``docs/backends.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+
+
+def kernels_for(device: torch.device) -> ModuleType:
+    name = backends.resolve(device)
+    if name == "torch":  # an op called directly under use_backend("torch")
+        name = backends.kernel_backend(device)
+    return backends.kernels(name)
+
+
+def compute_dtype(kernels: ModuleType, dtype: torch.dtype) -> torch.dtype:
+    """Backends compute in their native dtypes; anything else (half on CPU) runs in float32."""
+    return dtype if dtype in kernels.DTYPES else torch.float32
+
+
+def prepared(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    # the dtype test skips a no-op .to(): a few microseconds each, several per call
+    if t is None:
+        return None
+    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
+
+
+def prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
+    if t.dtype == torch.bool:
+        return t.contiguous().view(torch.uint8)
+    return t.contiguous() if t.dtype == torch.uint8 else prepared(t, dtype)  # type: ignore[return-value]
+
+
+def restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+def seed_value(seed: Optional[Tensor]) -> int:
+    return 0 if seed is None else int(seed)
+
+
+# --- one function per backend entry point ------------------------------------------------------
+
+
+def reparameterize_kl_forward(
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool
+) -> tuple[Tensor, ...]:
+    kernels = kernels_for(mu.device)
+    dtype = compute_dtype(kernels, mu.dtype)
+    outputs = kernels.reparameterize_kl_forward(
+        prepared(mu, dtype), prepared(logvar, dtype), prepared(eps, dtype), seed_value(seed), samples, log_weights
+    )
+    return restored(outputs, mu.dtype)
+
+
+def reparameterize_kl_backward(
+    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int,
+) -> tuple[Tensor, ...]:
+    kernels = kernels_for(mu.device)
+    dtype = compute_dtype(kernels, mu.dtype)
+    grads = kernels.reparameterize_kl_backward(
+        prepared(grad_z, dtype), prepared(grad_kl, dtype), prepared(grad_log_q, dtype), prepared(grad_log_p, dtype),
+        prepared(mu, dtype), prepared(logvar, dtype), prepared(eps, dtype), seed_value(seed), samples,
+    )
+    return restored(grads, mu.dtype)
+
+
+def gaussian_kl_forward(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, ...]:
+    kernels = kernels_for(mu.device)
+    dtype = compute_dtype(kernels, mu.dtype)
+    outputs = kernels.gaussian_kl_forward(prepared(mu, dtype), prepared(logvar, dtype), reduce, scale, with_grad)
+    return restored(outputs, mu.dtype)
+
+
+def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, ...]:
+    kernels = kernels_for(mu.device)
+    dtype = compute_dtype(kernels, mu.dtype)
+    grads = kernels.gaussian_kl_backward(
+        prepared(grad_out, dtype), prepared(mu, dtype), prepared(logvar, dtype), reduce, scale
+    )
+    return restored(grads, mu.dtype)
+
+
+def bernoulli_forward(
+    entry: str, decoded: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, ...]:
+    """``entry``: ``'bernoulli_logits'`` or ``'bernoulli_probs'``."""
+    kernels = kernels_for(decoded.device)
+    dtype = compute_dtype(kernels, decoded.dtype)
+    outputs = getattr(kernels, f"{entry}_forward")(
+        prepared(decoded, dtype), prepared_target(target, dtype), reduce, scale, with_grad
+    )
+    return restored(outputs, decoded.dtype)
+
+
+def bernoulli_backward(
+    entry: str, grad_out: Tensor, decoded: Tensor, target: Tensor, reduce: str, scale: float
+) -> tuple[Tensor]:
+    kernels = kernels_for(decoded.device)
+    dtype = compute_dtype(kernels, decoded.dtype)
+    grad = getattr(kernels, f"{entry}_backward")(
+        prepared(grad_out, dtype), prepared(decoded, dtype), prepared_target(target, dtype), reduce, scale
+    )
+    return restored((grad,), decoded.dtype)  # type: ignore[return-value]
+
+
+def gaussian_ll_forward(
+    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, ...]:
+    kernels = kernels_for(mean.device)
+    dtype = compute_dtype(kernels, mean.dtype)
+    outputs = kernels.gaussian_forward(
+        prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale, with_grad
+    )
+    return restored(outputs, mean.dtype)
+
+
+def gaussian_ll_backward(
+    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, ...]:
+    kernels = kernels_for(mean.device)
+    dtype = compute_dtype(kernels, mean.dtype)
+    grads = kernels.gaussian_backward(
+        prepared(grad_out, dtype), prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale
+    )
+    return restored(grads, mean.dtype)
+
+
+# --- the whole SGVB loss of one step: KL + decoder log-likelihood -------------------------------
+
+LIKELIHOODS = ("bernoulli_logits", "bernoulli_probs", "gaussian")
+
+
+def sgvb_loss_forward(
+    decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
+    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and, with ``with_grad``, its gradients with
+    respect to (decoded, decoder_logvar, mu, logvar); empty tensors stand for absent ones."""
+    kl, grad_mu, grad_logvar = gaussian_kl_forward(mu, logvar, "total", kl_scale, with_grad)
+    if likelihood == "gaussian":
+        assert decoder_logvar is not None
+        ll, grad_decoded, grad_decoder_logvar = gaussian_ll_forward(
+            x, decoded, decoder_logvar, "total", -ll_scale, with_grad
+        )
+    else:
+        ll, grad_decoded = bernoulli_forward(likelihood, decoded, x, "total", -ll_scale, with_grad)
+        grad_decoder_logvar = decoded.new_empty(0)
+    return kl.add_(ll), grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
+
+
+def sgvb_loss_backward(
+    grad_out: Tensor, decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
+    likelihood: str, kl_scale: float, ll_scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`sgvb_loss_forward` times ``grad_out``: (decoded, decoder_logvar, mu, logvar)."""
+    grad_mu, grad_logvar = gaussian_kl_backward(grad_out, mu, logvar, "total", kl_scale)
+    if likelihood == "gaussian":
+        assert decoder_logvar is not None
+        grad_decoded, grad_decoder_logvar = gaussian_ll_backward(
+            grad_out, x, decoded, decoder_logvar, "total", -ll_scale
+        )
+    else:
+        (grad_decoded,) = bernoulli_backward(likelihood, grad_out, decoded, x, "total", -ll_scale)
+        grad_decoder_logvar = decoded.new_empty(0)
+    return grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
