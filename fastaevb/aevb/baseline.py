@@ -59,7 +59,11 @@ def loss_function(recon_x, x, mu, logvar, reduction="sum"):
 @torch.no_grad()
 def test_bound(model: PlainVAE, x: torch.Tensor, seed: int = 2014) -> tuple[float, float]:
     torch.manual_seed(seed)
-    per = torch.cat([-loss_function(*model(xb), xb, reduction="none") for xb in x.split(1000)]).double()
+    per = []
+    for xb in x.split(1000):
+        recon, mu, logvar = model(xb)
+        per.append(-loss_function(recon, xb, mu, logvar, reduction="none"))
+    per = torch.cat(per).double()
     return per.mean().item(), per.std().item() / math.sqrt(per.numel())
 
 
