@@ -66,6 +66,14 @@ PYBIND11_MODULE(_C, m) {
         "grad_out"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
         "reduce"_a, "scale"_a, "dtype"_a, "nthreads"_a);
 
+  m.def("sgvb_loss_forward", &f::sgvb_loss_forward, guard(), "out"_a, "grad_decoded"_a,
+        "grad_decoder_logvar"_a, "grad_mu"_a, "grad_logvar"_a, "decoded"_a, "x"_a, "decoder_logvar"_a,
+        "mu"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared_logvar"_a,
+        "kl_scale"_a, "ll_scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+  m.attr("LIKELIHOODS") = py::dict("bernoulli_logits"_a = static_cast<int>(f::kLikelihoodLogits),
+                                   "bernoulli_probs"_a = static_cast<int>(f::kLikelihoodProbs),
+                                   "gaussian"_a = static_cast<int>(f::kLikelihoodGaussian));
+
   m.attr("REDUCE_ELEMENTS") = 0;
   m.attr("REDUCE_ROWS") = 1;
   m.attr("REDUCE_TOTAL") = 2;

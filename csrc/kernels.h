@@ -60,4 +60,16 @@ void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, 
                        addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
                        int reduce, double scale, int dtype, int nthreads);
 
+// The whole loss of a step: kl_scale * sum KL - ll_scale * sum log p(x|z), mu/logvar (B, J),
+// decoder output (R, D); likelihood: kLikelihoodLogits, kLikelihoodProbs or kLikelihoodGaussian
+// (decoder_logvar (R, D), or one value when shared_logvar). Gradients written when with_grad.
+// Returns (out-of-range decoder inputs, out-of-range targets).
+enum Likelihood : int { kLikelihoodLogits = 0, kLikelihoodProbs = 1, kLikelihoodGaussian = 2 };
+std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr grad_decoder_logvar,
+                                              addr grad_mu, addr grad_logvar, addr decoded, addr x,
+                                              addr decoder_logvar, addr mu, addr logvar, int64_t R,
+                                              int64_t B, int64_t D, int64_t J, int likelihood,
+                                              bool shared_logvar, double kl_scale, double ll_scale,
+                                              bool with_grad, int dtype, int xtype, int nthreads);
+
 }  // namespace fastaevb

@@ -83,6 +83,12 @@ def _draw_seed(generator: Optional[torch.Generator]) -> Tensor:
 
 
 def _check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Optional[Tensor]) -> None:
+    # The common case in one expression (this runs every step); anything else goes through the
+    # checks below, which name what is wrong.
+    if (eps is None and type(samples) is int and samples == 1 and isinstance(mu, Tensor)
+            and isinstance(logvar, Tensor) and mu.dtype == logvar.dtype and mu.dtype.is_floating_point
+            and mu.shape == logvar.shape and mu.dim() > 0 and mu.device == logvar.device):
+        return
     check.floating("mu", mu)
     check.floating("logvar", logvar)
     if mu.dim() == 0:
@@ -130,6 +136,14 @@ def reparameterize_kl(
     Returns:
         ``(z, kl)`` with kl of shape ``batch``, or ``(z, kl, log_q, log_p)``.
     """
+    return _sample(mu, logvar, samples, eps, generator, return_log_weights, with_kl=True)
+
+
+def _sample(
+    mu: Tensor, logvar: Tensor, samples: int, eps: Optional[Tensor], generator: Optional[torch.Generator],
+    return_log_weights: bool, with_kl: bool,
+) -> tuple[Tensor, ...]:
+    """Shared body of :func:`reparameterize_kl` and :func:`reparameterize` (which wants no KL)."""
     _check_latents(mu, logvar, samples, eps)
     batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
     sample_shape = () if samples == 1 else (samples,)
@@ -138,21 +152,16 @@ def reparameterize_kl(
             eps = torch.randn((*sample_shape, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
         eps = eps.reshape(*sample_shape, *mu.shape)
         z = reference.reparameterize(mu, logvar, eps)
-        kl = reference.gaussian_kl(mu, logvar)
+        kl = reference.gaussian_kl(mu, logvar) if with_kl else mu.new_empty(0)
         if not return_log_weights:
             return z, kl
         return z, kl, reference.log_q(logvar, eps), reference.log_p(z)
 
-    rows = math.prod(batch)
     seed = _draw_seed(generator) if eps is None else None
-    flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
-    z, kl, log_q, log_p = ops.reparameterize_kl(
-        mu.reshape(rows, latent), logvar.reshape(rows, latent), seed, flat_eps, samples, return_log_weights
-    )
-    z, kl = z.reshape(*sample_shape, *mu.shape), kl.reshape(batch)
-    if not return_log_weights:
-        return z, kl
-    return z, kl, log_q.reshape(*sample_shape, *batch), log_p.reshape(*sample_shape, *batch)
+    if not (with_kl or return_log_weights):
+        return (ops.reparameterize(mu, logvar, seed, eps, samples),)
+    z, kl, log_q, log_p = ops.reparameterize_kl(mu, logvar, seed, eps, samples, return_log_weights, with_kl)
+    return (z, kl, log_q, log_p) if return_log_weights else (z, kl)
 
 
 def reparameterize(
@@ -165,9 +174,10 @@ def reparameterize(
 ) -> Tensor:
     """``z = mu + exp(0.5 * logvar) * eps`` (eq. 4, Sec. 2.4); see :func:`reparameterize_kl`.
 
-    Gradients: ``dz/dmu = 1``, ``dz/dlogvar = 0.5 * eps * exp(0.5 * logvar)``.
+    Gradients: ``dz/dmu = 1``, ``dz/dlogvar = 0.5 * eps * exp(0.5 * logvar)``. Computes no KL
+    (use :func:`reparameterize_kl` for both in one pass).
     """
-    return reparameterize_kl(mu, logvar, samples=samples, eps=eps, generator=generator)[0]
+    return _sample(mu, logvar, samples, eps, generator, return_log_weights=False, with_kl=False)[0]
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
@@ -466,19 +476,15 @@ def sgvb_loss(
         check.target("x", x)
     check.not_requiring_grad("x", x)
     per_datapoint = 1.0 / batch if reduction == "mean" else 1.0
-    flat_logvar = None
     if likelihood == "gaussian":
         check.same_float_dtype("recon", recon, mu=mu)
-        dlv = recon.new_zeros(1) if decoder_logvar is None else decoder_logvar
-        flat_logvar = dlv.reshape(1) if dlv.numel() == 1 else dlv.reshape(samples * batch, event)
-    data = x.reshape(batch, event)
-    if likelihood == "gaussian":
-        data = data.to(recon.dtype)
-    tensors = (recon, mu, logvar) if flat_logvar is None else (recon, mu, logvar, flat_logvar)
+        if decoder_logvar is None:
+            decoder_logvar = recon.new_zeros(1)
+        x = x.to(recon.dtype)
+    grad_from = (recon, mu, logvar) if decoder_logvar is None else (recon, mu, logvar, decoder_logvar)
     return ops.sgvb_loss(
-        recon.reshape(samples * batch, event), data, flat_logvar, mu, logvar,
-        _KERNEL_LIKELIHOOD[likelihood], per_datapoint, per_datapoint / samples,
-        _wants_grad_in_forward("total", *tensors),
+        recon, x, decoder_logvar, mu, logvar, _KERNEL_LIKELIHOOD[likelihood], per_datapoint,
+        per_datapoint / samples, _wants_grad_in_forward("total", *grad_from),
     )
 
 

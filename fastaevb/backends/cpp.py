@@ -71,16 +71,16 @@ def randn(seed: int, offsets: Tensor) -> Tensor:
 
 
 def reparameterize_kl_forward(
-    mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: int, samples: int, log_weights: bool
+    mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: int, samples: int, log_weights: bool, with_kl: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     R, J = mu.shape
     z = mu.new_empty((samples, R, J))
-    kl = mu.new_empty((R,))
+    kl = mu.new_empty((R,) if with_kl else (0,))
     weight_shape = (samples, R) if log_weights else (0,)
     log_q = mu.new_empty(weight_shape)
     log_p = mu.new_empty(weight_shape)
     _C.reparameterize_kl_forward(
-        z.data_ptr(), kl.data_ptr(), log_q.data_ptr(), log_p.data_ptr(),
+        z.data_ptr(), kl.data_ptr() if with_kl else 0, log_q.data_ptr(), log_p.data_ptr(),
         mu.data_ptr(), logvar.data_ptr(), _ptr(eps), int(seed) & _U64,
         samples, R, J, bool(log_weights), _DTYPE_CODE[mu.dtype], _num_threads(),
     )  # fmt: skip
@@ -247,3 +247,32 @@ def gaussian_backward(
         _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[mean.dtype], _num_threads(),
     )  # fmt: skip
     return grad_mean, grad_logvar
+
+
+# --------------------------------------------------------------------------------------
+# The whole loss of a step (optional fused entry, see docs/backends.md)
+# --------------------------------------------------------------------------------------
+
+
+def sgvb_loss_forward(
+    decoded: Tensor, x: Tensor, decoder_logvar: Tensor | None, mu: Tensor, logvar: Tensor,
+    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and its gradients, one ``_C`` call."""
+    R, D = decoded.shape
+    gaussian = likelihood == "gaussian"
+    x, xtype = (x, 0) if gaussian else _target(x, decoded.dtype)
+    out = torch.empty((), dtype=decoded.dtype)
+    grad_decoded = _grad_slot(decoded, with_grad)
+    grad_decoder_logvar = _grad_slot(decoder_logvar, with_grad) if gaussian else decoded.new_empty(0)
+    grad_mu, grad_logvar = _grad_slot(mu, with_grad), _grad_slot(logvar, with_grad)
+    bad_in, bad_x = _C.sgvb_loss_forward(
+        out.data_ptr(), grad_decoded.data_ptr(), grad_decoder_logvar.data_ptr(), grad_mu.data_ptr(),
+        grad_logvar.data_ptr(), decoded.data_ptr(), x.data_ptr(), _ptr(decoder_logvar), mu.data_ptr(),
+        logvar.data_ptr(), R, x.shape[0], D, mu.shape[1], _C.LIKELIHOODS[likelihood],
+        gaussian and decoder_logvar.numel() == 1, float(kl_scale), float(ll_scale), bool(with_grad),
+        _DTYPE_CODE[decoded.dtype], xtype, _num_threads(),
+    )  # fmt: skip
+    check_range(bad_in, "input")
+    check_range(bad_x, "target")
+    return out, grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar

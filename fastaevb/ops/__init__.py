@@ -15,6 +15,7 @@ with ``R % B == 0``, latents ``(R, J)``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Optional
 
@@ -24,7 +25,7 @@ from torch import Tensor
 from . import custom, eager
 
 __all__ = [
-    "sgvb_loss", "reparameterize_kl", "gaussian_kl", "bernoulli_logits_ll", "bernoulli_probs_ll", "gaussian_ll",
+    "sgvb_loss", "reparameterize", "reparameterize_kl", "gaussian_kl", "bernoulli_logits_ll", "bernoulli_probs_ll", "gaussian_ll",
     "use_custom_ops", "custom",
 ]
 
@@ -52,28 +53,48 @@ def sgvb_loss(
 ) -> Tensor:
     """``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r|z_r)`` (eq. 10 negated, Appendix B + C),
     one call for the whole loss of a step. ``likelihood``: 'bernoulli_logits', 'bernoulli_probs'
-    or 'gaussian' (then ``decoder_logvar`` is mean's shape or one shared value)."""
-    if _custom_path():
-        return custom.sgvb_loss(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)[0]
-    return eager.SGVBLossFunction.apply(
-        likelihood, kl_scale, ll_scale, with_grad, decoded, x, decoder_logvar, mu, logvar
-    )
+    or 'gaussian' (then ``decoder_logvar`` is decoded's shape or one shared value).
+
+    ``x`` is ``(B, ...)``, rows of D values; ``decoded`` holds ``R * D`` values, ``R % B == 0``, in a
+    layout ``functional`` validated (flattened to ``(R, D)`` rows here)."""
+    if not _custom_path():
+        return eager.apply(eager.SGVBLossFunction, likelihood, kl_scale, ll_scale, with_grad,
+                           decoded, x, decoder_logvar, mu, logvar)
+    return custom.sgvb_loss(*eager.flat_loss_inputs(decoded, x, decoder_logvar), mu, logvar,
+                            likelihood, kl_scale, ll_scale, with_grad)[0]
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int) -> Tensor:
+    """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output."""
+    if not _custom_path():
+        return eager.apply(eager.ReparameterizeFunction, mu, logvar, seed, eps, samples)
+    return reparameterize_kl(mu, logvar, seed, eps, samples, False, False)[0]
 
 
 def reparameterize_kl(
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool,
+    with_kl: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(z, kl, log_q, log_p)`` of eq. (4) / Appendix B; see ``ops.custom.reparameterize_kl``."""
-    if _custom_path():
-        return custom.reparameterize_kl(mu, logvar, seed, eps, samples, log_weights)
-    return eager.ReparameterizeKLFunction.apply(mu, logvar, seed, eps, samples, log_weights)
+    """``(z, kl, log_q, log_p)`` of eq. (4) / Appendix B for ``mu, logvar`` of shape ``(*batch, J)``:
+    z ``(*batch, J)`` (``(L, *batch, J)`` for ``samples = L > 1``), kl ``batch`` (empty without
+    ``with_kl``), log_q / log_p like z without J (empty without ``log_weights``). See
+    ``ops.custom.reparameterize_kl`` for the flat ``(R, J)`` op."""
+    if not _custom_path():
+        return eager.apply(eager.ReparameterizeKLFunction, mu, logvar, seed, eps, samples, log_weights, with_kl)
+    latent = mu.shape[-1]
+    rows = math.prod(mu.shape[:-1])
+    flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
+    z, kl, log_q, log_p = custom.reparameterize_kl(
+        mu.reshape(rows, latent), logvar.reshape(rows, latent), seed, flat_eps, samples, log_weights, with_kl
+    )
+    return eager.shaped_samples(z, kl, log_q, log_p, mu.shape, samples, log_weights, with_kl)
 
 
 def _reduced(custom_op, eager_step, *tensors: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
     if _custom_path():
         return custom_op(*tensors, reduce, scale, with_grad)[0]
     forward_call, backward_call, differentiable = eager_step
-    return eager.ReducedFunction.apply(forward_call, backward_call, differentiable, reduce, scale, with_grad, *tensors)
+    return eager.apply(eager.ReducedFunction, forward_call, backward_call, differentiable, reduce, scale, with_grad, *tensors)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:

@@ -55,12 +55,14 @@ def seed_value(seed: Optional[Tensor]) -> int:
 
 
 def reparameterize_kl_forward(
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool,
+    with_kl: bool,
 ) -> tuple[Tensor, ...]:
     kernels = kernels_for(mu.device)
     dtype = compute_dtype(kernels, mu.dtype)
     outputs = kernels.reparameterize_kl_forward(
-        prepared(mu, dtype), prepared(logvar, dtype), prepared(eps, dtype), seed_value(seed), samples, log_weights
+        prepared(mu, dtype), prepared(logvar, dtype), prepared(eps, dtype), seed_value(seed), samples, log_weights,
+        with_kl,
     )
     return restored(outputs, mu.dtype)
 
@@ -149,7 +151,19 @@ def sgvb_loss_forward(
     likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and, with ``with_grad``, its gradients with
-    respect to (decoded, decoder_logvar, mu, logvar); empty tensors stand for absent ones."""
+    respect to (decoded, decoder_logvar, mu, logvar); empty tensors stand for absent ones.
+
+    A backend with the optional fused entry ``sgvb_loss_forward`` runs it (one call); otherwise the
+    KL and decoder entries run one after the other."""
+    kernels = kernels_for(decoded.device)
+    fused = getattr(kernels, "sgvb_loss_forward", None)
+    if fused is not None and decoded.dtype in kernels.DTYPES and mu.dtype == decoded.dtype:
+        dtype = decoded.dtype
+        return fused(  # type: ignore[no-any-return]
+            prepared(decoded, dtype), prepared_target(x, dtype) if likelihood != "gaussian" else prepared(x, dtype),
+            prepared(decoder_logvar, dtype), prepared(mu, dtype), prepared(logvar, dtype),
+            likelihood, kl_scale, ll_scale, with_grad,
+        )
     kl, grad_mu, grad_logvar = gaussian_kl_forward(mu, logvar, "total", kl_scale, with_grad)
     if likelihood == "gaussian":
         assert decoder_logvar is not None

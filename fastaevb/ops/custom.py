@@ -137,23 +137,26 @@ sgvb_loss.register_autograd(_sgvb_loss_grad, setup_context=_sgvb_loss_setup)
 
 @torch.library.custom_op("fastaevb::reparameterize_kl", mutates_args=())
 def reparameterize_kl(
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool
+    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool,
+    with_kl: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Eq. (4) and Appendix B in one pass: ``z = mu + exp(0.5*logvar)*eps`` for ``samples`` draws,
     ``KL = 0.5*sum_j(mu^2 + exp(logvar) - 1 - logvar)``, and optionally ``log q(z|x)``, ``log p(z)``.
 
     eps comes from the Philox stream ``randn(seed, flat index)`` unless given; it is never stored.
-    Shapes: mu, logvar ``(R, J)`` -> z ``(samples, R, J)``, kl ``(R,)``, log_q/log_p ``(samples, R)``
-    (empty when ``log_weights`` is False).
+    Shapes: mu, logvar ``(R, J)`` -> z ``(samples, R, J)``, kl ``(R,)`` (empty when ``with_kl`` is
+    False: ``reparameterize`` alone), log_q/log_p ``(samples, R)`` (empty when ``log_weights`` is False).
     """
-    return calls.reparameterize_kl_forward(mu, logvar, seed, eps, samples, log_weights)  # type: ignore[return-value]
+    return calls.reparameterize_kl_forward(  # type: ignore[return-value]
+        mu, logvar, seed, eps, samples, log_weights, with_kl
+    )
 
 
 @reparameterize_kl.register_fake
-def _(mu, logvar, seed, eps, samples, log_weights):
+def _(mu, logvar, seed, eps, samples, log_weights, with_kl):
     rows, latent = mu.shape
     weights_shape = (samples, rows) if log_weights else (0,)
-    return (mu.new_empty((samples, rows, latent)), mu.new_empty((rows,)),
+    return (mu.new_empty((samples, rows, latent)), mu.new_empty((rows,) if with_kl else (0,)),
             mu.new_empty(weights_shape), mu.new_empty(weights_shape))
 
 
@@ -174,22 +177,32 @@ def _(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, samples):
 
 
 def _reparameterize_kl_setup(ctx, inputs, output):
-    mu, logvar, seed, eps, samples, log_weights = inputs
+    mu, logvar, seed, eps, samples, log_weights, with_kl = inputs
     ctx.save_for_backward(mu, logvar, seed, eps)
-    ctx.samples, ctx.log_weights = samples, log_weights
+    ctx.samples, ctx.log_weights, ctx.with_kl = samples, log_weights, with_kl
     ctx.set_materialize_grads(False)
 
 
 def _reparameterize_kl_grad(ctx, grad_z, grad_kl, grad_log_q, grad_log_p):
-    if not ctx.log_weights:  # the empty log_q / log_p placeholders may still get (empty) gradients
-        grad_log_q = grad_log_p = None
+    # empty placeholders (no KL, no log-weights) may still get (empty) gradients: drop them
+    grad_z, grad_kl, grad_log_q, grad_log_p = _used_grads(ctx, grad_z, grad_kl, grad_log_q, grad_log_p)
     if all(g is None for g in (grad_z, grad_kl, grad_log_q, grad_log_p)):
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     mu, logvar, seed, eps = ctx.saved_tensors
     grad_mu, grad_logvar = reparameterize_kl_backward(
         grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, ctx.samples
     )
-    return grad_mu, grad_logvar, None, None, None, None
+    return grad_mu, grad_logvar, None, None, None, None, None
+
+
+def _used_grads(ctx, grad_z, grad_kl, grad_log_q, grad_log_p):
+    """The upstream gradients of the outputs that exist (kl without ``with_kl`` and the log-weights
+    without ``log_weights`` are empty placeholders)."""
+    if not ctx.with_kl:
+        grad_kl = None
+    if not ctx.log_weights:
+        grad_log_q = grad_log_p = None
+    return grad_z, grad_kl, grad_log_q, grad_log_p
 
 
 reparameterize_kl.register_autograd(_reparameterize_kl_grad, setup_context=_reparameterize_kl_setup)

@@ -8,6 +8,7 @@ without a multiply.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Optional
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import calls
+from .custom import _used_grads
 
 
 def upstream_is_one(grad_out: Tensor) -> bool:
@@ -77,48 +79,107 @@ BERNOULLI_PROBS = (partial(calls.bernoulli_forward, "bernoulli_probs"),
 GAUSSIAN_LL = (calls.gaussian_ll_forward, calls.gaussian_ll_backward, (1, 2))
 
 
+def shaped_samples(z: Tensor, kl: Tensor, log_q: Tensor, log_p: Tensor, shape: torch.Size, samples: int,
+                   log_weights: bool, with_kl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The flat outputs of the reparameterize kernels in the shapes of ``mu`` (``shape``)."""
+    batch = shape[:-1]
+    lead = (samples,) if samples > 1 else ()
+    z = z.view(*lead, *shape)
+    if with_kl:
+        kl = kl.view(batch)
+    if log_weights:
+        log_q, log_p = log_q.view(*lead, *batch), log_p.view(*lead, *batch)
+    return z, kl, log_q, log_p
+
+
 class ReparameterizeKLFunction(torch.autograd.Function):
     """Eq. (4) + Appendix B (+ log-weights): ``calls.reparameterize_kl_forward`` with autograd;
-    eps is regenerated from the seed in backward, never stored."""
+    eps is regenerated from the seed in backward, never stored. Takes ``mu, logvar`` of any
+    ``(*batch, J)`` shape: flattening inside the node costs no autograd view nodes."""
 
     @staticmethod
     def forward(ctx, mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor],
-                samples: int, log_weights: bool):
-        z, kl, log_q, log_p = calls.reparameterize_kl_forward(mu, logvar, seed, eps, samples, log_weights)
-        ctx.save_for_backward(mu, logvar, seed, eps)
-        ctx.samples, ctx.log_weights = samples, log_weights
+                samples: int, log_weights: bool, with_kl: bool):
+        latent, rows = mu.shape[-1], math.prod(mu.shape[:-1])
+        flat_mu, flat_logvar = mu.reshape(rows, latent), logvar.reshape(rows, latent)
+        flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
+        z, kl, log_q, log_p = calls.reparameterize_kl_forward(
+            flat_mu, flat_logvar, seed, flat_eps, samples, log_weights, with_kl
+        )
+        ctx.save_for_backward(flat_mu, flat_logvar, seed, flat_eps)
+        ctx.samples, ctx.log_weights, ctx.with_kl, ctx.shape = samples, log_weights, with_kl, mu.shape
         ctx.set_materialize_grads(False)
         if not log_weights:
             ctx.mark_non_differentiable(log_q, log_p)
-        return z, kl, log_q, log_p
+        if not with_kl:
+            ctx.mark_non_differentiable(kl)
+        return shaped_samples(z, kl, log_q, log_p, mu.shape, samples, log_weights, with_kl)
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl, grad_log_q, grad_log_p):
-        if not ctx.log_weights:
-            grad_log_q = grad_log_p = None
+        grad_z, grad_kl, grad_log_q, grad_log_p = _used_grads(ctx, grad_z, grad_kl, grad_log_q, grad_log_p)
         if all(g is None for g in (grad_z, grad_kl, grad_log_q, grad_log_p)):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
+        mu, logvar, seed, eps = ctx.saved_tensors
+        rows, samples = mu.shape[0], ctx.samples
+        grad_mu, grad_logvar = calls.reparameterize_kl_backward(
+            None if grad_z is None else grad_z.reshape(samples, rows, mu.shape[1]),
+            None if grad_kl is None else grad_kl.reshape(rows),
+            None if grad_log_q is None else grad_log_q.reshape(samples, rows),
+            None if grad_log_p is None else grad_log_p.reshape(samples, rows),
+            mu, logvar, seed, eps, samples,
+        )
+        return grad_mu.view(ctx.shape), grad_logvar.view(ctx.shape), None, None, None, None, None
+
+
+class ReparameterizeFunction(torch.autograd.Function):
+    """Eq. (4) alone: z only, no KL (the cheapest autograd node for the most frequent call)."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int):
+        latent, rows = mu.shape[-1], math.prod(mu.shape[:-1])
+        flat_mu, flat_logvar = mu.reshape(rows, latent), logvar.reshape(rows, latent)
+        flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
+        z = calls.reparameterize_kl_forward(flat_mu, flat_logvar, seed, flat_eps, samples, False, False)[0]
+        ctx.save_for_backward(flat_mu, flat_logvar, seed, flat_eps)
+        ctx.samples, ctx.shape = samples, mu.shape
+        return z.view(*((samples,) if samples > 1 else ()), *mu.shape)
+
+    @staticmethod
+    def backward(ctx, grad_z):
         mu, logvar, seed, eps = ctx.saved_tensors
         grad_mu, grad_logvar = calls.reparameterize_kl_backward(
-            grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, seed, eps, ctx.samples
+            grad_z.reshape(ctx.samples, *mu.shape), None, None, None, mu, logvar, seed, eps, ctx.samples
         )
-        return grad_mu, grad_logvar, None, None, None, None
+        return grad_mu.view(ctx.shape), grad_logvar.view(ctx.shape), None, None, None
+
+
+def flat_loss_inputs(decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor]):
+    """``decoded`` as ``(R, D)`` rows of ``x`` as ``(B, D)``, the decoder log-variance as ``(R, D)`` or ``(1,)``."""
+    batch, event = x.shape[0], math.prod(x.shape[1:])
+    rows = decoded.numel() // event if event else math.prod(decoded.shape[:-1])
+    flat_logvar = None
+    if decoder_logvar is not None:
+        flat_logvar = decoder_logvar.reshape(1) if decoder_logvar.numel() == 1 else decoder_logvar.reshape(rows, event)
+    return decoded.reshape(rows, event), x.reshape(batch, event), flat_logvar
 
 
 class SGVBLossFunction(torch.autograd.Function):
-    """The whole loss of a step (``calls.sgvb_loss_forward``) as one autograd node."""
+    """The whole loss of a step (``calls.sgvb_loss_forward``) as one autograd node; the inputs are
+    flattened inside it (no autograd view nodes) and the gradients come back in their shapes."""
 
     @staticmethod
     def forward(ctx, likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
                 decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor) -> Tensor:
+        flat_decoded, flat_x, flat_logvar = flat_loss_inputs(decoded, x, decoder_logvar)
         loss, *grads = calls.sgvb_loss_forward(
-            decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad
+            flat_decoded, flat_x, flat_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad
         )
-        ctx.likelihood, ctx.kl_scale, ctx.ll_scale = likelihood, kl_scale, ll_scale
-        ctx.with_grad = with_grad
+        ctx.likelihood, ctx.kl_scale, ctx.ll_scale, ctx.with_grad = likelihood, kl_scale, ll_scale, with_grad
+        ctx.shapes = (decoded.shape, None if decoder_logvar is None else decoder_logvar.shape)
         ctx.grads = tuple(grads) if with_grad else None
         if not with_grad:
-            ctx.save_for_backward(decoded, x, decoder_logvar, mu, logvar)
+            ctx.save_for_backward(flat_decoded, flat_x, flat_logvar, mu, logvar)
         return loss
 
     @staticmethod
@@ -130,8 +191,18 @@ class SGVBLossFunction(torch.autograd.Function):
             grads = calls.sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar,
                                              ctx.likelihood, ctx.kl_scale, ctx.ll_scale)
         grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar = grads
+        decoded_shape, logvar_shape = ctx.shapes
         needs = ctx.needs_input_grad
         return (None, None, None, None,
-                grad_decoded if needs[4] else None, None,
-                grad_decoder_logvar if needs[6] else None,
+                grad_decoded.view(decoded_shape) if needs[4] else None, None,
+                grad_decoder_logvar.view(logvar_shape) if needs[6] else None,
                 grad_mu if needs[7] else None, grad_logvar if needs[8] else None)
+
+
+def apply(function, *args):
+    """``function.apply(*args)`` without the Python layer of ``torch.autograd.Function.apply``
+    (argument binding and functorch unwrapping: a few microseconds a call), when no functorch
+    transform is active; with one, the full ``apply``."""
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return super(torch.autograd.Function, function).apply(*args)

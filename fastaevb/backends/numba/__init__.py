@@ -91,11 +91,11 @@ def randn(seed: int, offsets: Tensor) -> Tensor:
 
 
 def reparameterize_kl_forward(
-    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, samples: int, log_weights: bool
+    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, samples: int, log_weights: bool, with_kl: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     rows, latent = mu.shape
     z = torch.empty((samples, rows, latent), dtype=mu.dtype)
-    kl = torch.empty((rows,), dtype=mu.dtype)
+    kl = torch.empty((rows,) if with_kl else (0,), dtype=mu.dtype)
     weights_shape = (samples, rows) if log_weights else (0,)
     log_q = torch.empty(weights_shape, dtype=mu.dtype)
     log_p = torch.empty(weights_shape, dtype=mu.dtype)
@@ -103,7 +103,7 @@ def reparameterize_kl_forward(
     _threads()
     K.reparameterize_kl_forward(
         _flat(z), _a(kl), _flat(log_q), _flat(log_p), _a(mu), _a(logvar),
-        eps_a, has_eps, np.uint64(seed), int(samples), bool(log_weights),
+        eps_a, has_eps, np.uint64(seed), int(samples), bool(log_weights), bool(with_kl),
     )
     return z, kl, log_q, log_p
 

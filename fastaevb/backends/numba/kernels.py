@@ -103,8 +103,9 @@ def _eps(eps, has_eps, seed, i, like):
 
 
 @kernel(parallel=True)
-def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, seed, samples, log_weights):
-    """z (L*R*J,), kl (R,), log_q / log_p (L*R,) when ``log_weights``; eps flat (L*R*J,) if given."""
+def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, seed, samples, log_weights, with_kl):
+    """z (L*R*J,), kl (R,) when ``with_kl``, log_q / log_p (L*R,) when ``log_weights``; eps flat
+    (L*R*J,) if given."""
     rows, latent = mu.shape
     zero = as_type(0.0, mu)
     for r in prange(rows):
@@ -116,8 +117,9 @@ def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, see
         for j in range(latent):
             m = mu[r, j]
             v = logvar[r, j]
-            term, _, _ = kl_term(m, v)
-            kl_sum += term
+            if with_kl:
+                term, _, _ = kl_term(m, v)
+                kl_sum += term
             sd = reparam_sd(v)
             for l in range(samples):
                 i = (l * rows + r) * latent + j
@@ -127,7 +129,8 @@ def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, see
                 if log_weights:
                     log_q[l * rows + r] += normal_logpdf_std(e, v)
                     log_p[l * rows + r] += normal_logpdf_std(zl, zero)
-        kl[r] = kl_row(kl_sum)
+        if with_kl:
+            kl[r] = kl_row(kl_sum)
 
 
 @kernel(parallel=True)
