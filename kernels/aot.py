@@ -81,12 +81,12 @@ def enumerate_specs() -> list[Spec]:
         acc = "fp64" if dt == "fp64" else "fp32"
         p = "*" + dt
         # reparameterize + KL
-        for has_eps, logw in itertools.product((False, True), repeat=2):
+        for has_eps, logw, with_kl in itertools.product((False, True), repeat=3):
             specs.append(_spec(rk.reparameterize_kl_fwd_kernel,
                                dict(mu_ptr=p, v_ptr=p, eps_ptr=p, z_ptr=p, kl_ptr=p, lq_ptr=p, lp_ptr=p,
                                     R=i32, J=i32, L=i32, seed=i64),
-                               dict(HAS_EPS=has_eps, LOG_WEIGHTS=logw, **LATENT_TILE),
-                               f"{dt} " + _flags(HAS_EPS=has_eps, LOG_WEIGHTS=logw)))
+                               dict(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl, **LATENT_TILE),
+                               f"{dt} " + _flags(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl)))
         for has_eps, need_z in ((False, False), (False, True), (True, True)):
             specs.append(_spec(rk.reparameterize_kl_bwd_kernel,
                                dict(gz_ptr=p, gz_s=i32, glq_ptr=p, glq_s=i32, glp_ptr=p, glp_s=i32,

@@ -27,7 +27,7 @@ def _eps(eps_ptr, seed, flat, mask, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
 def reparameterize_kl_fwd_kernel(
     mu_ptr, v_ptr, eps_ptr, z_ptr, kl_ptr, lq_ptr, lp_ptr,
     R: tl.int32, J: tl.int32, L: tl.int32, seed: tl.int64,
-    HAS_EPS: tl.constexpr, LOG_WEIGHTS: tl.constexpr,
+    HAS_EPS: tl.constexpr, LOG_WEIGHTS: tl.constexpr, WITH_KL: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -35,16 +35,16 @@ def reparameterize_kl_fwd_kernel(
     rmask = rows < R
     base = rows.to(tl.int64)[:, None] * J
     RJ = R.to(tl.int64) * J
-    # KL once per row
-    acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
-    for j0 in range(0, J, BLOCK_D):
-        cols = j0 + tl.arange(0, BLOCK_D)
-        mask = rmask[:, None] & (cols < J)[None, :]
-        off = base + cols[None, :]
-        mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
-        v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
-        acc += tl.where(mask, m.kl_term(mu, v), 0.0)
-    tl.store(kl_ptr + rows, tl.sum(acc, axis=1), mask=rmask)
+    if WITH_KL:  # KL once per row (reparameterize alone skips it)
+        acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+        for j0 in range(0, J, BLOCK_D):
+            cols = j0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (cols < J)[None, :]
+            off = base + cols[None, :]
+            mu = tl.load(mu_ptr + off, mask=mask, other=0.0).to(ACC)
+            v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
+            acc += tl.where(mask, m.kl_term(mu, v), 0.0)
+        tl.store(kl_ptr + rows, tl.sum(acc, axis=1), mask=rmask)
     # one pass over J per sample: z, and the log q / log p row sums of that sample
     for l in range(L):
         lbase = tl.cast(l, tl.int64) * RJ
@@ -119,12 +119,12 @@ def _seed(seed) -> int:
     return 0 if seed is None else int(seed)  # ignored when eps is given
 
 
-def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights):
+def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights, with_kl):
     R, J = mu.shape
     L = int(samples)
     dev, dt = mu.device, mu.dtype
     z = torch.empty(L, R, J, dtype=dt, device=dev)
-    kl = torch.empty(R, dtype=dt, device=dev)
+    kl = torch.empty(R if with_kl else 0, dtype=dt, device=dev)
     shape_w = (L, R) if log_weights else (0,)
     log_q = torch.empty(shape_w, dtype=dt, device=dev)
     log_p = torch.empty(shape_w, dtype=dt, device=dev)
@@ -132,7 +132,7 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights):
     if R:
         reparameterize_kl_fwd_kernel[grid_rows(R, LATENT_TILE)](
             mu, logvar, eps if has_eps else mu, z, kl, log_q, log_p, R, J, L, _seed(seed),
-            HAS_EPS=has_eps, LOG_WEIGHTS=bool(log_weights), **LATENT_TILE)
+            HAS_EPS=has_eps, LOG_WEIGHTS=bool(log_weights), WITH_KL=bool(with_kl), **LATENT_TILE)
     return z, kl, log_q, log_p
 
 

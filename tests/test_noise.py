@@ -54,7 +54,7 @@ def test_sample_uses_flat_index_of_l_b_j(kernel_backend, kernels_of, samples):
     device = device_for(kernel_backend)
     seed = torch.tensor(987654321987654321)
     zeros = torch.zeros(7, 5, device=device)
-    z, *_ = ops.reparameterize_kl(zeros, zeros, seed, None, samples, False)
+    z, *_ = ops.reparameterize_kl(zeros, zeros, seed, None, samples, False, False)
     eps = kernels_of(kernel_backend).randn(int(seed), torch.arange(samples * 35, device=device))
     torch.testing.assert_close(z.reshape(-1), eps.to(z.dtype), rtol=0, atol=0)
 
@@ -82,7 +82,7 @@ def test_seeded_backward_regenerates_eps(kernel_backend, dtype, samples):
     seed = torch.tensor(2**40 + 3)
 
     def outputs(mu, logvar):
-        return ops.reparameterize_kl(mu, logvar, seed, None, samples, True)
+        return ops.reparameterize_kl(mu, logvar, seed, None, samples, True, True)
 
     assert torch.autograd.gradcheck(outputs, (mu, logvar))
 

@@ -23,8 +23,8 @@ def sample_args(device):
     mean, gauss_logvar, shared = rand(6, 5, grad=True), rand(6, 5, low=-1, grad=True), rand(1, grad=True)
     seed, eps = torch.tensor(123456789), rand(2, 4, 3, low=-2, high=2)
     by_op = {
-        ops.reparameterize_kl: [(mu, logvar, seed, None, 1, False), (mu, logvar, seed, None, 2, True),
-                                (mu, logvar, None, eps, 2, True)],
+        ops.reparameterize_kl: [(mu, logvar, seed, None, 1, False, False), (mu, logvar, seed, None, 2, True, True),
+                                (mu, logvar, None, eps, 2, True, False)],
         ops.reparameterize_kl_backward: [(rand(2, 4, 3), rand(4), rand(2, 4), rand(2, 4), mu.detach(), logvar.detach(),
                                           seed, None, 2), (None, rand(4), None, None, mu.detach(), logvar.detach(),
                                                            None, eps[:1], 1)],
