@@ -125,6 +125,65 @@ void BackwardT(const ReparamJob& job, int64_t r0, int64_t r1) {
   }
 }
 
+// The sample alone (no KL, no log-weights, upstream gradient of z only): rows do not matter, so
+// the (R, J) latents are one flat stream of R*J values (no partial vector at every row end).
+// Elements [i0, i1) of that stream, for every sample l.
+template <class T>
+void FlatForwardT(const ReparamJob& job, int64_t i0, int64_t i1) {
+  using DT = hn::ScalableTag<T>;
+  const DT d;
+  const int64_t n = job.R * job.J;
+  const T* mu = static_cast<const T*>(job.mu) + i0;
+  const T* logvar = static_cast<const T*>(job.logvar) + i0;
+  const T* eps = static_cast<const T*>(job.eps);
+  for (int64_t l = 0; l < job.L; ++l) {
+    const int64_t base = l * n + i0;
+    T* z = static_cast<T*>(job.z) + base;
+    ForEachVector(d, static_cast<size_t>(i1 - i0), [&](size_t i, size_t count, auto tail) {
+      constexpr bool kTail = decltype(tail)::value;
+      const auto e = Noise<kTail>(d, eps, job.seed, base + static_cast<int64_t>(i), count);
+      const auto zz = hn::MulAdd(StdDev(d, LoadAt<kTail>(d, logvar, i, count)), e, LoadAt<kTail>(d, mu, i, count));
+      StoreAt<kTail>(d, zz, z, i, count);
+    });
+  }
+}
+
+template <class T>
+void FlatBackwardT(const ReparamJob& job, int64_t i0, int64_t i1) {
+  using DT = hn::ScalableTag<T>;
+  const DT d;
+  const int64_t n = job.R * job.J;
+  const T* logvar = static_cast<const T*>(job.logvar) + i0;
+  const T* eps = static_cast<const T*>(job.eps);
+  const T* grad_z = static_cast<const T*>(job.grad_z);
+  T* grad_mu = static_cast<T*>(job.grad_mu) + i0;
+  T* grad_logvar = static_cast<T*>(job.grad_logvar) + i0;
+  ForEachVector(d, static_cast<size_t>(i1 - i0), [&](size_t i, size_t count, auto tail) {
+    constexpr bool kTail = decltype(tail)::value;
+    const auto half_sd = hn::Mul(hn::Set(d, 0.5), StdDev(d, LoadAt<kTail>(d, logvar, i, count)));
+    auto gm = hn::Zero(d), gv = hn::Zero(d);
+    for (int64_t l = 0; l < job.L; ++l) {
+      const int64_t at = l * n + i0 + static_cast<int64_t>(i);
+      const auto e = Noise<kTail>(d, eps, job.seed, at, count);
+      const auto g = LoadAt<kTail>(d, grad_z, static_cast<size_t>(at), count);
+      gm = hn::Add(gm, g);
+      gv = hn::MulAdd(g, hn::Mul(e, half_sd), gv);
+    }
+    StoreAt<kTail>(d, gm, grad_mu, i, count);
+    StoreAt<kTail>(d, gv, grad_logvar, i, count);
+  });
+}
+
+void ReparamFlatForward(const ReparamJob& job, int64_t i0, int64_t i1) {
+  if (job.dtype == 0) FlatForwardT<float>(job, i0, i1);
+  else FlatForwardT<double>(job, i0, i1);
+}
+
+void ReparamFlatBackward(const ReparamJob& job, int64_t i0, int64_t i1) {
+  if (job.dtype == 0) FlatBackwardT<float>(job, i0, i1);
+  else FlatBackwardT<double>(job, i0, i1);
+}
+
 void ReparamForwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
   if (job.dtype == 0) ForwardT<float>(job, r0, r1);
   else ForwardT<double>(job, r0, r1);
@@ -155,6 +214,8 @@ namespace fastaevb {
 HWY_EXPORT(ReparamForwardRows);
 HWY_EXPORT(ReparamBackwardRows);
 HWY_EXPORT(RandnAt);
+HWY_EXPORT(ReparamFlatForward);
+HWY_EXPORT(ReparamFlatBackward);
 
 namespace {
 // Single-thread cost per latent value with Philox noise and without (bench/, float32).
@@ -185,8 +246,13 @@ void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu,
   job.kl_sums = kl ? kl_sums.data() : nullptr;
   job.log_q = log_weights ? as_ptr<void>(log_q) : nullptr;
   job.log_p = log_weights ? as_ptr<void>(log_p) : nullptr;
-  const auto kernel = HWY_DYNAMIC_DISPATCH(ReparamForwardRows);
   const double work = (L * ns_per_value(eps == 0) + (kl ? 1.5 : 0.0)) * R * J * (dtype + 1);
+  if (!kl && !log_weights) {  // the sample alone: one flat stream, no per-row tails
+    const auto flat = HWY_DYNAMIC_DISPATCH(ReparamFlatForward);
+    parallel_for(R * J, work, nthreads, [&](int64_t i0, int64_t i1) { flat(job, i0, i1); });
+    return;
+  }
+  const auto kernel = HWY_DYNAMIC_DISPATCH(ReparamForwardRows);
   parallel_for(R, work, nthreads, [&](int64_t r0, int64_t r1) { kernel(job, r0, r1); });
   if (!kl) return;
   dispatch_float(dtype, [&](auto t) {
@@ -216,8 +282,13 @@ void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, add
   job.grad_log_q = as_ptr<const void>(grad_log_q);
   job.grad_log_p = as_ptr<const void>(grad_log_p);
   const bool through_z = grad_z || grad_log_p;
-  const auto kernel = HWY_DYNAMIC_DISPATCH(ReparamBackwardRows);
   const double work = ((through_z ? L * ns_per_value(eps == 0) : 0.0) + 1.5) * R * J * (dtype + 1);
+  if (grad_z && !grad_kl && !grad_log_q && !grad_log_p) {  // through z alone: one flat stream
+    const auto flat = HWY_DYNAMIC_DISPATCH(ReparamFlatBackward);
+    parallel_for(R * J, work, nthreads, [&](int64_t i0, int64_t i1) { flat(job, i0, i1); });
+    return;
+  }
+  const auto kernel = HWY_DYNAMIC_DISPATCH(ReparamBackwardRows);
   parallel_for(R, work, nthreads, [&](int64_t r0, int64_t r1) { kernel(job, r0, r1); });
 }
 
