@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent) with the test extras (triton for the interpreter and the
-# sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark), then run the whole suite and the
-# benchmark suite in quick mode. Extra arguments go to pytest.
+# sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark), run the whole test suite (extra
+# arguments go to it), then the benchmark suite in quick mode (a few rounds, so it never rots)
+# and its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FASTAEVB_EXTRAS="train,test" bash scripts/setup.sh
 .venv/bin/pytest "$@"
+out=$(mktemp -d)
+FASTAEVB_BENCH_QUICK=1 .venv/bin/pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json"
+.venv/bin/python bench/report.py "$out/bench.json" --png "$out/bench.png" >/dev/null
+echo "benchmark report (quick mode): OK"
