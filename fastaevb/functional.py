@@ -72,11 +72,17 @@ def _check_reference_range(name: str, t: Tensor) -> None:
         _errors.check_range(int(((t < 0) | (t > 1)).sum()), name)
 
 
-def _draw_seed(generator: Optional[torch.Generator]) -> Tensor:
-    """A 63-bit Philox seed from torch's CPU generator (or ``generator``), drawn when the op runs."""
+def _draw_seed(generator: Optional[torch.Generator], like: Tensor) -> Tensor:
+    """A 63-bit Philox seed, drawn when the op runs: from torch's CPU generator (or ``generator``)
+    for CPU tensors; for CUDA tensors on their device from the CUDA generator (or a CUDA
+    ``generator``), where it stays: no host sync, and a captured CUDA graph (or
+    ``torch.compile(mode="reduce-overhead")``) replays the draw, so every replay gets fresh noise."""
     if generator is None:
+        if like.is_cuda:
+            return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device=like.device)
         return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device="cpu")
-    return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device=generator.device, generator=generator).cpu()
+    seed = torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device=generator.device, generator=generator)
+    return seed if like.is_cuda else seed.cpu()
 
 
 # --- sampling and KL --------------------------------------------------------------------------
@@ -157,7 +163,7 @@ def _sample(
             return z, kl
         return z, kl, reference.log_q(logvar, eps), reference.log_p(z)
 
-    seed = _draw_seed(generator) if eps is None else None
+    seed = _draw_seed(generator, mu) if eps is None else None
     if not (with_kl or return_log_weights):
         return (ops.reparameterize(mu, logvar, seed, eps, samples),)
     z, kl, log_q, log_p = ops.reparameterize_kl(mu, logvar, seed, eps, samples, return_log_weights, with_kl)

@@ -19,6 +19,7 @@ from .bernoulli import (
 )
 from .gaussian_kl import gaussian_kl_backward, gaussian_kl_forward
 from .gaussian_log_likelihood import gaussian_backward, gaussian_forward
+from .loss import sgvb_loss_forward
 from .noise import randn
 from .reparameterize_kl import reparameterize_kl_backward, reparameterize_kl_forward
 
@@ -37,4 +38,5 @@ __all__ = [
     "bernoulli_probs_backward",
     "gaussian_forward",
     "gaussian_backward",
+    "sgvb_loss_forward",
 ]

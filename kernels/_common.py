@@ -1,21 +1,71 @@
-"""Launcher helpers shared by the per-step files: tile shapes, accumulator dtypes, reductions.
+"""Launcher helpers shared by the per-step files: tile tables, launch, seed and zero buffers.
 
-Everything here is allocation or a tiny torch op; nothing inspects tensor values, so the
-launchers stay sync-free except for the documented range check.
+Nothing here inspects tensor values on the host: every launcher of the Triton backend is free
+of device-to-host synchronization on CUDA (the range check reports through a device-side
+assert, see ``reduce.py``). On CPU tensors (``TRITON_INTERPRET=1``) the check reads the
+kernel's count on the host and raises ``ValueError``: there a read costs nothing.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 
-# One tile per kernel family, fixed so that ``aot.py`` can enumerate every specialization.
-# Latent-space kernels (reparameterize/KL) see small J (2..200): many rows per program.
-# Decoder kernels see wide rows (D = 784, 3072, ...): few rows, wide chunks.
-LATENT_TILE = dict(BLOCK_R=16, BLOCK_D=64)
-DATA_TILE = dict(BLOCK_R=4, BLOCK_D=256)
+# --- tiles ---------------------------------------------------------------------------------------
+# Tiles are picked from the row width (D for decoder kernels, J for latent kernels) out of a small
+# table, so that ``aot.py`` can enumerate every specialization a launcher can pick. Each entry is
+# (BLOCK_R, BLOCK_D, num_warps[, maxnreg]): at most 4 elements per thread (8 spilled in float64 on
+# sm_80/sm_90), checked by the AOT resource table. ``maxnreg=96`` on the Philox kernels: without a
+# cap ptxas picks as few as 48 registers and spills 4-8 B around libdevice cosf's never-taken
+# Payne-Hanek branch; with it, 71-94 registers and no spills on sm_80 and sm_90. The width argument itself is left to Triton's specialization
+# (not ``do_not_specialize``): a width of 1 becomes a constant (rows are contiguous: vector loads
+# along rows), a width divisible by 16 gets the divisibility hint (vector loads along columns).
+#
+# Latent-space kernels (reparameterize/KL): J is small (2..200): many rows per program.
+LATENT_TILES = {
+    "narrow": dict(BLOCK_R=32, BLOCK_D=32, num_warps=8, maxnreg=96),  # J <= 32 (J = 20: 62% of lanes busy)
+    "wide": dict(BLOCK_R=16, BLOCK_D=64, num_warps=8, maxnreg=96),  # J > 32
+}
+# Decoder kernels: wide rows (D = 784, 3072, ...), or D = 1 (drop-in losses on 1-D inputs).
+DATA_TILES = {
+    "one": dict(BLOCK_R=1024, BLOCK_D=1, num_warps=8),  # D == 1: 1024 rows, 4 contiguous per thread
+    "wide": dict(BLOCK_R=4, BLOCK_D=256, num_warps=8),  # D > 1
+}
+# The backward of reparameterize_kl keeps L samples' worth of state per element: fewer rows per
+# program keeps it in registers (see the AOT resource table).
+# (16, 32) needs 96-167 registers and spills 8 B on sm_80; (8, 32) / (4, 64) need at most 80.
+LATENT_BWD_TILES = {
+    "narrow": dict(BLOCK_R=8, BLOCK_D=32, num_warps=4),
+    "wide": dict(BLOCK_R=4, BLOCK_D=64, num_warps=4),
+}
+# The KL rows computed inside the fused loss kernels: one fixed tile (the KL is a small part of a
+# loss step); J is not specialized there.
+LOSS_KL_TILE = dict(KBLOCK_R=16, KBLOCK_J=32)
 NOISE_BLOCK = 1024
+FINISH_BLOCK = 1024
+MAX_WIDTH = 2**31 - 1  # widths are int32 in the kernels (row counts are int64)
+
+
+def latent_tile_name(width: int) -> str:
+    return "narrow" if width <= 32 else "wide"
+
+
+def data_tile_name(width: int) -> str:
+    return "one" if width == 1 else "wide"
+
+
+def latent_tile(width: int) -> dict:
+    return LATENT_TILES[latent_tile_name(width)]
+
+
+def latent_bwd_tile(width: int) -> dict:
+    return LATENT_BWD_TILES[latent_tile_name(width)]
+
+
+def data_tile(width: int) -> dict:
+    return DATA_TILES[data_tile_name(width)]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,37 +73,74 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def grid_rows(rows: int, tile: dict) -> tuple[int]:
-    return (max(1, -(-rows // tile["BLOCK_R"])),)
+def grid_rows(rows: int, tile: dict, key: str = "BLOCK_R") -> tuple[int]:
+    return (max(1, -(-rows // tile[key])),)
+
+
+def check_width(width: int, name: str = "row width") -> None:
+    if width > MAX_WIDTH:
+        raise ValueError(f"the Triton backend takes rows of at most {MAX_WIDTH} values ({name} is {width}); "
+                         "reshape the input into more rows")
+
+
+# --- launching -----------------------------------------------------------------------------------
+
+# Test hooks: each is called with the kernel object before every launch (launch counting).
+launch_hooks: list = []
+# None: the range check reports on the device for CUDA tensors and on the host for CPU tensors
+# (the interpreter). Tests set it to True to run the CUDA code path (device-side report, no host
+# read) under the interpreter.
+device_checks: Optional[bool] = None
+
+
+def checks_on_device(device: torch.device) -> bool:
+    return device.type != "cpu" if device_checks is None else device_checks
+
+
+def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` on ``device``'s own CUDA device (a device guard: tensors
+    on ``cuda:1`` with ``cuda:0`` current), with FMA contraction pinned (the Triton 3.9 default,
+    which Triton 3.10 changes; nvcc, and so torch's own kernels, contract too)."""
+    for hook in launch_hooks:
+        hook(kernel)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, enable_fp_fusion=True, **kwargs)
+    else:
+        kernel[grid](*args, enable_fp_fusion=True, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
 def _zero(dtype: torch.dtype, device: str) -> torch.Tensor:
+    # cached: a stable address (CUDA-graph safe), never written
     return torch.zeros(1, dtype=dtype, device=device)
 
 
-def zero_or(t, numel: int, dtype: torch.dtype, device: torch.device):
+def zero_or(t, dtype: torch.dtype, device: torch.device):
     """``(tensor, stride)``: ``t`` read with stride 1, or a cached zero read with stride 0 when
     ``t`` is None (an absent upstream gradient). Avoids one constexpr flag per optional input."""
     if t is None:
         return _zero(dtype, str(device)), 0
-    return t.to(dtype).contiguous(), 1
+    return (t if t.dtype == dtype else t.to(dtype)).contiguous(), 1
+
+
+def seed_tensor(seed, device: torch.device) -> torch.Tensor:
+    """The Philox seed as the one-element int64 tensor on ``device`` that the kernels read.
+
+    On CUDA it arrives as a device tensor (drawn there from the CUDA generator: fresh on every
+    CUDA-graph replay) and is passed through untouched; no host read. A Python int (the CPU
+    backends' convention, and tests) is put into a tensor; None (eps given) reads a cached zero."""
+    if seed is None:
+        return _zero(torch.int64, str(device))
+    if isinstance(seed, torch.Tensor):
+        seed = seed.reshape(1)
+        return seed if seed.device == device and seed.dtype == torch.int64 else seed.to(device, torch.int64)
+    return torch.tensor([int(seed)], dtype=torch.int64, device=device)
 
 
 def target_view(x: torch.Tensor) -> torch.Tensor:
     """Bool targets are read as uint8 (zero-copy), so kernels see float or uint8 targets only."""
     return x.view(torch.uint8) if x.dtype == torch.bool else x
-
-
-def finish(partials: torch.Tensor, reduce: str, dtype: torch.dtype, scale: float) -> torch.Tensor:
-    """Per-row partial sums (accumulator dtype) -> 'rows' (R,) or 'total' 0-d, in ``dtype``.
-
-    'total' sums the row partials in float64 in a fixed order: deterministic, no atomics."""
-    if reduce == "total":
-        if partials.numel() == 0:  # no rows: scale * 0, so a 'mean' over nothing is NaN like torch
-            return torch.full((), 0.0 * scale, dtype=dtype, device=partials.device)
-        return partials.sum(dtype=torch.float64).to(dtype)
-    return partials.to(dtype)
 
 
 def grad_out_strides(reduce: str, width: int) -> tuple[int, int]:
@@ -63,3 +150,8 @@ def grad_out_strides(reduce: str, width: int) -> tuple[int, int]:
     if reduce == "rows":
         return 1, 0
     return 0, 0
+
+
+def padded(n: int, multiple: int = 4) -> int:
+    """``n`` rounded up: int32 count buffers sliced at this offset stay 16-byte aligned."""
+    return -(-n // multiple) * multiple

@@ -46,24 +46,50 @@ class Spec:
     constexprs: dict
     label: str = ""
     ptr_args: list = field(default_factory=list)
+    div16_args: list = field(default_factory=list)  # int args compiled with the divisibility-16 hint
+    num_warps: int = 4
+    maxnreg: int = 0  # 0: no cap
 
     @property
     def name(self) -> str:
         return self.kernel.fn.__name__
 
 
-def _spec(kernel, types: dict, constexprs: dict, label: str) -> Spec:
+def _spec(kernel, types: dict, constexprs: dict, label: str, width: tuple = (), num_warps: int = 4,
+          maxnreg: int = 0) -> Spec:
+    """``width``: ``(arg, kind)`` with kind 'one' (the JIT's constant 1), 'div16' (a multiple of 16:
+    the divisibility hint the JIT gives such ints) or 'any'."""
+    constexprs = dict(constexprs)
+    div16 = []
+    if width:
+        arg, kind = width
+        if kind == "one":
+            constexprs[arg] = 1
+        else:
+            types = dict(types, **{arg: "i32"})
+            if kind == "div16":
+                div16.append(arg)
     sig = {}
     for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        else:
-            sig[name] = types[name]
-    return Spec(kernel, sig, constexprs, label, [n for n in kernel.arg_names if sig[n].startswith("*")])
+        sig[name] = "constexpr" if name in constexprs else types[name]
+    return Spec(kernel, sig, constexprs, label, [n for n in kernel.arg_names if sig[n].startswith("*")], div16,
+                num_warps, maxnreg)
 
 
 def _flags(**kw) -> str:
     return ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in kw.items())
+
+
+def _tile_variants(tiles: dict, one_tile: str):
+    """(tile name, tile constexprs, launch options, width kind) for every specialization a launcher
+    can reach: the width-1 constant only with the tile picked for width 1 (``one_tile``), the
+    divisibility-16 and generic widths with every tile that serves widths > 1."""
+    for name, tile in tiles.items():
+        consts = {k: v for k, v in tile.items() if k not in ("num_warps", "maxnreg")}
+        options = dict(num_warps=tile["num_warps"], maxnreg=tile.get("maxnreg", 0))
+        kinds = ("one",) if name == "one" else (("one", "div16", "any") if name == one_tile else ("div16", "any"))
+        for kind in kinds:
+            yield name, consts, options, kind
 
 
 def enumerate_specs() -> list[Spec]:
@@ -71,76 +97,143 @@ def enumerate_specs() -> list[Spec]:
     from . import gaussian_kl as gk
     from . import gaussian_log_likelihood as gl
     from . import noise
+    from . import reduce as rd
     from . import reparameterize_kl as rk
-    from ._common import DATA_TILE, LATENT_TILE, NOISE_BLOCK
+    from ._common import (
+        DATA_TILES, FINISH_BLOCK, LATENT_BWD_TILES, LATENT_TILES, LOSS_KL_TILE, NOISE_BLOCK,
+        data_tile_name, latent_tile_name,
+    )
 
     i32, i64, f64 = "i32", "i64", "fp64"
-    specs = [_spec(noise.randn_kernel, dict(off_ptr="*i64", out_ptr="*fp32", seed=i64, N=i32),
+    one_latent, one_data = latent_tile_name(1), data_tile_name(1)
+    specs = [_spec(noise.randn_kernel, dict(off_ptr="*i64", out_ptr="*fp32", seed_ptr="*i64", N=i64),
                    dict(BLOCK=NOISE_BLOCK), "int64 offsets")]
+    # range-check only (reduce 'elements' / 'rows' of the Bernoulli ops): no dtype in it
+    for check_in in (False, True):
+        flags = dict(TOTAL=False, TWO_PARTS=False, CHECK_IN=check_in, CHECK_X=True, ASSERT=True)
+        specs.append(_spec(rd.finish_kernel,
+                           dict(part_ptr="*i32", N=i64, part2_ptr="*i32", N2=i64, out_ptr="*i32", bad_in_ptr="*i32",
+                                bad_x_ptr="*i32", NB=i64, count_ptr="*i32"),
+                           dict(**flags, BLOCK=FINISH_BLOCK), "count " + _flags(**flags)))
     for dt in DTYPE_NAMES:
-        acc = "fp64" if dt == "fp64" else "fp32"
+        acc = "*fp64" if dt == "fp64" else "*fp32"
         p = "*" + dt
-        # reparameterize + KL
-        for has_eps, logw, with_kl in itertools.product((False, True), repeat=3):
-            specs.append(_spec(rk.reparameterize_kl_fwd_kernel,
-                               dict(mu_ptr=p, v_ptr=p, eps_ptr=p, z_ptr=p, kl_ptr=p, lq_ptr=p, lp_ptr=p,
-                                    R=i32, J=i32, L=i32, seed=i64),
-                               dict(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl, **LATENT_TILE),
-                               f"{dt} " + _flags(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl)))
-        for has_eps, need_z in ((False, False), (False, True), (True, True)):
-            specs.append(_spec(rk.reparameterize_kl_bwd_kernel,
-                               dict(gz_ptr=p, gz_s=i32, glq_ptr=p, glq_s=i32, glp_ptr=p, glp_s=i32,
-                                    gkl_ptr=p, gkl_s=i32, mu_ptr=p, v_ptr=p, eps_ptr=p, gmu_ptr=p, gv_ptr=p,
-                                    R=i32, J=i32, L=i32, seed=i64),
-                               dict(HAS_EPS=has_eps, NEED_Z=need_z, **LATENT_TILE),
-                               f"{dt} " + _flags(HAS_EPS=has_eps, NEED_Z=need_z)))
-        # Gaussian KL
-        for wg in (False, True):
-            specs.append(_spec(gk.gaussian_kl_fwd_kernel,
-                               dict(mu_ptr=p, v_ptr=p, out_ptr="*" + acc, gmu_ptr=p, gv_ptr=p, R=i32, J=i32, scale=f64),
-                               dict(WITH_GRAD=wg, **LATENT_TILE), f"{dt} " + _flags(WITH_GRAD=wg)))
-        specs.append(_spec(gk.gaussian_kl_bwd_kernel,
-                           dict(go_ptr=p, go_sr=i32, mu_ptr=p, v_ptr=p, gmu_ptr=p, gv_ptr=p, R=i32, J=i32, scale=f64),
-                           dict(**LATENT_TILE), dt))
-        # Bernoulli (PROBS=0 logits, PROBS=1 probs): float targets of the same dtype, or uint8
-        # (bool viewed)
-        for xt, probs in itertools.product((p, "*u8"), (False, True)):
-            for elements, wg in ((True, False), (False, False), (False, True)):
-                flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg)
-                specs.append(_spec(bn.bernoulli_fwd_kernel,
-                                   dict(in_ptr=p, x_ptr=xt, out_ptr=p if elements else "*" + acc, grad_ptr=p,
-                                        bad_in_ptr="*i32", bad_x_ptr="*i32", R=i32, B=i32, D=i32, scale=f64),
-                                   dict(**flags, **DATA_TILE), f"{dt} x={xt[1:]} " + _flags(**flags)))
-            specs.append(_spec(bn.bernoulli_bwd_kernel,
-                               dict(go_ptr=p, go_sr=i32, go_sd=i32, in_ptr=p, x_ptr=xt, grad_ptr=p,
-                                    R=i32, B=i32, D=i32, scale=f64),
-                               dict(PROBS=probs, **DATA_TILE), f"{dt} x={xt[1:]} " + _flags(PROBS=probs)))
-        # Gaussian decoder
-        for shared in (False, True):
-            for wg in (False, True):
-                specs.append(_spec(gl.gaussian_fwd_kernel,
-                                   dict(x_ptr=p, m_ptr=p, v_ptr=p, out_ptr="*" + acc, gm_ptr=p,
-                                        gv_ptr="*" + acc if (shared and wg) else p,
-                                        R=i32, B=i32, D=i32, scale=f64),
-                                   dict(SHARED_V=shared, WITH_GRAD=wg, **DATA_TILE),
-                                   f"{dt} " + _flags(SHARED_V=shared, WITH_GRAD=wg)))
-            specs.append(_spec(gl.gaussian_bwd_kernel,
-                               dict(go_ptr=p, go_sr=i32, x_ptr=p, m_ptr=p, v_ptr=p, gm_ptr=p,
-                                    gv_ptr="*" + acc if shared else p, R=i32, B=i32, D=i32, scale=f64),
-                               dict(SHARED_V=shared, **DATA_TILE), f"{dt} " + _flags(SHARED_V=shared)))
+        # finish: 0-d sums (one or two row sets), with or without the Bernoulli range check
+        for two, check_in, check_x in ((False, False, False), (True, False, False), (False, False, True),
+                                       (False, True, True), (True, False, True), (True, True, True)):
+            flags = dict(TOTAL=True, TWO_PARTS=two, CHECK_IN=check_in, CHECK_X=check_x, ASSERT=True)
+            specs.append(_spec(rd.finish_kernel,
+                               dict(part_ptr=acc, N=i64, part2_ptr=acc, N2=i64, out_ptr=p, bad_in_ptr="*i32",
+                                    bad_x_ptr="*i32", NB=i64, count_ptr="*i32"),
+                               dict(**flags, BLOCK=FINISH_BLOCK), f"{dt} " + _flags(**flags)))
+        for tname, tile, warps, kind in _tile_variants(LATENT_TILES, one_latent):
+            tag = f"{dt} J={kind} {tname}"
+            # reparameterize + KL
+            for has_eps, logw, with_kl in itertools.product((False, True), repeat=3):
+                specs.append(_spec(rk.reparameterize_kl_fwd_kernel,
+                                   dict(mu_ptr=p, v_ptr=p, eps_ptr=p, z_ptr=p, kl_ptr=p, lq_ptr=p, lp_ptr=p,
+                                        seed_ptr="*i64", R=i64, L=i32),
+                                   dict(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl, **tile),
+                                   f"{tag} " + _flags(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl),
+                                   ("J", kind), **warps))
+            # Gaussian KL: 'rows' (output dtype) and 'total' (accumulator partials)
+            for out, wg in itertools.product(dict.fromkeys((p, acc)), (False, True)):
+                specs.append(_spec(gk.gaussian_kl_fwd_kernel,
+                                   dict(mu_ptr=p, v_ptr=p, out_ptr=out, gmu_ptr=p, gv_ptr=p, R=i64, scale=f64),
+                                   dict(WITH_GRAD=wg, **tile), f"{tag} out={out[1:]} " + _flags(WITH_GRAD=wg),
+                                   ("J", kind), **warps))
+            specs.append(_spec(gk.gaussian_kl_bwd_kernel,
+                               dict(go_ptr=p, go_sr=i32, mu_ptr=p, v_ptr=p, gmu_ptr=p, gv_ptr=p, R=i64, scale=f64),
+                               dict(**tile), tag, ("J", kind), **warps))
+        for tname, tile, warps, kind in _tile_variants(LATENT_BWD_TILES, one_latent):
+            tag = f"{dt} J={kind} {tname}"
+            for has_eps, need_z in ((False, False), (False, True), (True, True)):
+                specs.append(_spec(rk.reparameterize_kl_bwd_kernel,
+                                   dict(gz_ptr=p, gz_s=i32, glq_ptr=p, glq_s=i32, glp_ptr=p, glp_s=i32,
+                                        gkl_ptr=p, gkl_s=i32, mu_ptr=p, v_ptr=p, eps_ptr=p, gmu_ptr=p, gv_ptr=p,
+                                        seed_ptr="*i64", R=i64, L=i32),
+                                   dict(HAS_EPS=has_eps, NEED_Z=need_z, **tile),
+                                   f"{tag} " + _flags(HAS_EPS=has_eps, NEED_Z=need_z), ("J", kind), **warps))
+        for tname, tile, warps, kind in _tile_variants(DATA_TILES, one_data):
+            tag = f"{dt} D={kind} {tname}"
+            tile = dict(tile, **LOSS_KL_TILE)
+            kl_args = dict(KR=i64, KJ=i32, kscale=f64)
+            # Bernoulli (PROBS=0 logits, PROBS=1 probs): float targets of the same dtype, or uint8
+            # (bool viewed). out: elements / rows in the output dtype, total as partials;
+            # HAS_KL: the fused loss (total, KL rows in the same launch)
+            for xt, probs in itertools.product((p, "*u8"), (False, True)):
+                variants = [(True, False, p, False), (False, False, p, False)]
+                variants += [(False, wg, o, kl) for wg in (False, True) for o in dict.fromkeys((p, acc))
+                             for kl in (False, True) if o == acc or not kl]
+                variants = list(dict.fromkeys(variants))
+                for elements, wg, out, has_kl in variants:
+                    flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg, HAS_KL=has_kl)
+                    specs.append(_spec(bn.bernoulli_fwd_kernel,
+                                       dict(in_ptr=p, x_ptr=xt, out_ptr=out, grad_ptr=p, bad_in_ptr="*i32",
+                                            bad_x_ptr="*i32", R=i64, B=i64, scale=f64, kmu_ptr=p, kv_ptr=p,
+                                            kout_ptr=acc if has_kl else p, kgmu_ptr=p, kgv_ptr=p, **kl_args),
+                                       dict(**flags, **tile), f"{tag} x={xt[1:]} out={out[1:]} " + _flags(**flags),
+                                       ("D", kind), **warps))
+                specs.append(_spec(bn.bernoulli_bwd_kernel,
+                                   dict(go_ptr=p, go_sr=i64, go_sd=i32, in_ptr=p, x_ptr=xt, grad_ptr=p,
+                                        R=i64, B=i64, scale=f64),
+                                   dict(PROBS=probs, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
+                                   f"{tag} x={xt[1:]} " + _flags(PROBS=probs), ("D", kind), **warps))
+            # Gaussian decoder
+            for shared in (False, True):
+                for out, wg, has_kl in dict.fromkeys((o, wg, kl) for o in (p, acc) for wg in (False, True)
+                                                     for kl in (False, True) if o == acc or not kl):
+                    flags = dict(SHARED_V=shared, WITH_GRAD=wg, HAS_KL=has_kl)
+                    specs.append(_spec(gl.gaussian_fwd_kernel,
+                                       dict(x_ptr=p, m_ptr=p, v_ptr=p, out_ptr=out, gm_ptr=p,
+                                            gv_ptr=acc if (shared and wg) else p, R=i64, B=i64, scale=f64,
+                                            kmu_ptr=p, kv_ptr=p, kout_ptr=acc if has_kl else p, kgmu_ptr=p,
+                                            kgv_ptr=p, **kl_args),
+                                       dict(**flags, **tile), f"{tag} out={out[1:]} " + _flags(**flags),
+                                       ("D", kind), **warps))
+                specs.append(_spec(gl.gaussian_bwd_kernel,
+                                   dict(go_ptr=p, go_sr=i32, x_ptr=p, m_ptr=p, v_ptr=p, gm_ptr=p,
+                                        gv_ptr=acc if shared else p, R=i64, B=i64, scale=f64),
+                                   dict(SHARED_V=shared, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
+                                   f"{tag} " + _flags(SHARED_V=shared), ("D", kind), **warps))
     return specs
 
 
 def compile_one(spec: Spec, arch: int):
-    """Compile one spec for ``sm_<arch>``; returns the CompiledKernel (asm: ttir ... ptx, cubin)."""
+    """Compile one spec for ``sm_<arch>``; returns the CompiledKernel (asm: ttir ... ptx, cubin).
+
+    Options are the launchers': ``num_warps`` of the tile, FMA contraction on (``launch`` pins
+    it), ``debug`` as the kernel declares it (``finish_kernel``: its device-side assert)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    # 16-byte aligned pointers, as the JIT sees for fresh torch allocations
-    attrs = {(spec.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in spec.ptr_args}
+    # 16-byte aligned pointers, as the JIT sees for fresh torch allocations; the width hint
+    attrs = {(spec.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in spec.ptr_args + spec.div16_args}
     src = ASTSource(spec.kernel, spec.signature, spec.constexprs, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    options = dict(num_warps=spec.num_warps, enable_fp_fusion=True, debug=bool(spec.kernel.debug))
+    if spec.maxnreg:
+        options["maxnreg"] = spec.maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers, stack (spills), shared and local memory of a cubin, from the ``cuobjdump`` that
+    ships with Triton (``--dump-resource-usage``)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import knobs
+
+    tool = os.path.join(os.path.dirname(knobs.nvidia.ptxas.path), "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {k.lower(): int(found.get(k, -1)) for k in ("REG", "STACK", "SHARED", "LOCAL")}
 
 
 def _compile_task(task):
@@ -148,14 +241,22 @@ def _compile_task(task):
     arch, idx = task
     spec = enumerate_specs()[idx]
     t0 = time.perf_counter()
-    rec = dict(kernel=spec.name, config=spec.label, arch=arch, ok=False, ptx=0, cubin=0, error="")
+    rec = dict(kernel=spec.name, config=spec.label, arch=arch, ok=False, ptx=0, cubin=0, error="",
+               reg=-1, stack=-1, shared=-1, local=-1, v4_loads=0, scalar_loads=0, div_full=0, assert_calls=0)
     try:
         ck = compile_one(spec, arch)
         ptx, cubin = ck.asm.get("ptx", ""), ck.asm.get("cubin", b"")
         rec.update(ptx=len(ptx), cubin=len(cubin),
                    ok=bool(ptx) and bool(cubin) and f".target sm_{arch}" in ptx)
+        rec.update(resource_usage(cubin))
+        rec.update(v4_loads=ptx.count("ld.global.v4"), scalar_loads=ptx.count("ld.global.b32"),
+                   div_full=ptx.count("div.full.f32") + ptx.count("div.approx.f32"),
+                   assert_calls=ptx.count("__assertfail"))
         if not rec["ok"]:
             rec["error"] = "empty PTX/cubin or wrong .target"
+        elif rec["stack"] != 0 or rec["local"] != 0:
+            rec["ok"] = False
+            rec["error"] = f"register spills: stack {rec['stack']} B, local {rec['local']} B"
     except Exception as exc:  # report and keep going
         msg, cause = f"{type(exc).__name__}: {exc}", exc.__cause__
         while cause is not None:
@@ -181,7 +282,8 @@ def main(argv=None) -> int:
     specs = enumerate_specs()
     tasks = [(arch, i) for arch in args.arch for i, s in enumerate(specs) if args.filter in s.name]
     t_all = time.perf_counter()
-    print(f"{'kernel':30} {'config':40} {'arch':>5} {'status':6} {'ptx':>7} {'cubin':>7} {'sec':>5}", flush=True)
+    print(f"{'kernel':30} {'config':62} {'arch':>5} {'status':6} {'ptx':>7} {'cubin':>7} {'reg':>4} {'stk':>4} "
+          f"{'smem':>5} {'v4':>4} {'sec':>5}", flush=True)
     if args.jobs > 1:
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -196,6 +298,10 @@ def main(argv=None) -> int:
         mine = [r for r in records if r["arch"] == arch]
         print(f"# sm_{arch}: {sum(r['ok'] for r in mine)}/{len(mine)} configs of "
               f"{len({r['kernel'] for r in mine})} kernels compiled, {sum(r['sec'] for r in mine):.1f}s compile time")
+        for name in sorted({r["kernel"] for r in mine}):
+            regs = [r["reg"] for r in mine if r["kernel"] == name]
+            spills = sum(r["stack"] > 0 or r["local"] > 0 for r in mine if r["kernel"] == name)
+            print(f"#   {name:30} registers {min(regs)}-{max(regs)}, configs with spills: {spills}")
     failures = sum(not r["ok"] for r in records)
     print(f"# total: {len(records) - failures}/{len(records)} compiled, {failures} failed, {wall:.1f}s wall", flush=True)
     if args.json:
@@ -208,8 +314,9 @@ def main(argv=None) -> int:
 
 def _print_record(r: dict) -> dict:
     status = "ok" if r["ok"] else "FAIL"
-    print(f"{r['kernel']:30} {r['config']:40} {'sm_' + str(r['arch']):>5} {status:6} "
-          f"{r['ptx']:7d} {r['cubin']:7d} {r['sec']:5.2f}", flush=True)
+    print(f"{r['kernel']:30} {r['config']:62} {'sm_' + str(r['arch']):>5} {status:6} "
+          f"{r['ptx']:7d} {r['cubin']:7d} {r['reg']:4d} {r['stack']:4d} {r['shared']:5d} {r['v4_loads']:4d} "
+          f"{r['sec']:5.2f}", flush=True)
     if r["error"]:
         print(f"  {r['kernel']} [{r['config']}] sm_{r['arch']}: {r['error']}", file=sys.stderr, flush=True)
     return r

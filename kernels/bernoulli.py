@@ -14,10 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
-from fastaevb._errors import check_range
-
 from . import math as m
-from ._common import DATA_TILE, acc_dtype, finish, grad_out_strides, grid_rows, target_view
+from ._common import (
+    LOSS_KL_TILE, acc_dtype, check_width, data_tile, grad_out_strides, grid_rows, launch, target_view,
+)
+from .gaussian_kl import kl_rows
+from .reduce import bad_counts, finish
 
 
 @triton.jit
@@ -38,18 +40,25 @@ def _term(v, x, PROBS: tl.constexpr):
         return m.bernoulli_logits(v, x)
 
 
-@triton.jit(do_not_specialize=["R", "B", "D"])
+@triton.jit(do_not_specialize=["R", "B", "KR", "KJ"])
 def bernoulli_fwd_kernel(
     in_ptr, x_ptr, out_ptr, grad_ptr, bad_in_ptr, bad_x_ptr,
-    R: tl.int32, B: tl.int32, D: tl.int32, scale: tl.float64,
-    PROBS: tl.constexpr, ELEMENTS: tl.constexpr, WITH_GRAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    R: tl.int64, B: tl.int64, D, scale: tl.float64,
+    kmu_ptr, kv_ptr, kout_ptr, kgmu_ptr, kgv_ptr, KR: tl.int64, KJ: tl.int32, kscale: tl.float64,
+    PROBS: tl.constexpr, ELEMENTS: tl.constexpr, WITH_GRAD: tl.constexpr, HAS_KL: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, KBLOCK_R: tl.constexpr, KBLOCK_J: tl.constexpr,
 ):
+    # HAS_KL (the fused loss): the first programs also compute KL rows (grid: enough programs for
+    # both row sets; decoder rows past R are masked).
     ACC: tl.constexpr = tl.float64 if in_ptr.dtype.element_ty == tl.float64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pid = tl.program_id(0)
+    if HAS_KL:
+        if pid.to(tl.int64) * KBLOCK_R < KR:
+            kl_rows(pid, kmu_ptr, kv_ptr, kout_ptr, kgmu_ptr, kgv_ptr, KR, KJ, kscale, WITH_GRAD, KBLOCK_R, KBLOCK_J)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
-    base = rows.to(tl.int64)[:, None] * D
-    xbase = (rows % B).to(tl.int64)[:, None] * D
+    base = rows[:, None] * D
+    xbase = (rows % B)[:, None] * D
     acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
     bad_in = tl.zeros([BLOCK_R, BLOCK_D], tl.int32)
     bad_x = tl.zeros([BLOCK_R, BLOCK_D], tl.int32)
@@ -73,24 +82,23 @@ def bernoulli_fwd_kernel(
             tl.store(grad_ptr + off, s * dll, mask=mask)
     if not ELEMENTS:
         tl.store(out_ptr + rows, s * tl.sum(acc, axis=1), mask=rmask)
-    # per-row counts, no atomics
+    # per-row counts, no atomics: every row < R is written (no zero fill needed)
     if PROBS:
         tl.store(bad_in_ptr + rows, tl.sum(bad_in, axis=1), mask=rmask)
     tl.store(bad_x_ptr + rows, tl.sum(bad_x, axis=1), mask=rmask)
 
 
-@triton.jit(do_not_specialize=["go_sr", "go_sd", "R", "B", "D"])
+@triton.jit(do_not_specialize=["go_sr", "go_sd", "R", "B"])
 def bernoulli_bwd_kernel(
-    go_ptr, go_sr: tl.int32, go_sd: tl.int32, in_ptr, x_ptr, grad_ptr,
-    R: tl.int32, B: tl.int32, D: tl.int32, scale: tl.float64,
+    go_ptr, go_sr: tl.int64, go_sd: tl.int32, in_ptr, x_ptr, grad_ptr,
+    R: tl.int64, B: tl.int64, D, scale: tl.float64,
     PROBS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if in_ptr.dtype.element_ty == tl.float64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
-    r64 = rows.to(tl.int64)[:, None]
-    base = r64 * D
-    xbase = (rows % B).to(tl.int64)[:, None] * D
+    base = rows[:, None] * D
+    xbase = (rows % B)[:, None] * D
     s = m.scalar_as(scale, tl.zeros([1], ACC))
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -99,26 +107,49 @@ def bernoulli_bwd_kernel(
         v = _load_input(in_ptr + off, mask, PROBS).to(ACC)
         x = tl.load(x_ptr + xbase + cols[None, :], mask=mask, other=0).to(ACC)
         # grad_out read as (R, D) through strides: elements (D, 1), rows (1, 0), total (0, 0)
-        g = tl.load(go_ptr + r64 * go_sr + cols.to(tl.int64)[None, :] * go_sd, mask=mask, other=0.0).to(ACC)
+        g = tl.load(go_ptr + rows[:, None] * go_sr + cols[None, :] * go_sd, mask=mask, other=0.0).to(ACC)
         _, dll = _term(v, x, PROBS)
         tl.store(grad_ptr + off, (g * s) * dll, mask=mask)
 
 
-def _forward(inp, x, reduce, scale, with_grad, probs: bool):
-    """Launch the forward; returns ``(out, grad, bad)`` with ``bad`` the per-row counts,
-    shape (2, R) (input, target) for probs and (1, R) (target) for logits."""
+def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad, kl=None):
+    """One forward launch; ``kl``: ``(mu, logvar, kl_partials, grad_mu, grad_logvar, kl_scale)``
+    for the fused loss."""
     R, D = inp.shape
+    tile = data_tile(D)
+    grid = grid_rows(R, tile)
+    if kl is not None:
+        kmu, kv, kout, kgmu, kgv, kscale = kl
+        kr, kj = kmu.shape
+        grid = (max(grid[0], grid_rows(kr, LOSS_KL_TILE, "KBLOCK_R")[0]),)
+    else:
+        kmu = kv = kout = kgmu = kgv = inp
+        kr, kj, kscale = 0, 0, 0.0
+    launch(bernoulli_fwd_kernel, grid, inp.device,
+           inp, x, out, grad, bad_in, bad_x, R, x.shape[0], D, float(scale),
+           kmu, kv, kout, kgmu, kgv, kr, kj, float(kscale),
+           PROBS=probs, ELEMENTS=elements, WITH_GRAD=bool(with_grad), HAS_KL=kl is not None,
+           **tile, **LOSS_KL_TILE)
+
+
+def _forward(inp, x, reduce, scale, with_grad, probs: bool):
+    R, D = inp.shape
+    check_width(D)
     x = target_view(x)
-    elements = reduce == "elements"
-    out = torch.empty_like(inp) if elements else torch.empty(R, dtype=acc_dtype(inp.dtype), device=inp.device)
-    grad = torch.empty_like(inp) if with_grad else torch.empty(0, dtype=inp.dtype, device=inp.device)
-    bad = torch.zeros(2 if probs else 1, R, dtype=torch.int32, device=inp.device)
-    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-        # bad[0] is the input count (written for probs only), bad[-1] the target count
-        bernoulli_fwd_kernel[grid_rows(R, DATA_TILE)](
-            inp, x, out, grad, bad[0], bad[-1], R, x.shape[0], D, float(scale),
-            PROBS=probs, ELEMENTS=elements, WITH_GRAD=bool(with_grad), **DATA_TILE)
-    return (out if elements else finish(out, reduce, inp.dtype, scale)), grad, bad
+    dev, dt = inp.device, inp.dtype
+    elements, total = reduce == "elements", reduce == "total"
+    grad = torch.empty_like(inp) if with_grad else torch.empty(0, dtype=dt, device=dev)
+    if R == 0:
+        if total:  # no rows: scale * 0, so a 'mean' over nothing is NaN like torch
+            return torch.full((), 0.0 * scale, dtype=dt, device=dev), grad
+        return (torch.empty_like(inp) if elements else torch.empty(0, dtype=dt, device=dev)), grad
+    # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
+    out = torch.empty_like(inp) if elements else torch.empty(R, dtype=acc_dtype(dt) if total else dt, device=dev)
+    _, bad_in, bad_x = bad_counts(R, dev)
+    _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad)
+    result = torch.empty((), dtype=dt, device=dev) if total else out
+    finish(result if total else None, (out,) if total else (), bad_in if probs else None, bad_x)
+    return result, grad
 
 
 def _backward(grad_out, inp, x, reduce, scale, probs: bool):
@@ -126,18 +157,16 @@ def _backward(grad_out, inp, x, reduce, scale, probs: bool):
     x = target_view(x)
     grad = torch.empty_like(inp)
     if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-        go = grad_out.to(inp.dtype).contiguous()
+        go = (grad_out if grad_out.dtype == inp.dtype else grad_out.to(inp.dtype)).contiguous()
         sr, sd = grad_out_strides(reduce, D)
-        bernoulli_bwd_kernel[grid_rows(R, DATA_TILE)](
-            go, sr, sd, inp, x, grad, R, x.shape[0], D, float(scale), PROBS=probs, **DATA_TILE)
+        tile = data_tile(D)
+        launch(bernoulli_bwd_kernel, grid_rows(R, tile), inp.device,
+               go, sr, sd, inp, x, grad, R, x.shape[0], D, float(scale), PROBS=probs, **tile)
     return grad
 
 
 def bernoulli_logits_forward(logits, x, reduce, scale, with_grad):
-    out, grad, bad = _forward(logits, x, reduce, scale, with_grad, probs=False)
-    # int(): a device sync on GPU (the price of raising from inside the op; one scalar)
-    check_range(int(bad.sum()), "target")
-    return out, grad
+    return _forward(logits, x, reduce, scale, with_grad, probs=False)
 
 
 def bernoulli_logits_backward(grad_out, logits, x, reduce, scale):
@@ -145,12 +174,7 @@ def bernoulli_logits_backward(grad_out, logits, x, reduce, scale):
 
 
 def bernoulli_probs_forward(probs, x, reduce, scale, with_grad):
-    out, grad, bad = _forward(probs, x, reduce, scale, with_grad, probs=True)
-    # .tolist(): one device sync on GPU (the price of raising from inside the op)
-    bad_p, bad_x = bad.sum(dim=1).tolist()
-    check_range(bad_p, "input")
-    check_range(bad_x, "target")
-    return out, grad
+    return _forward(probs, x, reduce, scale, with_grad, probs=True)
 
 
 def bernoulli_probs_backward(grad_out, probs, x, reduce, scale):

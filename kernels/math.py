@@ -30,6 +30,17 @@ def scalar_as(s, like):
 
 
 @triton.jit
+def div(a, b):
+    """``a / b`` correctly rounded, as torch divides. Triton lowers float32 ``/`` to the
+    approximate ``div.full.f32`` (about 2 ulp); ``div_rn`` is IEEE division (``div.rn.f32``).
+    float64 ``/`` is already ``div.rn.f64``."""
+    if b.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
 def exp_m1_m_x(v):
     """``exp(v) - 1 - v`` without cancellation near 0 (Taylor series for |v| < 0.5)."""
     if v.dtype == tl.float64:
@@ -76,7 +87,7 @@ def log1p(y):
     """``log(1 + y)`` for y >= -1, accurate near 0 (Goldberg: log(u) * y / (u - 1), u = 1 + y)."""
     u = 1.0 + y
     d = u - 1.0
-    return tl.where(d == 0.0, y, tl.log(u) * (y / tl.where(d == 0.0, 1.0, d)))
+    return tl.where(d == 0.0, y, tl.log(u) * div(y, tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
@@ -117,7 +128,7 @@ def bernoulli_logits(l, x):
     t = tl.exp(-tl.abs(l))
     pos = l > 0.0
     ll = (x - tl.where(pos, 1.0, 0.0)) * l - log1p(t)
-    inv = 1.0 / (1.0 + t)
+    inv = div(1.0, 1.0 + t)
     sig = tl.where(pos, inv, t * inv)  # NaN l: t is NaN, so sig is NaN
     return ll, x - sig
 
@@ -130,7 +141,7 @@ def bernoulli_probs(p, x):
     l1p = clamp_min_nan(log1p(-p), -100.0)
     ll = x * lp + (1.0 - x) * l1p
     den = clamp_min_nan((1.0 - p) * p, BCE_EPS)
-    return ll, (x - p) / den
+    return ll, div(x - p, den)
 
 
 @triton.jit

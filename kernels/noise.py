@@ -10,21 +10,24 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NOISE_BLOCK
+from ._common import NOISE_BLOCK, launch, seed_tensor
 
 
-@triton.jit(do_not_specialize=["seed", "N"])
-def randn_kernel(off_ptr, out_ptr, seed: tl.int64, N: tl.int32, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["N"])
+def randn_kernel(off_ptr, out_ptr, seed_ptr, N: tl.int64, BLOCK: tl.constexpr):
+    seed = tl.load(seed_ptr)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < N
     offsets = tl.load(off_ptr + idx, mask=mask, other=0)  # int64: counters past 2**32 use hi word
     tl.store(out_ptr + idx, tl.randn(seed, offsets), mask=mask)
 
 
-def randn(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+def randn(seed, offsets: torch.Tensor) -> torch.Tensor:
+    """``seed``: a Python int or a one-element int64 tensor (read on the device)."""
     off = offsets.contiguous().view(-1)
     out = torch.empty(off.shape, dtype=torch.float32, device=off.device)
     n = off.numel()
     if n:
-        randn_kernel[(triton.cdiv(n, NOISE_BLOCK),)](off, out, seed, n, BLOCK=NOISE_BLOCK)
+        launch(randn_kernel, (triton.cdiv(n, NOISE_BLOCK),), off.device,
+               off, out, seed_tensor(seed, off.device), n, BLOCK=NOISE_BLOCK)
     return out.view(offsets.shape)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import math as m
-from ._common import LATENT_TILE, grid_rows, zero_or
+from ._common import check_width, grid_rows, latent_bwd_tile, latent_tile, launch, seed_tensor, zero_or
 
 
 @triton.jit
@@ -23,18 +23,19 @@ def _eps(eps_ptr, seed, flat, mask, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
     return tl.randn(seed, flat).to(ACC)  # float32 Philox normal, widened for float64
 
 
-@triton.jit(do_not_specialize=["R", "J", "L", "seed"])
+@triton.jit(do_not_specialize=["R", "L"])
 def reparameterize_kl_fwd_kernel(
-    mu_ptr, v_ptr, eps_ptr, z_ptr, kl_ptr, lq_ptr, lp_ptr,
-    R: tl.int32, J: tl.int32, L: tl.int32, seed: tl.int64,
+    mu_ptr, v_ptr, eps_ptr, z_ptr, kl_ptr, lq_ptr, lp_ptr, seed_ptr,
+    R: tl.int64, J, L: tl.int32,
     HAS_EPS: tl.constexpr, LOG_WEIGHTS: tl.constexpr, WITH_KL: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    seed = tl.load(seed_ptr)  # a device tensor: drawn on the device, fresh on CUDA-graph replay
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
-    base = rows.to(tl.int64)[:, None] * J
-    RJ = R.to(tl.int64) * J
+    base = rows[:, None] * J
+    RJ = R * J
     if WITH_KL:  # KL once per row (reparameterize alone skips it)
         acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
         for j0 in range(0, J, BLOCK_D):
@@ -69,23 +70,23 @@ def reparameterize_kl_fwd_kernel(
             tl.store(lp_ptr + lr, tl.sum(acc_p, axis=1), mask=rmask)
 
 
-@triton.jit(do_not_specialize=["gz_s", "glq_s", "glp_s", "gkl_s", "R", "J", "L", "seed"])
+@triton.jit(do_not_specialize=["gz_s", "glq_s", "glp_s", "gkl_s", "R", "L"])
 def reparameterize_kl_bwd_kernel(
     gz_ptr, gz_s: tl.int32, glq_ptr, glq_s: tl.int32, glp_ptr, glp_s: tl.int32,
     gkl_ptr, gkl_s: tl.int32,
-    mu_ptr, v_ptr, eps_ptr, gmu_ptr, gv_ptr,
-    R: tl.int32, J: tl.int32, L: tl.int32, seed: tl.int64,
+    mu_ptr, v_ptr, eps_ptr, gmu_ptr, gv_ptr, seed_ptr,
+    R: tl.int64, J, L: tl.int32,
     HAS_EPS: tl.constexpr, NEED_Z: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Absent upstream gradients arrive as a cached zero read with stride 0 (gz_s, ... = 0).
     # NEED_Z = grad_z or grad_log_p present: only then is eps regenerated.
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
-    r64 = rows.to(tl.int64)
+    r64 = rows
     base = r64[:, None] * J
-    RJ = R.to(tl.int64) * J
+    RJ = R * J
     gkl = tl.load(gkl_ptr + r64 * gkl_s, mask=rmask, other=0.0).to(ACC)[:, None]
     # -0.5 * sum_l grad_log_q[l, r]: d log q / d v = -0.5 per element
     glq_sum = tl.zeros([BLOCK_R], ACC)
@@ -100,6 +101,7 @@ def reparameterize_kl_bwd_kernel(
         g_mu = gkl * mu
         g_v = gkl * m.kl_grad_logvar(v) - 0.5 * glq_sum[:, None]
         if NEED_Z:
+            seed = tl.load(seed_ptr)
             sigma = tl.exp(0.5 * v)
             for l in range(L):
                 lbase = tl.cast(l, tl.int64) * RJ
@@ -115,12 +117,11 @@ def reparameterize_kl_bwd_kernel(
         tl.store(gv_ptr + off, g_v, mask=mask)
 
 
-def _seed(seed) -> int:
-    return 0 if seed is None else int(seed)  # ignored when eps is given
-
-
 def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights, with_kl):
+    """``seed``: a one-element int64 tensor on mu's device (CUDA: drawn there, never read on the
+    host), a Python int, or None when ``eps`` is given."""
     R, J = mu.shape
+    check_width(J, "latent width")
     L = int(samples)
     dev, dt = mu.device, mu.dtype
     z = torch.empty(L, R, J, dtype=dt, device=dev)
@@ -130,9 +131,10 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights, with_
     log_p = torch.empty(shape_w, dtype=dt, device=dev)
     has_eps = eps is not None
     if R:
-        reparameterize_kl_fwd_kernel[grid_rows(R, LATENT_TILE)](
-            mu, logvar, eps if has_eps else mu, z, kl, log_q, log_p, R, J, L, _seed(seed),
-            HAS_EPS=has_eps, LOG_WEIGHTS=bool(log_weights), WITH_KL=bool(with_kl), **LATENT_TILE)
+        tile = latent_tile(J)
+        launch(reparameterize_kl_fwd_kernel, grid_rows(R, tile), dev,
+               mu, logvar, eps if has_eps else mu, z, kl, log_q, log_p, seed_tensor(None if has_eps else seed, dev),
+               R, J, L, HAS_EPS=has_eps, LOG_WEIGHTS=bool(log_weights), WITH_KL=bool(with_kl), **tile)
     return z, kl, log_q, log_p
 
 
@@ -144,13 +146,14 @@ def reparameterize_kl_backward(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logv
     if R == 0:
         return gmu, gv
     need_z = grad_z is not None or grad_log_p is not None
-    gz, gz_s = zero_or(grad_z, L * R * J, dt, dev)
-    glq, glq_s = zero_or(grad_log_q, L * R, dt, dev)
-    glp, glp_s = zero_or(grad_log_p, L * R, dt, dev)
-    gkl, gkl_s = zero_or(grad_kl, R, dt, dev)
+    gz, gz_s = zero_or(grad_z, dt, dev)
+    glq, glq_s = zero_or(grad_log_q, dt, dev)
+    glp, glp_s = zero_or(grad_log_p, dt, dev)
+    gkl, gkl_s = zero_or(grad_kl, dt, dev)
     has_eps = eps is not None
-    reparameterize_kl_bwd_kernel[grid_rows(R, LATENT_TILE)](
-        gz, gz_s, glq, glq_s, glp, glp_s, gkl, gkl_s,
-        mu, logvar, eps if has_eps else mu, gmu, gv, R, J, L, _seed(seed),
-        HAS_EPS=has_eps, NEED_Z=need_z, **LATENT_TILE)
+    tile = latent_bwd_tile(J)
+    launch(reparameterize_kl_bwd_kernel, grid_rows(R, tile), dev,
+           gz, gz_s, glq, glq_s, glp, glp_s, gkl, gkl_s,
+           mu, logvar, eps if has_eps else mu, gmu, gv, seed_tensor(None if has_eps else seed, dev),
+           R, J, L, HAS_EPS=has_eps, NEED_Z=need_z, **tile)
     return gmu, gv

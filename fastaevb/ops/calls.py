@@ -47,8 +47,18 @@ def restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
-def seed_value(seed: Optional[Tensor]) -> int:
-    return 0 if seed is None else int(seed)
+def seed_value(seed: Optional[Tensor]) -> "int | Tensor":
+    """The seed as the backends take it: a Python int, or, for a seed drawn on a CUDA device, the
+    device tensor itself (the Triton kernels read it there: no host sync, CUDA-graph safe)."""
+    if seed is None:
+        return 0
+    return seed if seed.is_cuda else int(seed)
+
+
+def scaled_grads(grads: Sequence[Tensor], grad_out: Tensor) -> tuple[Tensor, ...]:
+    """The gradients written during forward times the upstream gradient: one foreach multiply (one
+    launch on CUDA for all of them, and cheaper than a multiply each on CPU too)."""
+    return tuple(torch._foreach_mul(list(grads), grad_out))
 
 
 # --- one function per backend entry point ------------------------------------------------------

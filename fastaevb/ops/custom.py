@@ -60,7 +60,7 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
         if grad_out is None:
             return tuple(result)
         saved = ctx.saved_tensors
-        grads = [g * grad_out for g in saved] if ctx.with_grad else backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
+        grads = calls.scaled_grads(saved, grad_out) if ctx.with_grad else backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
         for position, grad in zip(differentiable, grads):
             if ctx.needs_input_grad[position]:
                 result[position] = grad
@@ -118,7 +118,7 @@ def _sgvb_loss_grad(ctx, grad_out, *_):
     if grad_out is None:
         return (None,) * 9
     if ctx.with_grad:
-        grads = [g * grad_out for g in ctx.saved_tensors]
+        grads = calls.scaled_grads(ctx.saved_tensors, grad_out)
     else:
         decoded, x, decoder_logvar, mu, logvar = ctx.saved_tensors
         grads = sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar,

@@ -38,7 +38,7 @@ def _take_grads(ctx, grad_out: Tensor) -> tuple[Tensor, ...]:
     the next backward node reads them without a copy)."""
     if upstream_is_one(grad_out):
         return ctx.grads
-    return tuple(g * grad_out for g in ctx.grads)
+    return calls.scaled_grads(ctx.grads, grad_out)
 
 
 class ReducedFunction(torch.autograd.Function):
