@@ -16,8 +16,10 @@ namespace HWY_NAMESPACE {
 // ll and dll/d(input) of either parameterization; the unused one is dead code after inlining.
 template <bool kProbs, class D>
 HWY_INLINE LLGrad<D> Term(D d, V<D> in, V<D> x) {
-  if constexpr (kProbs) return {BernoulliProbsLL(d, in, x), BernoulliProbsGrad(d, in, x)};
-  else return BernoulliLogits(d, in, x);
+  if constexpr (kProbs)
+    return {BernoulliProbsLL(d, in, x), BernoulliProbsGrad(d, in, x)};
+  else
+    return BernoulliLogits(d, in, x);
 }
 
 template <bool kProbs, int kMode, class T, class X>
@@ -50,7 +52,8 @@ void RowsT(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
       const auto t = Term<kProbs>(d, v, xv);
       if constexpr (kMode == kFwdElements) StoreAt<kTail>(d, hn::Mul(up, t.ll), out + at, i, count);
       if constexpr (kMode == kFwdSum || kMode == kFwdSumGrad) acc = AddLanes<kTail>(d, acc, t.ll, count);
-      if constexpr (kMode == kFwdSumGrad || kMode == kBwdRow) StoreAt<kTail>(d, hn::Mul(up, t.dl), grad + at, i, count);
+      if constexpr (kMode == kFwdSumGrad || kMode == kBwdRow)
+        StoreAt<kTail>(d, hn::Mul(up, t.dl), grad + at, i, count);
       if constexpr (kMode == kBwdElements) {
         const auto g = hn::Mul(up, LoadAt<kTail>(d, go + at, i, count));
         StoreAt<kTail>(d, hn::Mul(g, t.dl), grad + at, i, count);
@@ -65,11 +68,16 @@ void RowsT(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
 template <bool kProbs, class T, class X>
 void RowsByMode(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
   switch (job.mode) {
-    case kFwdElements: return RowsT<kProbs, kFwdElements, T, X>(job, r0, r1, bad);
-    case kFwdSum: return RowsT<kProbs, kFwdSum, T, X>(job, r0, r1, bad);
-    case kFwdSumGrad: return RowsT<kProbs, kFwdSumGrad, T, X>(job, r0, r1, bad);
-    case kBwdRow: return RowsT<kProbs, kBwdRow, T, X>(job, r0, r1, bad);
-    default: return RowsT<kProbs, kBwdElements, T, X>(job, r0, r1, bad);
+    case kFwdElements:
+      return RowsT<kProbs, kFwdElements, T, X>(job, r0, r1, bad);
+    case kFwdSum:
+      return RowsT<kProbs, kFwdSum, T, X>(job, r0, r1, bad);
+    case kFwdSumGrad:
+      return RowsT<kProbs, kFwdSumGrad, T, X>(job, r0, r1, bad);
+    case kBwdRow:
+      return RowsT<kProbs, kBwdRow, T, X>(job, r0, r1, bad);
+    default:
+      return RowsT<kProbs, kBwdElements, T, X>(job, r0, r1, bad);
   }
 }
 
@@ -85,8 +93,10 @@ void RowsByType(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
 
 // Rows [r0, r1) of `job`; adds (out-of-range inputs, out-of-range targets) to bad[0], bad[1].
 void BernoulliRows(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
-  if (job.probs) RowsByType<true>(job, r0, r1, bad);
-  else RowsByType<false>(job, r0, r1, bad);
+  if (job.probs)
+    RowsByType<true>(job, r0, r1, bad);
+  else
+    RowsByType<false>(job, r0, r1, bad);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -150,9 +160,9 @@ void write_reduced(addr out, const std::vector<double>& sums, int reduce, double
   });
 }
 
-std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, addr x, int64_t R,
-                                    int64_t B, int64_t D, int reduce, double scale,
-                                    bool with_grad, int dtype, int xtype, int nthreads) {
+std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, addr x, int64_t R, int64_t B,
+                                    int64_t D, int reduce, double scale, bool with_grad, int dtype, int xtype,
+                                    int nthreads) {
   BernoulliJob job{};
   job.rows = layout(R, B, D, reduce);
   job.mode = reduce == kElements ? kFwdElements : (with_grad ? kFwdSumGrad : kFwdSum);
@@ -171,8 +181,8 @@ std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, ad
   return bad;
 }
 
-void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, int64_t B,
-              int64_t D, int reduce, double scale, int dtype, int xtype, int nthreads) {
+void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, int64_t B, int64_t D,
+              int reduce, double scale, int dtype, int xtype, int nthreads) {
   BernoulliJob job{};
   job.rows = layout(R, B, D, reduce);
   job.mode = reduce == kElements ? kBwdElements : kBwdRow;
@@ -190,31 +200,26 @@ void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, 
 
 }  // namespace
 
-int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R,
-                                 int64_t B, int64_t D, int reduce, double scale,
-                                 bool with_grad, int dtype, int xtype, int nthreads) {
-  return forward(false, out, grad, logits, x, R, B, D, reduce, scale, with_grad, dtype, xtype,
-                 nthreads)
+int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B, int64_t D,
+                                 int reduce, double scale, bool with_grad, int dtype, int xtype,
+                                 int nthreads) {
+  return forward(false, out, grad, logits, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads)
       .second;
 }
 
-void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R,
-                               int64_t B, int64_t D, int reduce, double scale, int dtype,
-                               int xtype, int nthreads) {
+void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B, int64_t D,
+                               int reduce, double scale, int dtype, int xtype, int nthreads) {
   backward(false, grad, grad_out, logits, x, R, B, D, reduce, scale, dtype, xtype, nthreads);
 }
 
-std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x,
-                                                    int64_t R, int64_t B, int64_t D,
-                                                    int reduce, double scale, bool with_grad,
-                                                    int dtype, int xtype, int nthreads) {
-  return forward(true, out, grad, probs, x, R, B, D, reduce, scale, with_grad, dtype, xtype,
-                 nthreads);
+std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x, int64_t R,
+                                                    int64_t B, int64_t D, int reduce, double scale,
+                                                    bool with_grad, int dtype, int xtype, int nthreads) {
+  return forward(true, out, grad, probs, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads);
 }
 
-void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R,
-                              int64_t B, int64_t D, int reduce, double scale, int dtype,
-                              int xtype, int nthreads) {
+void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R, int64_t B, int64_t D,
+                              int reduce, double scale, int dtype, int xtype, int nthreads) {
   backward(true, grad, grad_out, probs, x, R, B, D, reduce, scale, dtype, xtype, nthreads);
 }
 

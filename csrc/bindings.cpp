@@ -21,14 +21,12 @@ namespace {
 
 // The two Bernoulli parameterizations share one argument list; only the input's name differs.
 template <class Fwd, class Bwd>
-void bind_bernoulli(py::module_& m, const std::string& name, const char* input, Fwd fwd,
-                    Bwd bwd) {
+void bind_bernoulli(py::module_& m, const std::string& name, const char* input, Fwd fwd, Bwd bwd) {
   using guard = py::call_guard<py::gil_scoped_release>;
-  m.def((name + "_forward").c_str(), fwd, guard(), "out"_a, "grad"_a, py::arg(input), "x"_a,
-        "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a,
-        "nthreads"_a);
-  m.def((name + "_backward").c_str(), bwd, guard(), "grad"_a, "grad_out"_a, py::arg(input),
-        "x"_a, "R"_a, "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+  m.def((name + "_forward").c_str(), fwd, guard(), "out"_a, "grad"_a, py::arg(input), "x"_a, "R"_a, "B"_a,
+        "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+  m.def((name + "_backward").c_str(), bwd, guard(), "grad"_a, "grad_out"_a, py::arg(input), "x"_a, "R"_a,
+        "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
 }
 
 }  // namespace
@@ -40,36 +38,33 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("randn", &f::randn, guard(), "out"_a, "offsets"_a, "n"_a, "seed"_a, "nthreads"_a);
 
-  m.def("reparameterize_kl_forward", &f::reparameterize_kl_forward, guard(), "z"_a, "kl"_a,
-        "log_q"_a, "log_p"_a, "mu"_a, "logvar"_a, "eps"_a, "seed"_a, "L"_a, "R"_a, "J"_a,
-        "log_weights"_a, "dtype"_a, "nthreads"_a);
-  m.def("reparameterize_kl_backward", &f::reparameterize_kl_backward, guard(), "grad_mu"_a,
-        "grad_logvar"_a, "grad_z"_a, "grad_kl"_a, "grad_log_q"_a, "grad_log_p"_a, "mu"_a,
-        "logvar"_a, "eps"_a, "seed"_a, "L"_a, "R"_a, "J"_a, "dtype"_a, "nthreads"_a);
+  m.def("reparameterize_kl_forward", &f::reparameterize_kl_forward, guard(), "z"_a, "kl"_a, "log_q"_a,
+        "log_p"_a, "mu"_a, "logvar"_a, "eps"_a, "seed"_a, "L"_a, "R"_a, "J"_a, "log_weights"_a, "dtype"_a,
+        "nthreads"_a);
+  m.def("reparameterize_kl_backward", &f::reparameterize_kl_backward, guard(), "grad_mu"_a, "grad_logvar"_a,
+        "grad_z"_a, "grad_kl"_a, "grad_log_q"_a, "grad_log_p"_a, "mu"_a, "logvar"_a, "eps"_a, "seed"_a, "L"_a,
+        "R"_a, "J"_a, "dtype"_a, "nthreads"_a);
 
-  m.def("gaussian_kl_forward", &f::gaussian_kl_forward, guard(), "out"_a, "grad_mu"_a,
-        "grad_logvar"_a, "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "with_grad"_a,
-        "dtype"_a, "nthreads"_a);
-  m.def("gaussian_kl_backward", &f::gaussian_kl_backward, guard(), "grad_mu"_a,
-        "grad_logvar"_a, "grad_out"_a, "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a,
-        "dtype"_a, "nthreads"_a);
+  m.def("gaussian_kl_forward", &f::gaussian_kl_forward, guard(), "out"_a, "grad_mu"_a, "grad_logvar"_a,
+        "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
+  m.def("gaussian_kl_backward", &f::gaussian_kl_backward, guard(), "grad_mu"_a, "grad_logvar"_a, "grad_out"_a,
+        "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "dtype"_a, "nthreads"_a);
 
   bind_bernoulli(m, "bernoulli_logits", "logits", &f::bernoulli_logits_forward,
                  &f::bernoulli_logits_backward);
-  bind_bernoulli(m, "bernoulli_probs", "probs", &f::bernoulli_probs_forward,
-                 &f::bernoulli_probs_backward);
+  bind_bernoulli(m, "bernoulli_probs", "probs", &f::bernoulli_probs_forward, &f::bernoulli_probs_backward);
 
-  m.def("gaussian_forward", &f::gaussian_forward, guard(), "out"_a, "grad_mean"_a,
-        "grad_logvar"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
-        "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
-  m.def("gaussian_backward", &f::gaussian_backward, guard(), "grad_mean"_a, "grad_logvar"_a,
-        "grad_out"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
-        "reduce"_a, "scale"_a, "dtype"_a, "nthreads"_a);
+  m.def("gaussian_forward", &f::gaussian_forward, guard(), "out"_a, "grad_mean"_a, "grad_logvar"_a, "x"_a,
+        "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a, "reduce"_a, "scale"_a, "with_grad"_a,
+        "dtype"_a, "nthreads"_a);
+  m.def("gaussian_backward", &f::gaussian_backward, guard(), "grad_mean"_a, "grad_logvar"_a, "grad_out"_a,
+        "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a, "reduce"_a, "scale"_a, "dtype"_a,
+        "nthreads"_a);
 
   m.def("sgvb_loss_forward", &f::sgvb_loss_forward, guard(), "out"_a, "grad_decoded"_a,
-        "grad_decoder_logvar"_a, "grad_mu"_a, "grad_logvar"_a, "decoded"_a, "x"_a, "decoder_logvar"_a,
-        "mu"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared_logvar"_a,
-        "kl_scale"_a, "ll_scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+        "grad_decoder_logvar"_a, "grad_mu"_a, "grad_logvar"_a, "decoded"_a, "x"_a, "decoder_logvar"_a, "mu"_a,
+        "logvar"_a, "R"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared_logvar"_a, "kl_scale"_a, "ll_scale"_a,
+        "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
   m.attr("LIKELIHOODS") = py::dict("bernoulli_logits"_a = static_cast<int>(f::kLikelihoodLogits),
                                    "bernoulli_probs"_a = static_cast<int>(f::kLikelihoodProbs),
                                    "gaussian"_a = static_cast<int>(f::kLikelihoodGaussian));
@@ -91,7 +86,8 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("simd_targets_compiled", [] {
     std::vector<std::string> names;
-    for (int64_t bits = HWY_TARGETS; bits != 0; bits &= bits - 1) names.emplace_back(hwy::TargetName(bits & -bits));
+    for (int64_t bits = HWY_TARGETS; bits != 0; bits &= bits - 1)
+      names.emplace_back(hwy::TargetName(bits & -bits));
     return names;
   });
   m.def("simd_targets_supported", [] {

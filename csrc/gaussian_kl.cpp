@@ -50,8 +50,10 @@ void RowsByMode(const KLJob& job, int64_t r0, int64_t r1) {
 }
 
 void KLRows(const KLJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0) RowsByMode<float>(job, r0, r1);
-  else RowsByMode<double>(job, r0, r1);
+  if (job.dtype == 0)
+    RowsByMode<float>(job, r0, r1);
+  else
+    RowsByMode<double>(job, r0, r1);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -77,9 +79,8 @@ void run(const KLJob& job, int nthreads) {
 }
 }  // namespace
 
-void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr logvar,
-                         int64_t R, int64_t J, int reduce, double scale, bool with_grad,
-                         int dtype, int nthreads) {
+void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr logvar, int64_t R, int64_t J,
+                         int reduce, double scale, bool with_grad, int dtype, int nthreads) {
   std::vector<double> sums(static_cast<size_t>(R));
   KLJob job{};
   job.rows = {R, R, J, R * J};
@@ -98,17 +99,18 @@ void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr
     T* o = as_ptr<T>(out);
     double total = 0.0;
     for (int64_t r = 0; r < R; ++r) {
-      if (reduce == kRows) o[r] = static_cast<T>(scale * 0.5 * sums[r]);
-      else total += sums[r];
+      if (reduce == kRows)
+        o[r] = static_cast<T>(scale * 0.5 * sums[r]);
+      else
+        total += sums[r];
     }
     if (reduce == kTotal) o[0] = static_cast<T>(scale * 0.5 * total);
     return 0;
   });
 }
 
-void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar,
-                          int64_t R, int64_t J, int reduce, double scale, int dtype,
-                          int nthreads) {
+void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar, int64_t R,
+                          int64_t J, int reduce, double scale, int dtype, int nthreads) {
   KLJob job{};
   job.rows = {R, R, J, R * J};
   job.mode = kBwdRow;

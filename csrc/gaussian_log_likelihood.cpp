@@ -66,13 +66,17 @@ void RowsByMode(const GaussianJob& job, int64_t r0, int64_t r1) {
 
 template <class T>
 void RowsByLayout(const GaussianJob& job, int64_t r0, int64_t r1) {
-  if (job.shared_logvar) RowsByMode<true, T>(job, r0, r1);
-  else RowsByMode<false, T>(job, r0, r1);
+  if (job.shared_logvar)
+    RowsByMode<true, T>(job, r0, r1);
+  else
+    RowsByMode<false, T>(job, r0, r1);
 }
 
 void GaussianRows(const GaussianJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0) RowsByLayout<float>(job, r0, r1);
-  else RowsByLayout<double>(job, r0, r1);
+  if (job.dtype == 0)
+    RowsByLayout<float>(job, r0, r1);
+  else
+    RowsByLayout<double>(job, r0, r1);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -93,8 +97,8 @@ namespace {
 constexpr double kLog2Pi = 1.8378770664093454835606594728112;  // log(2 pi)
 constexpr double kNsPerElement = 1.2;  // single thread, float32, per-element log-variance (bench/)
 
-GaussianJob make_job(int mode, addr x, addr mean, addr logvar, addr grad_mean, addr grad_logvar,
-                     int64_t R, int64_t B, int64_t D, bool shared, double scale, int dtype) {
+GaussianJob make_job(int mode, addr x, addr mean, addr logvar, addr grad_mean, addr grad_logvar, int64_t R,
+                     int64_t B, int64_t D, bool shared, double scale, int dtype) {
   GaussianJob job{};
   job.rows = {R, B, D, R * D};
   job.mode = mode;
@@ -131,11 +135,11 @@ double shared_logvar_grad(const std::vector<double>& sum_sq, double inv_var, int
 }
 }  // namespace
 
-void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean,
-                      addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
-                      int reduce, double scale, bool with_grad, int dtype, int nthreads) {
-  GaussianJob job = make_job(with_grad ? kFwdSumGrad : kFwdSum, x, mean, logvar, grad_mean,
-                             grad_logvar, R, B, D, shared_logvar, scale, dtype);
+void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean, addr logvar, int64_t R,
+                      int64_t B, int64_t D, bool shared_logvar, int reduce, double scale, bool with_grad,
+                      int dtype, int nthreads) {
+  GaussianJob job = make_job(with_grad ? kFwdSumGrad : kFwdSum, x, mean, logvar, grad_mean, grad_logvar, R, B,
+                             D, shared_logvar, scale, dtype);
   std::vector<double> sums(static_cast<size_t>(R));
   job.sums = sums.data();
   run(job, nthreads);
@@ -145,25 +149,27 @@ void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr m
     const double v = shared_logvar ? static_cast<double>(as_ptr<const T>(logvar)[0]) : 0.0;
     double total = 0.0;
     for (int64_t r = 0; r < R; ++r) {
-      const double row = shared_logvar ? -0.5 * (D * (kLog2Pi + v) + sums[r] * job.inv_var)
-                                       : -0.5 * (D * kLog2Pi + sums[r]);
-      if (reduce == kRows) o[r] = static_cast<T>(scale * row);
-      else total += row;
+      const double row =
+          shared_logvar ? -0.5 * (D * (kLog2Pi + v) + sums[r] * job.inv_var) : -0.5 * (D * kLog2Pi + sums[r]);
+      if (reduce == kRows)
+        o[r] = static_cast<T>(scale * row);
+      else
+        total += row;
     }
     if (reduce == kTotal) o[0] = static_cast<T>(scale * total);
     if (shared_logvar && with_grad)
-      as_ptr<T>(grad_logvar)[0] = static_cast<T>(
-          shared_logvar_grad(sums, job.inv_var, D, [scale](int64_t) { return scale; }));
+      as_ptr<T>(grad_logvar)[0] =
+          static_cast<T>(shared_logvar_grad(sums, job.inv_var, D, [scale](int64_t) { return scale; }));
     return 0;
   });
 }
 
-void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean,
-                       addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
-                       int reduce, double scale, int dtype, int nthreads) {
+void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean, addr logvar,
+                       int64_t R, int64_t B, int64_t D, bool shared_logvar, int reduce, double scale,
+                       int dtype, int nthreads) {
   // With a shared log-variance the pass also returns the row sums of squares its gradient needs.
-  GaussianJob job = make_job(kBwdRow, x, mean, logvar, grad_mean, grad_logvar, R, B, D,
-                             shared_logvar, scale, dtype);
+  GaussianJob job =
+      make_job(kBwdRow, x, mean, logvar, grad_mean, grad_logvar, R, B, D, shared_logvar, scale, dtype);
   job.grad_out = as_ptr<const void>(grad_out);
   job.upstream_total = reduce == kTotal;
   std::vector<double> sums(shared_logvar ? static_cast<size_t>(R) : 0);

@@ -20,45 +20,39 @@ void randn(addr out, addr offsets, int64_t n, uint64_t seed, int nthreads);
 
 // z (L, R, J), kl (R,), log_q / log_p (L, R) (written when log_weights).
 // eps (L, R, J) or 0: then eps[i] = randn(seed, i) for the flat index i.
-void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar,
-                               addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
-                               bool log_weights, int dtype, int nthreads);
-void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, addr grad_kl,
-                                addr grad_log_q, addr grad_log_p, addr mu, addr logvar,
-                                addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
-                                int dtype, int nthreads);
+void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar, addr eps,
+                               uint64_t seed, int64_t L, int64_t R, int64_t J, bool log_weights, int dtype,
+                               int nthreads);
+void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, addr grad_kl, addr grad_log_q,
+                                addr grad_log_p, addr mu, addr logvar, addr eps, uint64_t seed, int64_t L,
+                                int64_t R, int64_t J, int dtype, int nthreads);
 
-void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr logvar,
-                         int64_t R, int64_t J, int reduce, double scale, bool with_grad,
-                         int dtype, int nthreads);
-void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar,
-                          int64_t R, int64_t J, int reduce, double scale, int dtype,
-                          int nthreads);
+void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr logvar, int64_t R, int64_t J,
+                         int reduce, double scale, bool with_grad, int dtype, int nthreads);
+void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar, int64_t R,
+                          int64_t J, int reduce, double scale, int dtype, int nthreads);
 
 // Returns the number of out-of-range targets.
-int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R,
-                                 int64_t B, int64_t D, int reduce, double scale,
-                                 bool with_grad, int dtype, int xtype, int nthreads);
-void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R,
-                               int64_t B, int64_t D, int reduce, double scale, int dtype,
-                               int xtype, int nthreads);
+int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B, int64_t D,
+                                 int reduce, double scale, bool with_grad, int dtype, int xtype,
+                                 int nthreads);
+void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B, int64_t D,
+                               int reduce, double scale, int dtype, int xtype, int nthreads);
 
 // Returns (out-of-range probs, out-of-range targets).
-std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x,
-                                                    int64_t R, int64_t B, int64_t D,
-                                                    int reduce, double scale, bool with_grad,
-                                                    int dtype, int xtype, int nthreads);
-void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R,
-                              int64_t B, int64_t D, int reduce, double scale, int dtype,
-                              int xtype, int nthreads);
+std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x, int64_t R,
+                                                    int64_t B, int64_t D, int reduce, double scale,
+                                                    bool with_grad, int dtype, int xtype, int nthreads);
+void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R, int64_t B, int64_t D,
+                              int reduce, double scale, int dtype, int xtype, int nthreads);
 
 // logvar is (R, D), or one shared value when shared_logvar (then grad_logvar has 1 element).
-void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean,
-                      addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
-                      int reduce, double scale, bool with_grad, int dtype, int nthreads);
-void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean,
-                       addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
-                       int reduce, double scale, int dtype, int nthreads);
+void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean, addr logvar, int64_t R,
+                      int64_t B, int64_t D, bool shared_logvar, int reduce, double scale, bool with_grad,
+                      int dtype, int nthreads);
+void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean, addr logvar,
+                       int64_t R, int64_t B, int64_t D, bool shared_logvar, int reduce, double scale,
+                       int dtype, int nthreads);
 
 // The whole loss of a step: kl_scale * sum KL - ll_scale * sum log p(x|z), mu/logvar (B, J),
 // decoder output (R, D); likelihood: kLikelihoodLogits, kLikelihoodProbs or kLikelihoodGaussian
@@ -67,9 +61,9 @@ void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, 
 enum Likelihood : int { kLikelihoodLogits = 0, kLikelihoodProbs = 1, kLikelihoodGaussian = 2 };
 std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr grad_decoder_logvar,
                                               addr grad_mu, addr grad_logvar, addr decoded, addr x,
-                                              addr decoder_logvar, addr mu, addr logvar, int64_t R,
-                                              int64_t B, int64_t D, int64_t J, int likelihood,
-                                              bool shared_logvar, double kl_scale, double ll_scale,
-                                              bool with_grad, int dtype, int xtype, int nthreads);
+                                              addr decoder_logvar, addr mu, addr logvar, int64_t R, int64_t B,
+                                              int64_t D, int64_t J, int likelihood, bool shared_logvar,
+                                              double kl_scale, double ll_scale, bool with_grad, int dtype,
+                                              int xtype, int nthreads);
 
 }  // namespace fastaevb

@@ -142,7 +142,8 @@ void FlatForwardT(const ReparamJob& job, int64_t i0, int64_t i1) {
     ForEachVector(d, static_cast<size_t>(i1 - i0), [&](size_t i, size_t count, auto tail) {
       constexpr bool kTail = decltype(tail)::value;
       const auto e = Noise<kTail>(d, eps, job.seed, base + static_cast<int64_t>(i), count);
-      const auto zz = hn::MulAdd(StdDev(d, LoadAt<kTail>(d, logvar, i, count)), e, LoadAt<kTail>(d, mu, i, count));
+      const auto zz =
+          hn::MulAdd(StdDev(d, LoadAt<kTail>(d, logvar, i, count)), e, LoadAt<kTail>(d, mu, i, count));
       StoreAt<kTail>(d, zz, z, i, count);
     });
   }
@@ -175,23 +176,31 @@ void FlatBackwardT(const ReparamJob& job, int64_t i0, int64_t i1) {
 }
 
 void ReparamFlatForward(const ReparamJob& job, int64_t i0, int64_t i1) {
-  if (job.dtype == 0) FlatForwardT<float>(job, i0, i1);
-  else FlatForwardT<double>(job, i0, i1);
+  if (job.dtype == 0)
+    FlatForwardT<float>(job, i0, i1);
+  else
+    FlatForwardT<double>(job, i0, i1);
 }
 
 void ReparamFlatBackward(const ReparamJob& job, int64_t i0, int64_t i1) {
-  if (job.dtype == 0) FlatBackwardT<float>(job, i0, i1);
-  else FlatBackwardT<double>(job, i0, i1);
+  if (job.dtype == 0)
+    FlatBackwardT<float>(job, i0, i1);
+  else
+    FlatBackwardT<double>(job, i0, i1);
 }
 
 void ReparamForwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0) ForwardT<float>(job, r0, r1);
-  else ForwardT<double>(job, r0, r1);
+  if (job.dtype == 0)
+    ForwardT<float>(job, r0, r1);
+  else
+    ForwardT<double>(job, r0, r1);
 }
 
 void ReparamBackwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0) BackwardT<float>(job, r0, r1);
-  else BackwardT<double>(job, r0, r1);
+  if (job.dtype == 0)
+    BackwardT<float>(job, r0, r1);
+  else
+    BackwardT<double>(job, r0, r1);
 }
 
 // out[k] = randn(seed, offsets[k]) for k in [k0, k1): lane 0 of a vector at offsets[k].
@@ -229,9 +238,9 @@ void randn(addr out, addr offsets, int64_t n, uint64_t seed, int nthreads) {
   });
 }
 
-void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar,
-                               addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
-                               bool log_weights, int dtype, int nthreads) {
+void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar, addr eps,
+                               uint64_t seed, int64_t L, int64_t R, int64_t J, bool log_weights, int dtype,
+                               int nthreads) {
   std::vector<double> kl_sums(kl ? static_cast<size_t>(R) : 0);
   ReparamJob job{};
   job.L = L;
@@ -262,10 +271,9 @@ void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu,
   });
 }
 
-void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, addr grad_kl,
-                                addr grad_log_q, addr grad_log_p, addr mu, addr logvar,
-                                addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
-                                int dtype, int nthreads) {
+void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, addr grad_kl, addr grad_log_q,
+                                addr grad_log_p, addr mu, addr logvar, addr eps, uint64_t seed, int64_t L,
+                                int64_t R, int64_t J, int dtype, int nthreads) {
   ReparamJob job{};
   job.L = L;
   job.R = R;

@@ -54,7 +54,7 @@ struct GaussianJob {
   void* grad_logvar;  // per element; unused when shared_logvar (the driver sums it)
   const void* grad_out;
   bool upstream_total;
-  double* sums;     // sum_d q_d (per-element logvar) or sum_d (x - m)^2 (shared)
+  double* sums;  // sum_d q_d (per-element logvar) or sum_d (x - m)^2 (shared)
 };
 
 struct KLJob {

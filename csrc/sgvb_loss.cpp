@@ -10,23 +10,23 @@ namespace fastaevb {
 
 std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr grad_decoder_logvar,
                                               addr grad_mu, addr grad_logvar, addr decoded, addr x,
-                                              addr decoder_logvar, addr mu, addr logvar, int64_t R,
-                                              int64_t B, int64_t D, int64_t J, int likelihood,
-                                              bool shared_logvar, double kl_scale, double ll_scale,
-                                              bool with_grad, int dtype, int xtype, int nthreads) {
+                                              addr decoder_logvar, addr mu, addr logvar, int64_t R, int64_t B,
+                                              int64_t D, int64_t J, int likelihood, bool shared_logvar,
+                                              double kl_scale, double ll_scale, bool with_grad, int dtype,
+                                              int xtype, int nthreads) {
   return dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
     T kl = 0, ll = 0;  // the two scaled totals
     const addr kl_out = reinterpret_cast<addr>(&kl), ll_out = reinterpret_cast<addr>(&ll);
-    gaussian_kl_forward(kl_out, grad_mu, grad_logvar, mu, logvar, B, J, kTotal, kl_scale, with_grad,
-                        dtype, nthreads);
+    gaussian_kl_forward(kl_out, grad_mu, grad_logvar, mu, logvar, B, J, kTotal, kl_scale, with_grad, dtype,
+                        nthreads);
     std::pair<int64_t, int64_t> bad{0, 0};
     if (likelihood == kLikelihoodLogits) {
       bad.second = bernoulli_logits_forward(ll_out, grad_decoded, decoded, x, R, B, D, kTotal, -ll_scale,
                                             with_grad, dtype, xtype, nthreads);
     } else if (likelihood == kLikelihoodProbs) {
-      bad = bernoulli_probs_forward(ll_out, grad_decoded, decoded, x, R, B, D, kTotal, -ll_scale,
-                                    with_grad, dtype, xtype, nthreads);
+      bad = bernoulli_probs_forward(ll_out, grad_decoded, decoded, x, R, B, D, kTotal, -ll_scale, with_grad,
+                                    dtype, xtype, nthreads);
     } else {
       gaussian_forward(ll_out, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, R, B, D,
                        shared_logvar, kTotal, -ll_scale, with_grad, dtype, nthreads);

@@ -49,14 +49,18 @@ HWY_INLINE void StoreTail(D d, V<D> v, T* HWY_RESTRICT p, size_t count) {
 // Element `i` onward as a vector of T: whole (kTail false) or `count` lanes.
 template <bool kTail, class D, class T>
 HWY_INLINE V<D> LoadAt(D d, const T* HWY_RESTRICT p, size_t i, size_t count) {
-  if constexpr (kTail) return LoadTail(d, p + i, count);
-  else return hn::LoadU(d, p + i);
+  if constexpr (kTail)
+    return LoadTail(d, p + i, count);
+  else
+    return hn::LoadU(d, p + i);
 }
 
 template <bool kTail, class D, class T>
 HWY_INLINE void StoreAt(D d, V<D> v, T* HWY_RESTRICT p, size_t i, size_t count) {
-  if constexpr (kTail) StoreTail(d, v, p + i, count);
-  else hn::StoreU(v, d, p + i);
+  if constexpr (kTail)
+    StoreTail(d, v, p + i, count);
+  else
+    hn::StoreU(v, d, p + i);
 }
 
 // Bernoulli targets: the input's float type, or uint8 (bool arrives as uint8) widened to T.
@@ -69,16 +73,20 @@ HWY_INLINE V<D> LoadTarget(D d, const X* HWY_RESTRICT p, size_t i, size_t count)
     const hn::Rebind<uint8_t, D> d8;
     const hn::Rebind<int32_t, D> di;
     const auto bytes = LoadAt<kTail>(d8, p, i, count);
-    if constexpr (sizeof(T) == 4) return hn::ConvertTo(d, hn::PromoteTo(di, bytes));
-    else return hn::PromoteTo(d, hn::PromoteTo(di, bytes));
+    if constexpr (sizeof(T) == 4)
+      return hn::ConvertTo(d, hn::PromoteTo(di, bytes));
+    else
+      return hn::PromoteTo(d, hn::PromoteTo(di, bytes));
   }
 }
 
 // Sum of the first `count` lanes into acc (all lanes when kTail is false).
 template <bool kTail, class D>
 HWY_INLINE V<D> AddLanes(D d, V<D> acc, V<D> v, size_t count) {
-  if constexpr (kTail) return hn::Add(acc, hn::IfThenElseZero(hn::FirstN(d, count), v));
-  else return hn::Add(acc, v);
+  if constexpr (kTail)
+    return hn::Add(acc, hn::IfThenElseZero(hn::FirstN(d, count), v));
+  else
+    return hn::Add(acc, v);
 }
 
 // Calls body(i, count, tail) for the vectors covering [0, n): tail is std::true_type for the
@@ -288,8 +296,10 @@ template <class D>
 HWY_INLINE V<D> RandnAs(D d, uint64_t seed, int64_t first) {
   const hn::Rebind<uint32_t, D> du;
   const auto eps = Randn(du, seed, first);
-  if constexpr (sizeof(hn::TFromD<D>) == 4) return eps;
-  else return hn::PromoteTo(d, eps);
+  if constexpr (sizeof(hn::TFromD<D>) == 4)
+    return eps;
+  else
+    return hn::PromoteTo(d, eps);
 }
 
 }  // namespace HWY_NAMESPACE

@@ -15,6 +15,8 @@ command -v c++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
 [ -f /usr/include/hwy/highway.h ] || [ -f /usr/local/include/hwy/highway.h ] || need+=(libhwy-dev)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+# the test command also checks the C++ style
+[[ ${FASTAEVB_EXTRAS:-train} == *test* ]] && ! command -v clang-format >/dev/null && need+=(clang-format)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "setup: installing system packages: ${need[*]}"
