@@ -24,7 +24,7 @@ def build_info() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
     }
     if "cpp" in info["available_backends"]:
-        from . import _C
+        from . import _C  # type: ignore[attr-defined]
 
         info.update(
             simd_target=_C.simd_target(),
@@ -32,6 +32,11 @@ def build_info() -> dict[str, Any]:
             simd_targets_compiled=_C.simd_targets_compiled(),
             openmp=_C.openmp,
             native_build=_C.native,
+        )
+    else:
+        info["note"] = (
+            "the C++ extension fastaevb._C is not built (installed with FASTAEVB_BUILD_CPP=0, or without "
+            "a compiler): CPU tensors run on numba when it is installed (pip install numba), else on torch"
         )
     return info
 

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent) with the test extras (triton for the interpreter and the
-# sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark), run the whole test suite (extra
-# arguments go to it), then the benchmark suite in quick mode (a few rounds, so it never rots)
-# and its report.
+# sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark, ruff, mypy), check style and types,
+# run the whole test suite (extra arguments go to it), the no-compiler install path, then the
+# benchmark suite in quick mode (a few rounds, so it never rots) and its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FASTAEVB_EXTRAS="train,test" bash scripts/setup.sh
+# style and types first: cheap, and CI fails on a violation
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+clang-format --dry-run --Werror csrc/*.cpp csrc/*.h
 .venv/bin/pytest "$@"
+bash scripts/test_no_compiler.sh
 out=$(mktemp -d)
 FASTAEVB_BENCH_QUICK=1 .venv/bin/pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json"
 .venv/bin/python bench/report.py "$out/bench.json" --png "$out/bench.png" >/dev/null
