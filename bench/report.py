@@ -38,13 +38,21 @@ def rows(groups):
             t = bench["stats"]["median"]
             info = bench["extra_info"]
             gbs = info["bytes"] / t / 1e9 if "bytes" in info else None
-            out.append(dict(
-                group=group, implementation=name, eager=eager, compiled=compiled, ours=t,
-                vs_eager=eager / t, vs_compiled=compiled / t if compiled else None,
-                per_s=(info.get("elements") or info.get("items") or 0) / t,
-                unit="items/s" if "items" in info else "elements/s",
-                gbs=gbs, probe=gbs / probe_gbs if gbs and probe_gbs else None,
-            ))
+            out.append(
+                dict(
+                    group=group,
+                    implementation=name,
+                    eager=eager,
+                    compiled=compiled,
+                    ours=t,
+                    vs_eager=eager / t,
+                    vs_compiled=compiled / t if compiled else None,
+                    per_s=(info.get("elements") or info.get("items") or 0) / t,
+                    unit="items/s" if "items" in info else "elements/s",
+                    gbs=gbs,
+                    probe=gbs / probe_gbs if gbs and probe_gbs else None,
+                )
+            )
     return out, probe_gbs
 
 

@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
 if "triton" not in fastaevb.available_backends():
     pytest.skip("the triton backend is not installed", allow_module_level=True)
 
-from workloads import WORKLOADS, grads_of, run  # noqa: E402
+from workloads import WORKLOADS, grads_of, run
 
 QUICK = os.environ.get("FASTAEVB_BENCH_QUICK") == "1"
 IMPLEMENTATIONS = ["eager", "compiled", "compiled-reduce-overhead", "fastaevb"]
@@ -70,8 +70,12 @@ def test_cuda_loss_step(benchmark, workload, implementation, backward):
     inputs = _to_cuda(workload.inputs())
     benchmark.group = f"CUDA {workload.name}, {'fwd+bwd' if backward else 'fwd'}"
     benchmark.extra_info.update(
-        workload=f"CUDA {workload.name}", implementation=implementation, backward=backward,
-        elements=workload.elements, bytes=workload.bytes_moved(backward), device=torch.cuda.get_device_name(),
+        workload=f"CUDA {workload.name}",
+        implementation=implementation,
+        backward=backward,
+        elements=workload.elements,
+        bytes=workload.bytes_moved(backward),
+        device=torch.cuda.get_device_name(),
     )
     with fastaevb.use_backend("triton" if implementation == "fastaevb" else "torch"):
         start = time.perf_counter()
@@ -83,8 +87,7 @@ def test_cuda_loss_step(benchmark, workload, implementation, backward):
         _synchronized(step, inputs, backward)
         once = time.perf_counter() - once
         rounds = 5 if QUICK else max(20, min(1000, int(1.5 / max(once, 1e-6))))
-        benchmark.pedantic(_synchronized, args=(step, inputs, backward), rounds=rounds, iterations=1,
-                           warmup_rounds=2)
+        benchmark.pedantic(_synchronized, args=(step, inputs, backward), rounds=rounds, iterations=1, warmup_rounds=2)
     for t in grads_of(inputs):
         t.grad = None
 
@@ -94,8 +97,7 @@ def test_cuda_bandwidth_probe(benchmark):
     src = torch.rand(64 * 1024 * 1024, device="cuda")
     dst = torch.empty_like(src)
     benchmark.group = "CUDA bandwidth probe"
-    benchmark.extra_info.update(implementation="copy", bytes=2 * src.numel() * 4,
-                                device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(implementation="copy", bytes=2 * src.numel() * 4, device=torch.cuda.get_device_name())
 
     def copy():
         dst.copy_(src)

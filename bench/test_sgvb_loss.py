@@ -21,7 +21,9 @@ from workloads import WORKLOADS, run
 
 QUICK = os.environ.get("FASTAEVB_BENCH_QUICK") == "1"
 CPU_BACKENDS = [b for b in ("cpp", "numba") if b in fastaevb.available_backends()]
-IMPLEMENTATIONS = ["eager", "compiled"] + ["fastaevb" if b == CPU_BACKENDS[0] else f"fastaevb-{b}" for b in CPU_BACKENDS]
+IMPLEMENTATIONS = ["eager", "compiled"] + [
+    "fastaevb" if b == CPU_BACKENDS[0] else f"fastaevb-{b}" for b in CPU_BACKENDS
+]
 _compiled: dict[str, object] = {}
 
 
@@ -48,8 +50,12 @@ def test_loss_step(benchmark, workload, implementation, backward):
     inputs = workload.inputs()
     benchmark.group = f"{workload.name}, {'fwd+bwd' if backward else 'fwd'}"
     benchmark.extra_info.update(
-        workload=workload.name, implementation=implementation, backward=backward,
-        elements=workload.elements, bytes=workload.bytes_moved(backward), threads=torch.get_num_threads(),
+        workload=workload.name,
+        implementation=implementation,
+        backward=backward,
+        elements=workload.elements,
+        bytes=workload.bytes_moved(backward),
+        threads=torch.get_num_threads(),
     )
     with fastaevb.use_backend(_backend_of(implementation)):
         start = time.perf_counter()

@@ -117,8 +117,9 @@ def compiled_step():
 
 
 def fastaevb_step():
-    trainer = Trainer(ModelConfig("bernoulli", D, H, J), RunConfig(batch_size=M, lr=LR, weight_decay=WEIGHT_DECAY),
-                      torch.zeros(N, D))
+    trainer = Trainer(
+        ModelConfig("bernoulli", D, H, J), RunConfig(batch_size=M, lr=LR, weight_decay=WEIGHT_DECAY), torch.zeros(N, D)
+    )
     noise = torch.Generator().manual_seed(0)
 
     def step(x):
@@ -162,7 +163,9 @@ def test_training_step(benchmark, workload, implementation):
         step(x)
     benchmark.group = workload
     benchmark.extra_info.update(
-        implementation=implementation, items=M, threads=torch.get_num_threads(),
+        implementation=implementation,
+        items=M,
+        threads=torch.get_num_threads(),
         model="784-500-20-500-784 tanh, Bernoulli, M=100, L=1, Adagrad",
     )
     loss = benchmark.pedantic(step, args=(x,), rounds=ROUNDS, iterations=ITERATIONS, warmup_rounds=2)

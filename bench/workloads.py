@@ -11,15 +11,14 @@ backward is timed too. Sizes are the paper's (Sec. 5): D = 784 (MNIST), 560 (Fre
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as torch_F
 
 import fastaevb
 from fastaevb import functional as FF
-
 
 # --- the eager code users write --------------------------------------------------------------
 
@@ -36,14 +35,16 @@ def eager_kld(mu, logvar):
 def eager_probs_loss(recon, x, mu, logvar):
     """The classic PyTorch VAE example's loss (probabilities), verbatim but for the sizes."""
     return torch_F.binary_cross_entropy(recon, x.view(recon.shape[-2], -1).expand_as(recon), reduction="sum") / (
-        recon.numel() // x.numel()) + eager_kld(mu, logvar)
+        recon.numel() // x.numel()
+    ) + eager_kld(mu, logvar)
 
 
 def eager_logits_loss(recon, x, mu, logvar):
     """The same negative ELBO from decoder logits, as eager code writes it."""
     rows = x.view(recon.shape[-2], -1).expand_as(recon)
     return torch_F.binary_cross_entropy_with_logits(recon, rows, reduction="sum") / (
-        recon.numel() // x.numel()) + eager_kld(mu, logvar)
+        recon.numel() // x.numel()
+    ) + eager_kld(mu, logvar)
 
 
 def eager_gaussian_loss(recon, x, mu, logvar):
@@ -57,6 +58,7 @@ def eager_step(loss_fn):
     def step(recon, x, mu, logvar):
         z = eager_reparameterize(mu, logvar)
         return loss_fn(recon, x, mu, logvar) + z.sum()
+
     return step
 
 
@@ -66,6 +68,7 @@ def fastaevb_step(likelihood):
     def step(recon, x, mu, logvar):
         z = FF.reparameterize(mu, logvar)
         return loss_fn(recon, x, mu, logvar) + z.sum()
+
     return step
 
 
@@ -116,7 +119,10 @@ class Workload:
             recon = torch.sigmoid(recon)
         recon.requires_grad_()
         if self.kind == "gaussian":
-            recon = (torch.sigmoid(recon.detach()).requires_grad_(), (0.1 * torch.randn(shape, generator=gen)).requires_grad_())
+            recon = (
+                torch.sigmoid(recon.detach()).requires_grad_(),
+                (0.1 * torch.randn(shape, generator=gen)).requires_grad_(),
+            )
         mu = torch.randn(self.batch, self.latent, generator=gen).requires_grad_()
         logvar = (0.1 * torch.randn(self.batch, self.latent, generator=gen)).requires_grad_()
         return recon, x, mu, logvar

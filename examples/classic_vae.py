@@ -58,13 +58,16 @@ def logits_loss_function(recon_logits, x, mu, logvar):
 # The one-line swap (probabilities, as the example's decoder returns; "bernoulli" for logits):
 fastaevb_loss_function = fastaevb.SGVBLoss("bernoulli_probs")
 LOSSES = {
-    ("torch", False): loss_function, ("fastaevb", False): fastaevb_loss_function,
-    ("torch", True): logits_loss_function, ("fastaevb", True): fastaevb.SGVBLoss("bernoulli"),
+    ("torch", False): loss_function,
+    ("fastaevb", False): fastaevb_loss_function,
+    ("torch", True): logits_loss_function,
+    ("fastaevb", True): fastaevb.SGVBLoss("bernoulli"),
 }
 
 
-def train(images: torch.Tensor, loss: str, logits: bool, fused_noise: bool, epochs: int, seed: int
-          ) -> tuple[list[float], float]:
+def train(
+    images: torch.Tensor, loss: str, logits: bool, fused_noise: bool, epochs: int, seed: int
+) -> tuple[list[float], float]:
     torch.manual_seed(seed)
     model = VAE()
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
@@ -74,7 +77,7 @@ def train(images: torch.Tensor, loss: str, logits: bool, fused_noise: bool, epoc
         order = torch.randperm(images.shape[0])
         total = 0.0
         for i in range(0, images.shape[0], 128):
-            data = images[order[i:i + 128]].view(-1, 1, 28, 28)
+            data = images[order[i : i + 128]].view(-1, 1, 28, 28)
             optimizer.zero_grad()
             mu, logvar = model.encode(data.view(-1, 784))
             if loss == "fastaevb" and fused_noise:
@@ -96,8 +99,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--limit", type=int, default=6000, help="first N training images (default 6000)")
     parser.add_argument("--seed", type=int, default=1, help="torch.manual_seed of both runs (default 1)")
     parser.add_argument("--data-dir", default=None, help="IDX files (default: Debian's Fashion-MNIST)")
-    parser.add_argument("--loss", choices=("torch", "fastaevb", "both"), default="both",
-                        help="which loss to train with (default both, one after the other)")
+    parser.add_argument(
+        "--loss",
+        choices=("torch", "fastaevb", "both"),
+        default="both",
+        help="which loss to train with (default both, one after the other)",
+    )
     parser.add_argument("--logits", action="store_true", help="decoder returns logits; logits forms of the loss")
     parser.add_argument("--fused-noise", action="store_true", help="fastaevb draws eps in its kernel")
     args = parser.parse_args(argv)

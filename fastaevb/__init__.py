@@ -6,11 +6,18 @@ imported when their backend first runs.
 """
 
 from . import functional, ops, reference
-from .backends import available_backends, use_backend
 from ._info import backend_for, build_info
+from .backends import available_backends, use_backend
 from .nn import SGVBLoss
 
 __all__ = [
-    "functional", "ops", "reference", "SGVBLoss", "available_backends", "use_backend", "build_info", "backend_for",
+    "functional",
+    "ops",
+    "reference",
+    "SGVBLoss",
+    "available_backends",
+    "use_backend",
+    "build_info",
+    "backend_for",
 ]
 __version__ = "0.1.0"

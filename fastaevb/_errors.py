@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 # Kernels name the torch drop-in arguments; the log-likelihood functions call them x and probs.
 _SPELLED = {"target": "target (x)", "input": "input (probs)"}
 # The likely cause of each, as users meet it.
 _LIKELY_CAUSE = {
     "target": "if these are 8-bit pixel intensities (0..255), scale them to [0, 1] first, e.g. x / 255",
     "input": "probabilities are sigmoid outputs; if the decoder returns logits (no final sigmoid), use "
-             "SGVBLoss('bernoulli') / bernoulli_log_likelihood / binary_cross_entropy_with_logits instead",
+    "SGVBLoss('bernoulli') / bernoulli_log_likelihood / binary_cross_entropy_with_logits instead",
 }
 
 

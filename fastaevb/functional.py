@@ -15,7 +15,6 @@ pure-PyTorch ``reference`` formulas run instead.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +71,7 @@ def _check_reference_range(name: str, t: Tensor) -> None:
         _errors.check_range(int(((t < 0) | (t > 1)).sum()), name)
 
 
-def _draw_seed(generator: Optional[torch.Generator], like: Tensor) -> Tensor:
+def _draw_seed(generator: torch.Generator | None, like: Tensor) -> Tensor:
     """A 63-bit Philox seed, drawn when the op runs: from torch's CPU generator (or ``generator``)
     for CPU tensors; for CUDA tensors on their device from the CUDA generator (or a CUDA
     ``generator``), where it stays: no host sync, and a captured CUDA graph (or
@@ -88,12 +87,21 @@ def _draw_seed(generator: Optional[torch.Generator], like: Tensor) -> Tensor:
 # --- sampling and KL --------------------------------------------------------------------------
 
 
-def _check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Optional[Tensor]) -> None:
+def _check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Tensor | None) -> None:
     # The common case in one expression (this runs every step); anything else goes through the
     # checks below, which name what is wrong.
-    if (eps is None and type(samples) is int and samples == 1 and isinstance(mu, Tensor)
-            and isinstance(logvar, Tensor) and mu.dtype == logvar.dtype and mu.dtype.is_floating_point
-            and mu.shape == logvar.shape and mu.dim() > 0 and mu.device == logvar.device):
+    if (
+        eps is None
+        and type(samples) is int
+        and samples == 1
+        and isinstance(mu, Tensor)
+        and isinstance(logvar, Tensor)
+        and mu.dtype == logvar.dtype
+        and mu.dtype.is_floating_point
+        and mu.shape == logvar.shape
+        and mu.dim() > 0
+        and mu.device == logvar.device
+    ):
         return
     check.floating("mu", mu)
     check.floating("logvar", logvar)
@@ -119,8 +127,8 @@ def reparameterize_kl(
     logvar: Tensor,
     *,
     samples: int = 1,
-    eps: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    eps: Tensor | None = None,
+    generator: torch.Generator | None = None,
     return_log_weights: bool = False,
 ) -> tuple[Tensor, ...]:
     """Reparameterized sample and analytic KL in one fused pass.
@@ -146,12 +154,16 @@ def reparameterize_kl(
 
 
 def _sample(
-    mu: Tensor, logvar: Tensor, samples: int, eps: Optional[Tensor], generator: Optional[torch.Generator],
-    return_log_weights: bool, with_kl: bool,
+    mu: Tensor,
+    logvar: Tensor,
+    samples: int,
+    eps: Tensor | None,
+    generator: torch.Generator | None,
+    return_log_weights: bool,
+    with_kl: bool,
 ) -> tuple[Tensor, ...]:
     """Shared body of :func:`reparameterize_kl` and :func:`reparameterize` (which wants no KL)."""
     _check_latents(mu, logvar, samples, eps)
-    batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
     sample_shape = () if samples == 1 else (samples,)
     if _use_reference(mu):
         if eps is None:
@@ -175,8 +187,8 @@ def reparameterize(
     logvar: Tensor,
     *,
     samples: int = 1,
-    eps: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    eps: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """``z = mu + exp(0.5 * logvar) * eps`` (eq. 4, Sec. 2.4); see :func:`reparameterize_kl`.
 
@@ -202,7 +214,10 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
     rows = math.prod(batch)
     reduce, scale = _row_reduction(reduction, rows)
     kl = ops.gaussian_kl(
-        mu.reshape(rows, latent), logvar.reshape(rows, latent), reduce, scale,
+        mu.reshape(rows, latent),
+        logvar.reshape(rows, latent),
+        reduce,
+        scale,
         _wants_grad_in_forward(reduce, mu, logvar),
     )
     return kl.reshape(batch) if reduce == "rows" else kl
@@ -232,7 +247,10 @@ def _bernoulli(op, reference_rows, output_name: str, output: Tensor, x: Tensor, 
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
     ll = op(
-        output.reshape(rows, event), x.reshape(x.shape[0], event), reduce, scale,
+        output.reshape(rows, event),
+        x.reshape(x.shape[0], event),
+        reduce,
+        scale,
         _wants_grad_in_forward(reduce, output),
     )
     return ll.reshape(row_shape) if reduce == "rows" else ll
@@ -261,9 +279,7 @@ def bernoulli_probs_log_likelihood(probs: Tensor, x: Tensor, reduction: str = "n
     Shapes and ``reduction`` as :func:`bernoulli_log_likelihood`. Gradient with respect to the
     probabilities: ``(x - p) / max(p * (1 - p), 1e-12)``, as torch's.
     """
-    return _bernoulli(
-        ops.bernoulli_probs_ll, reference.bernoulli_probs_log_likelihood, "probs", probs, x, reduction
-    )
+    return _bernoulli(ops.bernoulli_probs_ll, reference.bernoulli_probs_log_likelihood, "probs", probs, x, reduction)
 
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: str = "none") -> Tensor:
@@ -293,16 +309,20 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
     row_shape, event = check.decoder_rows("mean", mean, "x", x)
     if _use_reference(mean):
         per_row = reference.gaussian_log_likelihood(
-            x.reshape(x.shape[0], event), mean.reshape(*row_shape, event),
+            x.reshape(x.shape[0], event),
+            mean.reshape(*row_shape, event),
             logvar if shared else logvar.reshape(*row_shape, event),
         )
         return _reduce_reference(per_row, reduction)
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
     ll = ops.gaussian_ll(
-        x.reshape(x.shape[0], event), mean.reshape(rows, event),
+        x.reshape(x.shape[0], event),
+        mean.reshape(rows, event),
         logvar.reshape(1) if shared else logvar.reshape(rows, event),
-        reduce, scale, _wants_grad_in_forward(reduce, mean, logvar),
+        reduce,
+        scale,
+        _wants_grad_in_forward(reduce, mean, logvar),
     )
     return ll.reshape(row_shape) if reduce == "rows" else ll
 
@@ -325,9 +345,7 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
     check.target("target", target)
     check.same_device("input", input, target=target)
     if target.shape != input.shape:
-        raise ValueError(
-            f"target size {tuple(target.shape)} must be the same as input size {tuple(input.shape)}"
-        )
+        raise ValueError(f"target size {tuple(target.shape)} must be the same as input size {tuple(input.shape)}")
     check.not_requiring_grad("target", target)
     if _use_reference(input):
         _check_reference_range("target", target)
@@ -342,7 +360,10 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
         numel = input.numel()
         reduce, scale = "total", -1.0 if reduction == "sum" else (-1.0 / numel if numel else math.nan)
     loss = op(
-        input.reshape(rows, event), target.reshape(rows, event), reduce, scale,
+        input.reshape(rows, event),
+        target.reshape(rows, event),
+        reduce,
+        scale,
         _wants_grad_in_forward(reduce, input),
     )
     return loss.reshape(input.shape) if reduce == "elements" else loss
@@ -351,9 +372,9 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
 def binary_cross_entropy(
     input: Tensor,
     target: Tensor,
-    weight: Optional[Tensor] = None,
-    size_average: Optional[bool] = None,
-    reduce: Optional[bool] = None,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     """Drop-in for ``torch.nn.functional.binary_cross_entropy`` (same signature and reductions):
@@ -371,11 +392,11 @@ def binary_cross_entropy(
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
-    weight: Optional[Tensor] = None,
-    size_average: Optional[bool] = None,
-    reduce: Optional[bool] = None,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
     reduction: str = "mean",
-    pos_weight: Optional[Tensor] = None,
+    pos_weight: Tensor | None = None,
 ) -> Tensor:
     """Drop-in for ``torch.nn.functional.binary_cross_entropy_with_logits`` (same signature and
     reductions): ``loss = softplus(l) - x * l``, the negated Bernoulli log-likelihood of
@@ -397,7 +418,7 @@ _KERNEL_LIKELIHOOD = {"bernoulli": "bernoulli_logits", "bernoulli_probs": "berno
 
 
 def _decoder_log_likelihood(
-    likelihood: str, recon: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], reduction: str
+    likelihood: str, recon: Tensor, x: Tensor, decoder_logvar: Tensor | None, reduction: str
 ) -> Tensor:
     if likelihood == "bernoulli":
         return bernoulli_log_likelihood(recon, x, reduction)
@@ -410,15 +431,15 @@ def _decoder_log_likelihood(
 def sgvb_loss(
     recon: Tensor,
     x: Tensor,
-    mu: Optional[Tensor] = None,
-    logvar: Optional[Tensor] = None,
+    mu: Tensor | None = None,
+    logvar: Tensor | None = None,
     *,
     likelihood: str,
     reduction: str = "sum",
-    decoder_logvar: Optional[Tensor] = None,
+    decoder_logvar: Tensor | None = None,
     estimator: str = "analytic",
-    log_q: Optional[Tensor] = None,
-    log_p: Optional[Tensor] = None,
+    log_q: Tensor | None = None,
+    log_p: Tensor | None = None,
 ) -> Tensor:
     """Negative SGVB estimate of the ELBO: the loss of one AEVB step (Algorithm 1).
 
@@ -481,7 +502,7 @@ def sgvb_loss(
     else:
         check.target("x", x)
     check.not_requiring_grad("x", x)
-    per_datapoint = 1.0 / batch if reduction == "mean" else 1.0
+    _, row_scale = _row_reduction(reduction, batch)  # 1 for "sum", 1/B for "mean"
     if likelihood == "gaussian":
         check.same_float_dtype("recon", recon, mu=mu)
         if decoder_logvar is None:
@@ -489,14 +510,27 @@ def sgvb_loss(
         x = x.to(recon.dtype)
     grad_from = (recon, mu, logvar) if decoder_logvar is None else (recon, mu, logvar, decoder_logvar)
     return ops.sgvb_loss(
-        recon, x, decoder_logvar, mu, logvar, _KERNEL_LIKELIHOOD[likelihood], per_datapoint,
-        per_datapoint / samples, _wants_grad_in_forward("total", *grad_from),
+        recon,
+        x,
+        decoder_logvar,
+        mu,
+        logvar,
+        _KERNEL_LIKELIHOOD[likelihood],
+        row_scale,
+        row_scale / samples,
+        _wants_grad_in_forward("total", *grad_from),
     )
 
 
 def _generic_sgvb_loss(
-    likelihood: str, recon: Tensor, x: Tensor, decoder_logvar: Optional[Tensor],
-    log_q: Optional[Tensor], log_p: Optional[Tensor], row_shape: tuple[int, ...], reduction: str,
+    likelihood: str,
+    recon: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    log_q: Tensor | None,
+    log_p: Tensor | None,
+    row_shape: tuple[int, ...],
+    reduction: str,
 ) -> Tensor:
     """Estimator A (eq. 6) from the fused log-weights: ``-mean_l (log p(x|z_l) + log p(z_l) - log q(z_l|x))``."""
     if log_q is None or log_p is None:

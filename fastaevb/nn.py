@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 from torch import Tensor, nn
 
 from . import _validation as check
@@ -50,21 +48,31 @@ class SGVBLoss(nn.Module):
 
     def forward(
         self,
-        recon: Union[Tensor, tuple[Tensor, Tensor]],
+        recon: Tensor | tuple[Tensor, Tensor],
         x: Tensor,
-        mu: Optional[Tensor] = None,
-        logvar: Optional[Tensor] = None,
+        mu: Tensor | None = None,
+        logvar: Tensor | None = None,
         *,
-        log_q: Optional[Tensor] = None,
-        log_p: Optional[Tensor] = None,
+        log_q: Tensor | None = None,
+        log_p: Tensor | None = None,
     ) -> Tensor:
         decoder_logvar = None
         if isinstance(recon, (tuple, list)):
             if self.likelihood != "gaussian":
-                raise TypeError(f"recon is a (mean, logvar) pair, which only likelihood='gaussian' takes "
-                                f"(this loss has likelihood={self.likelihood!r})")
+                raise TypeError(
+                    f"recon is a (mean, logvar) pair, which only likelihood='gaussian' takes "
+                    f"(this loss has likelihood={self.likelihood!r})"
+                )
             recon, decoder_logvar = recon
         return F.sgvb_loss(
-            recon, x, mu, logvar, likelihood=self.likelihood, reduction=self.reduction,
-            decoder_logvar=decoder_logvar, estimator=self.estimator, log_q=log_q, log_p=log_p,
+            recon,
+            x,
+            mu,
+            logvar,
+            likelihood=self.likelihood,
+            reduction=self.reduction,
+            decoder_logvar=decoder_logvar,
+            estimator=self.estimator,
+            log_q=log_q,
+            log_p=log_p,
         )

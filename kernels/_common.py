@@ -9,7 +9,6 @@ kernel's count on the host and raises ``ValueError``: there a read costs nothing
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import torch
 
@@ -19,9 +18,12 @@ import torch
 # (BLOCK_R, BLOCK_D, num_warps[, maxnreg]): at most 4 elements per thread (8 spilled in float64 on
 # sm_80/sm_90), checked by the AOT resource table. ``maxnreg=96`` on the Philox kernels: without a
 # cap ptxas picks as few as 48 registers and spills 4-8 B around libdevice cosf's never-taken
-# Payne-Hanek branch; with it, 71-94 registers and no spills on sm_80 and sm_90. The width argument itself is left to Triton's specialization
-# (not ``do_not_specialize``): a width of 1 becomes a constant (rows are contiguous: vector loads
-# along rows), a width divisible by 16 gets the divisibility hint (vector loads along columns).
+# Payne-Hanek branch; with it, at most 94 registers and no spills on sm_80 and sm_90. Likewise
+# ``maxnreg=128`` on the 8-warp decoder tile (uncapped, ptxas picked 64 and spilled 8 B on sm_90).
+# The width argument itself is left to Triton's specialization (not ``do_not_specialize``): a
+# width of 1 becomes a constant, a width divisible by 16 gets the divisibility hint (``ld.global.v4``
+# along columns, see the AOT PTX counts). Width 1 still loads 32 bits per lane (coalesced): the
+# row mask ``rows < R`` is not known to be uniform over 4 rows.
 #
 # Latent-space kernels (reparameterize/KL): J is small (2..200): many rows per program.
 LATENT_TILES = {
@@ -31,7 +33,7 @@ LATENT_TILES = {
 # Decoder kernels: wide rows (D = 784, 3072, ...), or D = 1 (drop-in losses on 1-D inputs).
 DATA_TILES = {
     "one": dict(BLOCK_R=1024, BLOCK_D=1, num_warps=8),  # D == 1: 1024 rows, 4 contiguous per thread
-    "wide": dict(BLOCK_R=4, BLOCK_D=256, num_warps=8),  # D > 1
+    "wide": dict(BLOCK_R=4, BLOCK_D=256, num_warps=8, maxnreg=128),  # D > 1 (uncapped: 8 B spills on sm_90)
 }
 # The backward of reparameterize_kl keeps L samples' worth of state per element: fewer rows per
 # program keeps it in registers (see the AOT resource table).
@@ -79,8 +81,10 @@ def grid_rows(rows: int, tile: dict, key: str = "BLOCK_R") -> tuple[int]:
 
 def check_width(width: int, name: str = "row width") -> None:
     if width > MAX_WIDTH:
-        raise ValueError(f"the Triton backend takes rows of at most {MAX_WIDTH} values ({name} is {width}); "
-                         "reshape the input into more rows")
+        raise ValueError(
+            f"the Triton backend takes rows of at most {MAX_WIDTH} values ({name} is {width}); "
+            "reshape the input into more rows"
+        )
 
 
 # --- launching -----------------------------------------------------------------------------------
@@ -90,7 +94,7 @@ launch_hooks: list = []
 # None: the range check reports on the device for CUDA tensors and on the host for CPU tensors
 # (the interpreter). Tests set it to True to run the CUDA code path (device-side report, no host
 # read) under the interpreter.
-device_checks: Optional[bool] = None
+device_checks: bool | None = None
 
 
 def checks_on_device(device: torch.device) -> bool:
@@ -110,7 +114,7 @@ def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
         kernel[grid](*args, enable_fp_fusion=True, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zero(dtype: torch.dtype, device: str) -> torch.Tensor:
     # cached: a stable address (CUDA-graph safe), never written
     return torch.zeros(1, dtype=dtype, device=device)

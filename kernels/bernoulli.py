@@ -16,7 +16,14 @@ import triton.language as tl
 
 from . import math as m
 from ._common import (
-    LOSS_KL_TILE, acc_dtype, check_width, data_tile, grad_out_strides, grid_rows, launch, target_view,
+    LOSS_KL_TILE,
+    acc_dtype,
+    check_width,
+    data_tile,
+    grad_out_strides,
+    grid_rows,
+    launch,
+    target_view,
 )
 from .gaussian_kl import kl_rows
 from .reduce import bad_counts, finish
@@ -42,11 +49,32 @@ def _term(v, x, PROBS: tl.constexpr):
 
 @triton.jit(do_not_specialize=["R", "B", "KR", "KJ"])
 def bernoulli_fwd_kernel(
-    in_ptr, x_ptr, out_ptr, grad_ptr, bad_in_ptr, bad_x_ptr,
-    R: tl.int64, B: tl.int64, D, scale: tl.float64,
-    kmu_ptr, kv_ptr, kout_ptr, kgmu_ptr, kgv_ptr, KR: tl.int64, KJ: tl.int32, kscale: tl.float64,
-    PROBS: tl.constexpr, ELEMENTS: tl.constexpr, WITH_GRAD: tl.constexpr, HAS_KL: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, KBLOCK_R: tl.constexpr, KBLOCK_J: tl.constexpr,
+    in_ptr,
+    x_ptr,
+    out_ptr,
+    grad_ptr,
+    bad_in_ptr,
+    bad_x_ptr,
+    R: tl.int64,
+    B: tl.int64,
+    D,
+    scale: tl.float64,
+    kmu_ptr,
+    kv_ptr,
+    kout_ptr,
+    kgmu_ptr,
+    kgv_ptr,
+    KR: tl.int64,
+    KJ: tl.int32,
+    kscale: tl.float64,
+    PROBS: tl.constexpr,
+    ELEMENTS: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+    HAS_KL: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    KBLOCK_R: tl.constexpr,
+    KBLOCK_J: tl.constexpr,
 ):
     # HAS_KL (the fused loss): the first programs also compute KL rows (grid: enough programs for
     # both row sets; decoder rows past R are masked).
@@ -90,9 +118,19 @@ def bernoulli_fwd_kernel(
 
 @triton.jit(do_not_specialize=["go_sr", "go_sd", "R", "B"])
 def bernoulli_bwd_kernel(
-    go_ptr, go_sr: tl.int64, go_sd: tl.int32, in_ptr, x_ptr, grad_ptr,
-    R: tl.int64, B: tl.int64, D, scale: tl.float64,
-    PROBS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    go_ptr,
+    go_sr: tl.int64,
+    go_sd: tl.int32,
+    in_ptr,
+    x_ptr,
+    grad_ptr,
+    R: tl.int64,
+    B: tl.int64,
+    D,
+    scale: tl.float64,
+    PROBS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if in_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -125,11 +163,35 @@ def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, wi
     else:
         kmu = kv = kout = kgmu = kgv = inp
         kr, kj, kscale = 0, 0, 0.0
-    launch(bernoulli_fwd_kernel, grid, inp.device,
-           inp, x, out, grad, bad_in, bad_x, R, x.shape[0], D, float(scale),
-           kmu, kv, kout, kgmu, kgv, kr, kj, float(kscale),
-           PROBS=probs, ELEMENTS=elements, WITH_GRAD=bool(with_grad), HAS_KL=kl is not None,
-           **tile, **LOSS_KL_TILE)
+    launch(
+        bernoulli_fwd_kernel,
+        grid,
+        inp.device,
+        inp,
+        x,
+        out,
+        grad,
+        bad_in,
+        bad_x,
+        R,
+        x.shape[0],
+        D,
+        float(scale),
+        kmu,
+        kv,
+        kout,
+        kgmu,
+        kgv,
+        kr,
+        kj,
+        float(kscale),
+        PROBS=probs,
+        ELEMENTS=elements,
+        WITH_GRAD=bool(with_grad),
+        HAS_KL=kl is not None,
+        **tile,
+        **LOSS_KL_TILE,
+    )
 
 
 def _forward(inp, x, reduce, scale, with_grad, probs: bool):
@@ -160,8 +222,23 @@ def _backward(grad_out, inp, x, reduce, scale, probs: bool):
         go = (grad_out if grad_out.dtype == inp.dtype else grad_out.to(inp.dtype)).contiguous()
         sr, sd = grad_out_strides(reduce, D)
         tile = data_tile(D)
-        launch(bernoulli_bwd_kernel, grid_rows(R, tile), inp.device,
-               go, sr, sd, inp, x, grad, R, x.shape[0], D, float(scale), PROBS=probs, **tile)
+        launch(
+            bernoulli_bwd_kernel,
+            grid_rows(R, tile),
+            inp.device,
+            go,
+            sr,
+            sd,
+            inp,
+            x,
+            grad,
+            R,
+            x.shape[0],
+            D,
+            float(scale),
+            PROBS=probs,
+            **tile,
+        )
     return grad
 
 

@@ -16,8 +16,20 @@ from .reduce import finish
 
 
 @triton.jit
-def kl_rows(pid, mu_ptr, v_ptr, out_ptr, gmu_ptr, gv_ptr, R, J, scale,
-            WITH_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def kl_rows(
+    pid,
+    mu_ptr,
+    v_ptr,
+    out_ptr,
+    gmu_ptr,
+    gv_ptr,
+    R,
+    J,
+    scale,
+    WITH_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Rows ``pid * BLOCK_R ...`` of ``scale * KL`` into ``out_ptr`` (and the scaled gradients)."""
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -40,18 +52,34 @@ def kl_rows(pid, mu_ptr, v_ptr, out_ptr, gmu_ptr, gv_ptr, R, J, scale,
 
 @triton.jit(do_not_specialize=["R"])
 def gaussian_kl_fwd_kernel(
-    mu_ptr, v_ptr, out_ptr, gmu_ptr, gv_ptr,
-    R: tl.int64, J, scale: tl.float64,
-    WITH_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    mu_ptr,
+    v_ptr,
+    out_ptr,
+    gmu_ptr,
+    gv_ptr,
+    R: tl.int64,
+    J,
+    scale: tl.float64,
+    WITH_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     kl_rows(tl.program_id(0), mu_ptr, v_ptr, out_ptr, gmu_ptr, gv_ptr, R, J, scale, WITH_GRAD, BLOCK_R, BLOCK_D)
 
 
 @triton.jit(do_not_specialize=["go_sr", "R"])
 def gaussian_kl_bwd_kernel(
-    go_ptr, go_sr: tl.int32, mu_ptr, v_ptr, gmu_ptr, gv_ptr,
-    R: tl.int64, J, scale: tl.float64,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    go_ptr,
+    go_sr: tl.int32,
+    mu_ptr,
+    v_ptr,
+    gmu_ptr,
+    gv_ptr,
+    R: tl.int64,
+    J,
+    scale: tl.float64,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -85,8 +113,21 @@ def gaussian_kl_forward(mu, logvar, reduce, scale, with_grad):
         return out, gmu, gv
     partial = torch.empty(R, dtype=acc_dtype(mu.dtype) if total else mu.dtype, device=dev)
     tile = latent_tile(J)
-    launch(gaussian_kl_fwd_kernel, grid_rows(R, tile), dev,
-           mu, logvar, partial, gmu, gv, R, J, float(scale), WITH_GRAD=bool(with_grad), **tile)
+    launch(
+        gaussian_kl_fwd_kernel,
+        grid_rows(R, tile),
+        dev,
+        mu,
+        logvar,
+        partial,
+        gmu,
+        gv,
+        R,
+        J,
+        float(scale),
+        WITH_GRAD=bool(with_grad),
+        **tile,
+    )
     if not total:
         return partial, gmu, gv
     out = torch.empty((), dtype=mu.dtype, device=dev)
@@ -100,6 +141,19 @@ def gaussian_kl_backward(grad_out, mu, logvar, reduce, scale):
     if R:
         go = grad_out if grad_out.dtype == mu.dtype else grad_out.to(mu.dtype)
         tile = latent_tile(J)
-        launch(gaussian_kl_bwd_kernel, grid_rows(R, tile), mu.device,
-               go.contiguous(), 1 if reduce == "rows" else 0, mu, logvar, gmu, gv, R, J, float(scale), **tile)
+        launch(
+            gaussian_kl_bwd_kernel,
+            grid_rows(R, tile),
+            mu.device,
+            go.contiguous(),
+            1 if reduce == "rows" else 0,
+            mu,
+            logvar,
+            gmu,
+            gv,
+            R,
+            J,
+            float(scale),
+            **tile,
+        )
     return gmu, gv

@@ -29,11 +29,31 @@ def _load_tile(x_ptr, m_ptr, v_ptr, off, xoff, mask, SHARED_V: tl.constexpr, ACC
 
 @triton.jit(do_not_specialize=["R", "B", "KR", "KJ"])
 def gaussian_fwd_kernel(
-    x_ptr, m_ptr, v_ptr, out_ptr, gm_ptr, gv_ptr,
-    R: tl.int64, B: tl.int64, D, scale: tl.float64,
-    kmu_ptr, kv_ptr, kout_ptr, kgmu_ptr, kgv_ptr, KR: tl.int64, KJ: tl.int32, kscale: tl.float64,
-    SHARED_V: tl.constexpr, WITH_GRAD: tl.constexpr, HAS_KL: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, KBLOCK_R: tl.constexpr, KBLOCK_J: tl.constexpr,
+    x_ptr,
+    m_ptr,
+    v_ptr,
+    out_ptr,
+    gm_ptr,
+    gv_ptr,
+    R: tl.int64,
+    B: tl.int64,
+    D,
+    scale: tl.float64,
+    kmu_ptr,
+    kv_ptr,
+    kout_ptr,
+    kgmu_ptr,
+    kgv_ptr,
+    KR: tl.int64,
+    KJ: tl.int32,
+    kscale: tl.float64,
+    SHARED_V: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+    HAS_KL: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    KBLOCK_R: tl.constexpr,
+    KBLOCK_J: tl.constexpr,
 ):
     # HAS_KL (the fused loss): the first programs also compute KL rows
     ACC: tl.constexpr = tl.float64 if m_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -68,9 +88,20 @@ def gaussian_fwd_kernel(
 
 @triton.jit(do_not_specialize=["go_sr", "R", "B"])
 def gaussian_bwd_kernel(
-    go_ptr, go_sr: tl.int32, x_ptr, m_ptr, v_ptr, gm_ptr, gv_ptr,
-    R: tl.int64, B: tl.int64, D, scale: tl.float64,
-    SHARED_V: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    go_ptr,
+    go_sr: tl.int32,
+    x_ptr,
+    m_ptr,
+    v_ptr,
+    gm_ptr,
+    gv_ptr,
+    R: tl.int64,
+    B: tl.int64,
+    D,
+    scale: tl.float64,
+    SHARED_V: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if m_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -113,10 +144,34 @@ def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=N
     else:
         kmu = kv = kout = kgmu = kgv = mean
         kr, kj, kscale = 0, 0, 0.0
-    launch(gaussian_fwd_kernel, grid, mean.device,
-           x, mean, logvar, out, gm, gv, R, x.shape[0], D, float(scale),
-           kmu, kv, kout, kgmu, kgv, kr, kj, float(kscale),
-           SHARED_V=shared, WITH_GRAD=bool(with_grad), HAS_KL=kl is not None, **tile, **LOSS_KL_TILE)
+    launch(
+        gaussian_fwd_kernel,
+        grid,
+        mean.device,
+        x,
+        mean,
+        logvar,
+        out,
+        gm,
+        gv,
+        R,
+        x.shape[0],
+        D,
+        float(scale),
+        kmu,
+        kv,
+        kout,
+        kgmu,
+        kgv,
+        kr,
+        kj,
+        float(kscale),
+        SHARED_V=shared,
+        WITH_GRAD=bool(with_grad),
+        HAS_KL=kl is not None,
+        **tile,
+        **LOSS_KL_TILE,
+    )
 
 
 def _grad_slots(mean, logvar, with_grad, shared):
@@ -125,8 +180,9 @@ def _grad_slots(mean, logvar, with_grad, shared):
     if not with_grad:  # two distinct empty tensors: custom-op outputs must not alias each other
         return tuple(torch.empty(0, dtype=mean.dtype, device=dev) for _ in range(2))
     R = mean.shape[0]
-    return torch.empty_like(mean), (torch.empty(R, dtype=acc_dtype(mean.dtype), device=dev) if shared
-                                    else torch.empty_like(logvar))
+    return torch.empty_like(mean), (
+        torch.empty(R, dtype=acc_dtype(mean.dtype), device=dev) if shared else torch.empty_like(logvar)
+    )
 
 
 def _shared_grad(partials, logvar):
@@ -165,12 +221,28 @@ def gaussian_backward(grad_out, x, mean, logvar, reduce, scale):
     shared = _shared(mean, logvar)
     gm = torch.empty_like(mean)
     if R == 0:
-        return gm, (torch.zeros(logvar.shape, dtype=logvar.dtype, device=logvar.device) if shared
-                    else torch.empty_like(logvar))
+        return gm, (
+            torch.zeros(logvar.shape, dtype=logvar.dtype, device=logvar.device) if shared else torch.empty_like(logvar)
+        )
     gv = torch.empty(R, dtype=acc_dtype(mean.dtype), device=mean.device) if shared else torch.empty_like(logvar)
     go = (grad_out if grad_out.dtype == mean.dtype else grad_out.to(mean.dtype)).contiguous()
     tile = data_tile(D)
-    launch(gaussian_bwd_kernel, grid_rows(R, tile), mean.device,
-           go, 1 if reduce == "rows" else 0, x, mean, logvar, gm, gv, R, x.shape[0], D, float(scale),
-           SHARED_V=shared, **tile)
+    launch(
+        gaussian_bwd_kernel,
+        grid_rows(R, tile),
+        mean.device,
+        go,
+        1 if reduce == "rows" else 0,
+        x,
+        mean,
+        logvar,
+        gm,
+        gv,
+        R,
+        x.shape[0],
+        D,
+        float(scale),
+        SHARED_V=shared,
+        **tile,
+    )
     return gm, (_shared_grad(gv, logvar) if shared else gv)

@@ -25,7 +25,8 @@ def _separately(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll
         ll, gd, gdv = gl.gaussian_forward(x, decoded, decoder_logvar, "total", -ll_scale, with_grad)
     else:
         ll, gd = (bn.bernoulli_probs_forward if likelihood == "bernoulli_probs" else bn.bernoulli_logits_forward)(
-            decoded, x, "total", -ll_scale, with_grad)
+            decoded, x, "total", -ll_scale, with_grad
+        )
         gdv = decoded.new_empty(0)
     return kl + ll, gd, gdv, gmu, gv
 

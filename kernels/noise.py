@@ -28,6 +28,14 @@ def randn(seed, offsets: torch.Tensor) -> torch.Tensor:
     out = torch.empty(off.shape, dtype=torch.float32, device=off.device)
     n = off.numel()
     if n:
-        launch(randn_kernel, (triton.cdiv(n, NOISE_BLOCK),), off.device,
-               off, out, seed_tensor(seed, off.device), n, BLOCK=NOISE_BLOCK)
+        launch(
+            randn_kernel,
+            (triton.cdiv(n, NOISE_BLOCK),),
+            off.device,
+            off,
+            out,
+            seed_tensor(seed, off.device),
+            n,
+            BLOCK=NOISE_BLOCK,
+        )
     return out.view(offsets.shape)

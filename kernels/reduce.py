@@ -44,10 +44,21 @@ def _count(ptr, N, BLOCK: tl.constexpr):
 
 @triton.jit(debug=True, do_not_specialize=["N", "N2", "NB"])
 def finish_kernel(
-    part_ptr, N: tl.int64, part2_ptr, N2: tl.int64, out_ptr,
-    bad_in_ptr, bad_x_ptr, NB: tl.int64, count_ptr,
-    TOTAL: tl.constexpr, TWO_PARTS: tl.constexpr, CHECK_IN: tl.constexpr, CHECK_X: tl.constexpr,
-    ASSERT: tl.constexpr, BLOCK: tl.constexpr,
+    part_ptr,
+    N: tl.int64,
+    part2_ptr,
+    N2: tl.int64,
+    out_ptr,
+    bad_in_ptr,
+    bad_x_ptr,
+    NB: tl.int64,
+    count_ptr,
+    TOTAL: tl.constexpr,
+    TWO_PARTS: tl.constexpr,
+    CHECK_IN: tl.constexpr,
+    CHECK_X: tl.constexpr,
+    ASSERT: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     if TOTAL:
         total = _sum_f64(part_ptr, N, BLOCK)
@@ -77,7 +88,7 @@ def bad_counts(rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
     p = padded(rows)
     buf = torch.empty(2 * p, dtype=torch.int32, device=device)
-    return buf, buf[:rows], buf[p:p + rows]
+    return buf, buf[:rows], buf[p : p + rows]
 
 
 def finish(out: torch.Tensor, parts: tuple[torch.Tensor, ...], bad_in=None, bad_x=None) -> None:
@@ -93,11 +104,26 @@ def finish(out: torch.Tensor, parts: tuple[torch.Tensor, ...], bad_in=None, bad_
     p1 = parts[0] if total else count
     p2 = parts[1] if len(parts) > 1 else p1
     nb = (bad_x if check_x else bad_in).numel() if (check_in or check_x) else 0
-    launch(finish_kernel, (1,), device,
-           p1, p1.numel() if total else 0, p2, p2.numel() if len(parts) > 1 else 0, out if total else count,
-           bad_in if check_in else count, bad_x if check_x else count, nb, count,
-           TOTAL=total, TWO_PARTS=len(parts) > 1, CHECK_IN=check_in, CHECK_X=check_x, ASSERT=on_device,
-           BLOCK=FINISH_BLOCK)
+    launch(
+        finish_kernel,
+        (1,),
+        device,
+        p1,
+        p1.numel() if total else 0,
+        p2,
+        p2.numel() if len(parts) > 1 else 0,
+        out if total else count,
+        bad_in if check_in else count,
+        bad_x if check_x else count,
+        nb,
+        count,
+        TOTAL=total,
+        TWO_PARTS=len(parts) > 1,
+        CHECK_IN=check_in,
+        CHECK_X=check_x,
+        ASSERT=on_device,
+        BLOCK=FINISH_BLOCK,
+    )
     if not on_device and (check_in or check_x):  # CPU tensors: a host read costs nothing
         bad_in_total, bad_x_total = count.tolist()
         if check_in:

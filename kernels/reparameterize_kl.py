@@ -25,10 +25,22 @@ def _eps(eps_ptr, seed, flat, mask, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit(do_not_specialize=["R", "L"])
 def reparameterize_kl_fwd_kernel(
-    mu_ptr, v_ptr, eps_ptr, z_ptr, kl_ptr, lq_ptr, lp_ptr, seed_ptr,
-    R: tl.int64, J, L: tl.int32,
-    HAS_EPS: tl.constexpr, LOG_WEIGHTS: tl.constexpr, WITH_KL: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    mu_ptr,
+    v_ptr,
+    eps_ptr,
+    z_ptr,
+    kl_ptr,
+    lq_ptr,
+    lp_ptr,
+    seed_ptr,
+    R: tl.int64,
+    J,
+    L: tl.int32,
+    HAS_EPS: tl.constexpr,
+    LOG_WEIGHTS: tl.constexpr,
+    WITH_KL: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
     seed = tl.load(seed_ptr)  # a device tensor: drawn on the device, fresh on CUDA-graph replay
@@ -72,12 +84,27 @@ def reparameterize_kl_fwd_kernel(
 
 @triton.jit(do_not_specialize=["gz_s", "glq_s", "glp_s", "gkl_s", "R", "L"])
 def reparameterize_kl_bwd_kernel(
-    gz_ptr, gz_s: tl.int32, glq_ptr, glq_s: tl.int32, glp_ptr, glp_s: tl.int32,
-    gkl_ptr, gkl_s: tl.int32,
-    mu_ptr, v_ptr, eps_ptr, gmu_ptr, gv_ptr, seed_ptr,
-    R: tl.int64, J, L: tl.int32,
-    HAS_EPS: tl.constexpr, NEED_Z: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    gz_ptr,
+    gz_s: tl.int32,
+    glq_ptr,
+    glq_s: tl.int32,
+    glp_ptr,
+    glp_s: tl.int32,
+    gkl_ptr,
+    gkl_s: tl.int32,
+    mu_ptr,
+    v_ptr,
+    eps_ptr,
+    gmu_ptr,
+    gv_ptr,
+    seed_ptr,
+    R: tl.int64,
+    J,
+    L: tl.int32,
+    HAS_EPS: tl.constexpr,
+    NEED_Z: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # Absent upstream gradients arrive as a cached zero read with stride 0 (gz_s, ... = 0).
     # NEED_Z = grad_z or grad_log_p present: only then is eps regenerated.
@@ -132,9 +159,26 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights, with_
     has_eps = eps is not None
     if R:
         tile = latent_tile(J)
-        launch(reparameterize_kl_fwd_kernel, grid_rows(R, tile), dev,
-               mu, logvar, eps if has_eps else mu, z, kl, log_q, log_p, seed_tensor(None if has_eps else seed, dev),
-               R, J, L, HAS_EPS=has_eps, LOG_WEIGHTS=bool(log_weights), WITH_KL=bool(with_kl), **tile)
+        launch(
+            reparameterize_kl_fwd_kernel,
+            grid_rows(R, tile),
+            dev,
+            mu,
+            logvar,
+            eps if has_eps else mu,
+            z,
+            kl,
+            log_q,
+            log_p,
+            seed_tensor(None if has_eps else seed, dev),
+            R,
+            J,
+            L,
+            HAS_EPS=has_eps,
+            LOG_WEIGHTS=bool(log_weights),
+            WITH_KL=bool(with_kl),
+            **tile,
+        )
     return z, kl, log_q, log_p
 
 
@@ -152,8 +196,29 @@ def reparameterize_kl_backward(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logv
     gkl, gkl_s = zero_or(grad_kl, dt, dev)
     has_eps = eps is not None
     tile = latent_bwd_tile(J)
-    launch(reparameterize_kl_bwd_kernel, grid_rows(R, tile), dev,
-           gz, gz_s, glq, glq_s, glp, glp_s, gkl, gkl_s,
-           mu, logvar, eps if has_eps else mu, gmu, gv, seed_tensor(None if has_eps else seed, dev),
-           R, J, L, HAS_EPS=has_eps, NEED_Z=need_z, **tile)
+    launch(
+        reparameterize_kl_bwd_kernel,
+        grid_rows(R, tile),
+        dev,
+        gz,
+        gz_s,
+        glq,
+        glq_s,
+        glp,
+        glp_s,
+        gkl,
+        gkl_s,
+        mu,
+        logvar,
+        eps if has_eps else mu,
+        gmu,
+        gv,
+        seed_tensor(None if has_eps else seed, dev),
+        R,
+        J,
+        L,
+        HAS_EPS=has_eps,
+        NEED_Z=need_z,
+        **tile,
+    )
     return gmu, gv

@@ -12,11 +12,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+from hypothesis import HealthCheck, settings
 
-import fastaevb  # noqa: E402
-from fastaevb import backends as _backend  # noqa: E402
+import fastaevb
+from fastaevb import backends as _backend
 
 settings.register_profile(
     "fastaevb",

@@ -14,8 +14,9 @@ from fastaevb.aevb import data as D
 REAL = Path(D.DEFAULT_DATA_DIR)
 
 
-def make_idx_dir(root: Path, n_train: int = 400, n_test: int = 100, side: int = 8, seed: int = 0,
-                 compress: bool = True) -> Path:
+def make_idx_dir(
+    root: Path, n_train: int = 400, n_test: int = 100, side: int = 8, seed: int = 0, compress: bool = True
+) -> Path:
     """A small MNIST-format data set: noisy copies of 4 prototype images, labels = prototype."""
     rng = np.random.default_rng(seed)
     protos = (rng.random((4, side, side)) < 0.4).astype(np.float64)

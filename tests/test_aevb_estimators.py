@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_aevb_data import make_idx_dir
 
 import fastaevb
 from fastaevb.aevb import data as D
@@ -13,7 +14,6 @@ from fastaevb.aevb.evaluate import Estimate, elbo, log_marginal
 from fastaevb.aevb.models import VAE, ModelConfig
 from fastaevb.aevb.objective import SGVBObjective
 from fastaevb.aevb.train import RunConfig, Schedule, Trainer
-from test_aevb_data import make_idx_dir
 
 HAS_GENERIC = "estimator" in fastaevb.SGVBLoss.__init__.__code__.co_varnames
 
@@ -78,8 +78,10 @@ def test_gaussian_model_estimates(tmp_path):
     torch.manual_seed(0)
     model = VAE(ModelConfig("gaussian", 64, 16, 3, "pixel")).eval()
     gen = torch.Generator().manual_seed(4)
-    _agree(log_marginal(model, grey[:20].repeat(100, 1), samples=1, generator=gen),
-           elbo(model, grey[:20].repeat(100, 1), generator=gen))
+    _agree(
+        log_marginal(model, grey[:20].repeat(100, 1), samples=1, generator=gen),
+        elbo(model, grey[:20].repeat(100, 1), generator=gen),
+    )
 
 
 def test_objective_is_sgvbloss_of_the_model(trained):

@@ -13,15 +13,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_aevb_data import make_idx_dir
 
 import fastaevb
 from fastaevb.aevb import checkpoint as ckpt
 from fastaevb.aevb.cli import build_parser, main
-from test_aevb_data import make_idx_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--hidden", "32", "--latent", "4", "--batch-size", "20", "--no-progress", "--no-figures",
-         "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "10"]
+SMALL = [
+    "--hidden",
+    "32",
+    "--latent",
+    "4",
+    "--batch-size",
+    "20",
+    "--no-progress",
+    "--no-figures",
+    "--log-every",
+    "5",
+    "--eval-every",
+    "10",
+    "--checkpoint-every",
+    "10",
+]
 HAS_GENERIC = "estimator" in fastaevb.SGVBLoss.__init__.__code__.co_varnames
 
 
@@ -42,7 +56,7 @@ def assert_same_state(a, b):
     assert a["step"] == b["step"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for (ka, sa), (kb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+    for (ka, sa), (_, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True):
         for name in sa:
             assert torch.equal(sa[name], sb[name]), (ka, name)
     assert torch.equal(a["rng"]["noise"], b["rng"]["noise"])
@@ -84,8 +98,11 @@ def test_checkpoint_errors_never_overwrite(tmp_path, data_dir, capsys):
     assert "lr: checkpoint has 0.02" in capsys.readouterr().err
     assert path.read_bytes() == good
     # truncated, empty, garbage, foreign
-    for content, message in ((good[: len(good) // 2], "corrupt or truncated"), (b"", "empty file"),
-                             (b"not a checkpoint" * 10, "corrupt or truncated")):
+    for content, message in (
+        (good[: len(good) // 2], "corrupt or truncated"),
+        (b"", "empty file"),
+        (b"not a checkpoint" * 10, "corrupt or truncated"),
+    ):
         path.write_bytes(content)
         assert train(out, data_dir, 20, "--resume") == 2
         assert message in capsys.readouterr().err
@@ -102,13 +119,51 @@ def test_checkpoint_errors_never_overwrite(tmp_path, data_dir, capsys):
 
 def test_cli_train_eval_sample(tmp_path, data_dir, capsys):
     out = tmp_path / "r"
-    assert main(["train", "--out", str(out), "--data-dir", str(data_dir), "--steps", "30", "--latent", "2",
-                 "--hidden", "32", "--batch-size", "20", "--no-progress", "--lr", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--data-dir",
+                str(data_dir),
+                "--steps",
+                "30",
+                "--latent",
+                "2",
+                "--hidden",
+                "32",
+                "--batch-size",
+                "20",
+                "--no-progress",
+                "--lr",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     for name in ("checkpoint.pt", "log.csv", "samples.png", "reconstructions.png", "manifold.png", "bound.png"):
         assert (out / name).stat().st_size > 0, name
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "200", "--limit", "50",
-                 "--batch-size", "16", "--chunk-elements", "5000", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--samples",
+                "200",
+                "--limit",
+                "50",
+                "--batch-size",
+                "16",
+                "--chunk-elements",
+                "5000",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     m = re.fullmatch(r"test_elbo=(-\d+\.\d+) log_px=(-\d+\.\d+)", last)
     assert m, last
@@ -122,10 +177,22 @@ def test_gaussian_model_trains(tmp_path, data_dir, capsys):
     for variance in ("shared", "output"):
         out = tmp_path / variance
         assert train(out, data_dir, 10, "--likelihood", "gaussian", "--decoder-variance", variance) == 0
-        assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20", "--limit", "20",
-                     "--no-progress"]) == 0
-        assert re.fullmatch(r"test_elbo=-?\d+\.\d+ log_px=-?\d+\.\d+",
-                            capsys.readouterr().out.strip().splitlines()[-1])
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(out / "checkpoint.pt"),
+                    "--samples",
+                    "20",
+                    "--limit",
+                    "20",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+        assert re.fullmatch(r"test_elbo=-?\d+\.\d+ log_px=-?\d+\.\d+", capsys.readouterr().out.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not HAS_GENERIC, reason="SGVBLoss has no estimator= argument yet (lead's work)")
@@ -153,8 +220,21 @@ def _env():
 
 def test_sigterm_checkpoints_and_resume_is_bitwise(tmp_path, data_dir):
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "fastaevb", "train", "--out", str(out), "--data-dir", str(data_dir),
-           "--steps", "100000", *SMALL[:-2], "--checkpoint-every", "100000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastaevb",
+        "train",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--steps",
+        "100000",
+        *SMALL[:-2],
+        "--checkpoint-every",
+        "100000",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "log.csv").exists():
@@ -172,19 +252,42 @@ def test_sigterm_checkpoints_and_resume_is_bitwise(tmp_path, data_dir):
 
 
 def test_python_m_help():
-    res = subprocess.run([sys.executable, "-m", "fastaevb", "--help"], cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "fastaevb", "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and "train" in res.stdout and "eval" in res.stdout
 
 
 def test_ddp_two_processes_match_one(tmp_path, data_dir):
     common = ["train", "--data-dir", str(data_dir), "--steps", "6", *SMALL, "--lr", "0.01"]
-    one = subprocess.run([sys.executable, "-m", "fastaevb", *common, "--out", str(tmp_path / "one")],
-                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, "-m", "fastaevb", *common, "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "fastaevb", *common, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "fastaevb",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "processes: 2" in two.stderr
     a, b = params(tmp_path / "one"), params(tmp_path / "two")

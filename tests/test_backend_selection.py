@@ -18,8 +18,9 @@ from fastaevb import backends as _backend
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=environment, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environment, timeout=300
+    )
 
 
 def test_torch_is_always_available():
@@ -48,11 +49,14 @@ def test_cpu_backend_refuses_cuda_tensors(name):
 
 
 def test_environment_variable_selects_backend():
-    result = run_python("""
+    result = run_python(
+        """
         import torch, fastaevb
         from fastaevb import backends as _backend
         print(_backend.resolve(torch.device("cpu")))
-        """, FASTAEVB_BACKEND="torch")
+        """,
+        FASTAEVB_BACKEND="torch",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "torch"
 

@@ -99,10 +99,13 @@ def to_reference(t: torch.Tensor) -> torch.Tensor:
 
 def check_against_reference(ours, expected_fn, inputs, differentiable, tol):
     """Compare values, then vector-Jacobian products for one random cotangent."""
-    ours_in = [t.detach().requires_grad_(i in differentiable) if t.dtype.is_floating_point else t
-               for i, t in enumerate(inputs)]
-    ref_in = [to_reference(t).requires_grad_(i in differentiable) if t.dtype.is_floating_point else t
-              for i, t in enumerate(inputs)]
+    ours_in = [
+        t.detach().requires_grad_(i in differentiable) if t.dtype.is_floating_point else t for i, t in enumerate(inputs)
+    ]
+    ref_in = [
+        to_reference(t).requires_grad_(i in differentiable) if t.dtype.is_floating_point else t
+        for i, t in enumerate(inputs)
+    ]
     out = ours(*ours_in)
     expected = expected_fn(*ref_in)
     torch.testing.assert_close(out.double(), expected, equal_nan=True, **tol)
@@ -112,32 +115,40 @@ def check_against_reference(ours, expected_fn, inputs, differentiable, tol):
     wrt = [i for i in differentiable]
     grads = torch.autograd.grad(out, [ours_in[i] for i in wrt], cotangent.to(out), allow_unused=True)
     expected_grads = torch.autograd.grad(expected, [ref_in[i] for i in wrt], cotangent, allow_unused=True)
-    for i, got, want in zip(wrt, grads, expected_grads):
-        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: f"gradient of input {i}: {m}")
+    for i, got, want in zip(wrt, grads, expected_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
 
 
 shapes = st.tuples(
-    st.sampled_from([(), (2,), (3,)]),                        # leading sample dims
-    st.sampled_from([0, 1, 2, 3, 7, 13]),                     # batch (0, 1, primes)
-    st.sampled_from([(1,), (5,), (3, 4), (31,), (784,)]),     # event shape
+    st.sampled_from([(), (2,), (3,)]),  # leading sample dims
+    st.sampled_from([0, 1, 2, 3, 7, 13]),  # batch (0, 1, primes)
+    st.sampled_from([(1,), (5,), (3, 4), (31,), (784,)]),  # event shape
 )
 
 
 @pytest.mark.parametrize("case", ROW_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@given(shape=shapes, reduction=st.sampled_from(REDUCTIONS), target_kind=st.sampled_from(["float", "uint8", "bool"]),
-       strided=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    shape=shapes,
+    reduction=st.sampled_from(REDUCTIONS),
+    target_kind=st.sampled_from(["float", "uint8", "bool"]),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_matches_float64_reference(kernel_backend, case, dtype, shape, reduction, target_kind, strided, seed):
     samples, batch, event = shape
     gen = torch.Generator().manual_seed(seed)
     inputs, differentiable, ours, reference_rows = ROW_CASES[case](
-        gen, (*samples, batch), event, dtype, target_kind, device_for(kernel_backend))
+        gen, (*samples, batch), event, dtype, target_kind, device_for(kernel_backend)
+    )
     if strided:
         inputs = [non_contiguous(t) if t.dtype.is_floating_point else t for t in inputs]
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
         lambda *a: reduce_rows(reference_rows(*a), reduction),
-        inputs, differentiable, TOLERANCES[dtype],
+        inputs,
+        differentiable,
+        TOLERANCES[dtype],
     )
 
 
@@ -147,7 +158,8 @@ def test_matches_float64_reference(kernel_backend, case, dtype, shape, reduction
 def test_half_inputs_accumulate_in_float32(kernel_backend, case, dtype, reduction):
     gen = torch.Generator().manual_seed(0)
     inputs, differentiable, ours, reference_rows = ROW_CASES[case](
-        gen, (6,), (257,), dtype, "float", device_for(kernel_backend))
+        gen, (6,), (257,), dtype, "float", device_for(kernel_backend)
+    )
     if case == "bernoulli_probs":  # keep 1 - p representable: at p == 1 the gradient overflows half
         inputs[0] = inputs[0].clamp(0.01, 0.99)
     out = ours(*inputs, reduction=reduction)
@@ -155,7 +167,9 @@ def test_half_inputs_accumulate_in_float32(kernel_backend, case, dtype, reductio
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
         lambda *a: reduce_rows(reference_rows(*a), reduction),
-        inputs, differentiable, TOLERANCES[dtype],
+        inputs,
+        differentiable,
+        TOLERANCES[dtype],
     )
 
 
@@ -170,13 +184,20 @@ def test_large_batch(kernel_backend, case, reduction):
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
         lambda *a: reduce_rows(reference_rows(*a), reduction),
-        inputs, differentiable, TOLERANCES[torch.float32],
+        inputs,
+        differentiable,
+        TOLERANCES[torch.float32],
     )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@given(samples=st.sampled_from([1, 2, 5]), batch=st.sampled_from([0, 1, 3, 17]), latent=st.sampled_from([1, 2, 20, 33]),
-       strided=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    samples=st.sampled_from([1, 2, 5]),
+    batch=st.sampled_from([0, 1, 3, 17]),
+    latent=st.sampled_from([1, 2, 20, 33]),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_reparameterize_kl_with_explicit_eps(kernel_backend, dtype, samples, batch, latent, strided, seed):
     gen = torch.Generator().manual_seed(seed)
     device = device_for(kernel_backend)
@@ -201,15 +222,16 @@ def test_reparameterize_kl_with_explicit_eps(kernel_backend, dtype, samples, bat
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck_float64(kernel_backend, case, reduction):
     gen = torch.Generator().manual_seed(2)
-    inputs, differentiable, ours, _ = ROW_CASES[case](gen, (2, 3), (4,), torch.float64, "float",
-                                                      device_for(kernel_backend))
+    inputs, differentiable, ours, _ = ROW_CASES[case](
+        gen, (2, 3), (4,), torch.float64, "float", device_for(kernel_backend)
+    )
     if case == "bernoulli_probs":  # finite differences need p away from the clamp at 0 and 1
         inputs[0] = inputs[0].clamp(0.05, 0.95)
     free = [t.requires_grad_(i in differentiable) for i, t in enumerate(inputs)]
 
     def fn(*diff):
         args = list(free)
-        for i, t in zip(differentiable, diff):
+        for i, t in zip(differentiable, diff, strict=True):
             args[i] = t
         return ours(*args, reduction=reduction)
 

@@ -73,7 +73,7 @@ def check_compiled_step(step, compiler, backend):
         eager_loss, eager_grads = run(step, model, x, seed=1)
         compiled_loss, compiled_grads = run(compiled, model, x, seed=1)
         torch.testing.assert_close(compiled_loss, eager_loss)
-        for got, want in zip(compiled_grads, eager_grads):
+        for got, want in zip(compiled_grads, eager_grads, strict=True):
             torch.testing.assert_close(got, want)
         # fresh noise on every call: the seed is drawn when the op runs, not baked in at trace time
         assert not torch.equal(compiled(model, x), compiled(model, x))

@@ -38,7 +38,10 @@ def edge_logits(dtype):
 DROP_INS = {
     "binary_cross_entropy": (F.binary_cross_entropy, torch_F.binary_cross_entropy, edge_probs),
     "binary_cross_entropy_with_logits": (
-        F.binary_cross_entropy_with_logits, torch_F.binary_cross_entropy_with_logits, edge_logits),
+        F.binary_cross_entropy_with_logits,
+        torch_F.binary_cross_entropy_with_logits,
+        edge_logits,
+    ),
 }
 
 
@@ -114,7 +117,7 @@ def test_sgvb_loss_is_a_one_line_swap_for_the_classic_example(kernel_backend):
     ours_loss, ours_grads = classic_step(model, x, eps, ours=True)
     classic_loss, classic_grads = classic_step(model, x, eps, ours=False)
     torch.testing.assert_close(ours_loss, classic_loss, rtol=1e-5, atol=0)
-    for ours_grad, classic_grad in zip(ours_grads, classic_grads):
+    for ours_grad, classic_grad in zip(ours_grads, classic_grads, strict=True):
         torch.testing.assert_close(ours_grad, classic_grad, rtol=1e-4, atol=1e-5)
 
 
@@ -140,9 +143,13 @@ def test_sgvb_loss_gaussian_matches_eq_10():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(5, 7, generator=gen, dtype=torch.float64)
     mean = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64)
-    mu, logvar = torch.randn(5, 2, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    mu, logvar = (
+        torch.randn(5, 2, generator=gen, dtype=torch.float64),
+        torch.randn(5, 2, generator=gen, dtype=torch.float64),
+    )
     shared = torch.tensor(0.3, dtype=torch.float64)
     got = fastaevb.SGVBLoss("gaussian", "none")((mean, shared), x, mu, logvar)
     want = fastaevb.reference.negative_elbo(
-        fastaevb.reference.gaussian_log_likelihood(x, mean, shared), fastaevb.reference.gaussian_kl(mu, logvar))
+        fastaevb.reference.gaussian_log_likelihood(x, mean, shared), fastaevb.reference.gaussian_kl(mu, logvar)
+    )
     torch.testing.assert_close(got, want)

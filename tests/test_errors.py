@@ -17,17 +17,33 @@ def t(*shape, dtype=torch.float32, device="cpu"):
 METADATA_ERRORS = {
     "mismatched shapes": (lambda: F.bernoulli_log_likelihood(t(3, 4), t(3, 5)), ValueError, "logits .* x"),
     "drop-in target size": (lambda: F.binary_cross_entropy(t(3, 4), t(4, 3)), ValueError, "target size"),
-    "integer logits": (lambda: F.bernoulli_log_likelihood(torch.ones(3, 4, dtype=torch.int64), t(3, 4)), TypeError, "logits"),
-    "complex logits": (lambda: F.binary_cross_entropy_with_logits(t(3, 4, dtype=torch.complex64), t(3, 4)), TypeError, "input"),
+    "integer logits": (
+        lambda: F.bernoulli_log_likelihood(torch.ones(3, 4, dtype=torch.int64), t(3, 4)),
+        TypeError,
+        "logits",
+    ),
+    "complex logits": (
+        lambda: F.binary_cross_entropy_with_logits(t(3, 4, dtype=torch.complex64), t(3, 4)),
+        TypeError,
+        "input",
+    ),
     "int16 target": (lambda: F.bernoulli_log_likelihood(t(3, 4), torch.ones(3, 4, dtype=torch.int16)), TypeError, "x"),
     "mixed devices": (lambda: F.bernoulli_log_likelihood(t(3, 4), t(3, 4, device="meta")), ValueError, "x is on meta"),
     "mixed devices kl": (lambda: F.gaussian_kl(t(3, 4), t(3, 4, device="meta")), ValueError, "logvar is on meta"),
     "samples < 1": (lambda: F.reparameterize(t(3, 4), t(3, 4), samples=0), ValueError, "samples"),
     "samples not int": (lambda: F.reparameterize(t(3, 4), t(3, 4), samples=2.0), TypeError, "samples"),
     "wrong reduction": (lambda: F.gaussian_kl(t(3, 4), t(3, 4), reduction="avg"), ValueError, "reduction"),
-    "wrong drop-in reduction": (lambda: F.binary_cross_entropy(t(3), t(3), reduction="batchmean"), ValueError, "reduction"),
+    "wrong drop-in reduction": (
+        lambda: F.binary_cross_entropy(t(3), t(3), reduction="batchmean"),
+        ValueError,
+        "reduction",
+    ),
     "weight": (lambda: F.binary_cross_entropy(t(3), t(3), weight=t(3)), NotImplementedError, "weight"),
-    "pos_weight": (lambda: F.binary_cross_entropy_with_logits(t(3), t(3), pos_weight=t(3)), NotImplementedError, "pos_weight"),
+    "pos_weight": (
+        lambda: F.binary_cross_entropy_with_logits(t(3), t(3), pos_weight=t(3)),
+        NotImplementedError,
+        "pos_weight",
+    ),
     "eps shape": (lambda: F.reparameterize(t(3, 4), t(3, 4), samples=2, eps=t(3, 4)), ValueError, "eps"),
     "logvar shape": (lambda: F.reparameterize(t(3, 4), t(3, 5)), ValueError, "logvar"),
     "logvar dtype": (lambda: F.gaussian_kl(t(3, 4), t(3, 4, dtype=torch.float64)), TypeError, "logvar"),
@@ -52,11 +68,31 @@ def test_target_requiring_grad_is_refused():
 
 
 VALUE_ERRORS = {
-    "float target above 1": (F.bernoulli_log_likelihood, lambda d: (t(4, 6, device=d), torch.full((4, 6), 1.5, device=d)), "target"),
-    "float target below 0": (F.binary_cross_entropy_with_logits, lambda d: (t(4, 6, device=d), -t(4, 6, device=d) - 0.1), "target"),
-    "uint8 target of 2": (F.bernoulli_log_likelihood, lambda d: (t(4, 6, device=d), torch.full((4, 6), 2, dtype=torch.uint8, device=d)), "target"),
-    "probs above 1": (F.bernoulli_probs_log_likelihood, lambda d: (t(4, 6, device=d) + 1.01, t(4, 6, device=d)), "input"),
-    "drop-in probs below 0": (F.binary_cross_entropy, lambda d: (-t(4, 6, device=d) - 0.01, t(4, 6, device=d)), "input"),
+    "float target above 1": (
+        F.bernoulli_log_likelihood,
+        lambda d: (t(4, 6, device=d), torch.full((4, 6), 1.5, device=d)),
+        "target",
+    ),
+    "float target below 0": (
+        F.binary_cross_entropy_with_logits,
+        lambda d: (t(4, 6, device=d), -t(4, 6, device=d) - 0.1),
+        "target",
+    ),
+    "uint8 target of 2": (
+        F.bernoulli_log_likelihood,
+        lambda d: (t(4, 6, device=d), torch.full((4, 6), 2, dtype=torch.uint8, device=d)),
+        "target",
+    ),
+    "probs above 1": (
+        F.bernoulli_probs_log_likelihood,
+        lambda d: (t(4, 6, device=d) + 1.01, t(4, 6, device=d)),
+        "input",
+    ),
+    "drop-in probs below 0": (
+        F.binary_cross_entropy,
+        lambda d: (-t(4, 6, device=d) - 0.01, t(4, 6, device=d)),
+        "input",
+    ),
     "drop-in probs target": (F.binary_cross_entropy, lambda d: (t(4, 6, device=d), t(4, 6, device=d) + 1.01), "target"),
 }
 

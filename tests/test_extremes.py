@@ -24,20 +24,34 @@ def extreme_inputs(device):
 
 
 EXTREME_CASES = {
-    "bernoulli logits +-1e4": (lambda l, x, v, m: F.bernoulli_log_likelihood(l, x),
-                               lambda l, x, v, m: reference.bernoulli_log_likelihood(l, x)),
-    "bernoulli logits, uint8 targets": (lambda l, x, v, m: F.bernoulli_log_likelihood(l, x.round().to(torch.uint8)),
-                                        lambda l, x, v, m: reference.bernoulli_log_likelihood(l, x.round())),
-    "drop-in bce with logits": (lambda l, x, v, m: F.binary_cross_entropy_with_logits(l, x, reduction="none"),
-                                lambda l, x, v, m: -reference.bernoulli_log_likelihood_elements(l, x)),
-    "kl, logvar in [-30, 30], mu 1e3": (lambda l, x, v, m: F.gaussian_kl(m, v, "none"),
-                                        lambda l, x, v, m: reference.gaussian_kl(m, v)),
-    "gaussian, logvar in [-30, 30]": (lambda l, x, v, m: F.gaussian_log_likelihood(x, m * 1e-3, v),
-                                      lambda l, x, v, m: reference.gaussian_log_likelihood(x, m * 1e-3, v)),
-    "reparameterize, mu 1e3": (lambda l, x, v, m: F.reparameterize_kl(m, v, eps=x - 0.5, return_log_weights=True)[0],
-                               lambda l, x, v, m: reference.reparameterize(m, v, x - 0.5)),
-    "log p(z), mu 1e3": (lambda l, x, v, m: F.reparameterize_kl(m, v, eps=x - 0.5, return_log_weights=True)[3],
-                         lambda l, x, v, m: reference.log_p(reference.reparameterize(m, v, x - 0.5))),
+    "bernoulli logits +-1e4": (
+        lambda l, x, v, m: F.bernoulli_log_likelihood(l, x),
+        lambda l, x, v, m: reference.bernoulli_log_likelihood(l, x),
+    ),
+    "bernoulli logits, uint8 targets": (
+        lambda l, x, v, m: F.bernoulli_log_likelihood(l, x.round().to(torch.uint8)),
+        lambda l, x, v, m: reference.bernoulli_log_likelihood(l, x.round()),
+    ),
+    "drop-in bce with logits": (
+        lambda l, x, v, m: F.binary_cross_entropy_with_logits(l, x, reduction="none"),
+        lambda l, x, v, m: -reference.bernoulli_log_likelihood_elements(l, x),
+    ),
+    "kl, logvar in [-30, 30], mu 1e3": (
+        lambda l, x, v, m: F.gaussian_kl(m, v, "none"),
+        lambda l, x, v, m: reference.gaussian_kl(m, v),
+    ),
+    "gaussian, logvar in [-30, 30]": (
+        lambda l, x, v, m: F.gaussian_log_likelihood(x, m * 1e-3, v),
+        lambda l, x, v, m: reference.gaussian_log_likelihood(x, m * 1e-3, v),
+    ),
+    "reparameterize, mu 1e3": (
+        lambda l, x, v, m: F.reparameterize_kl(m, v, eps=x - 0.5, return_log_weights=True)[0],
+        lambda l, x, v, m: reference.reparameterize(m, v, x - 0.5),
+    ),
+    "log p(z), mu 1e3": (
+        lambda l, x, v, m: F.reparameterize_kl(m, v, eps=x - 0.5, return_log_weights=True)[3],
+        lambda l, x, v, m: reference.log_p(reference.reparameterize(m, v, x - 0.5)),
+    ),
 }
 
 

@@ -59,7 +59,7 @@ def test_upstream_gradient_other_than_one_scales(kernel_backend, likelihood):
     loss_fn = fastaevb.SGVBLoss(likelihood)
     once = torch.autograd.grad(loss_fn(recon, x, mu, logvar), (recon, mu, logvar))
     scaled = torch.autograd.grad(2.5 * loss_fn(recon, x, mu, logvar), (recon, mu, logvar))
-    for a, b in zip(once, scaled):
+    for a, b in zip(once, scaled, strict=True):
         torch.testing.assert_close(2.5 * a, b)
 
 
@@ -72,12 +72,15 @@ def test_gradients_survive_retain_graph():
     torch.testing.assert_close(recon.grad, 2 * first)
 
 
-@pytest.mark.parametrize("recon_shape, x_shape", [
-    ((12, 5), (5, 12)),          # transposed rows: torch's BCE raises too
-    ((5, 12), (2, 12)),          # x of half the batch is not read as 2 samples
-    ((10, 12), (5, 12)),         # samples must be a leading dimension
-    ((5, 3, 4), (5, 1, 3, 4)),   # neither x's shape nor its rows
-])
+@pytest.mark.parametrize(
+    "recon_shape, x_shape",
+    [
+        ((12, 5), (5, 12)),  # transposed rows: torch's BCE raises too
+        ((5, 12), (2, 12)),  # x of half the batch is not read as 2 samples
+        ((10, 12), (5, 12)),  # samples must be a leading dimension
+        ((5, 3, 4), (5, 1, 3, 4)),  # neither x's shape nor its rows
+    ],
+)
 def test_shapes_that_do_not_match_raise_with_both_shapes(recon_shape, x_shape):
     recon, x = torch.rand(recon_shape), torch.rand(x_shape)
     mu = logvar = torch.zeros(x_shape[0], 2)

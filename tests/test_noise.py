@@ -11,13 +11,15 @@ from fastaevb import functional as F
 from fastaevb import ops
 
 SEEDS = [0, 1, 42, 2**31 - 1, 2**31, 2**32 + 7, 2**62 + 12345, 2**63 - 1]
-OFFSETS = torch.cat([
-    torch.arange(0, 300),
-    torch.arange(2**31 - 3, 2**31 + 3),
-    torch.arange(2**32 - 3, 2**32 + 3),      # offsets past 2^32 use the high counter word
-    torch.arange(2**40, 2**40 + 5),
-    torch.tensor([2**62, 2**63 - 1]),
-])
+OFFSETS = torch.cat(
+    [
+        torch.arange(0, 300),
+        torch.arange(2**31 - 3, 2**31 + 3),
+        torch.arange(2**32 - 3, 2**32 + 3),  # offsets past 2^32 use the high counter word
+        torch.arange(2**40, 2**40 + 5),
+        torch.tensor([2**62, 2**63 - 1]),
+    ]
+)
 # libm's logf / cosf / sqrtf round differently from numpy's by an ulp or two; |eps| <= 5.7.
 NOISE_TOL = dict(rtol=1e-5, atol=1e-5)
 # First draws of tl.randn(seed=1234, offsets 0..4), recorded from the Triton 3.9 interpreter: a

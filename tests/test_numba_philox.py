@@ -22,8 +22,8 @@ import torch
 
 pytest.importorskip("numba")
 
-from fastaevb.backends import numba as _numba  # noqa: E402
-from fastaevb.backends.numba import philox  # noqa: E402
+from fastaevb.backends import numba as _numba
+from fastaevb.backends.numba import philox
 
 MASK32 = 0xFFFFFFFF
 SEEDS = [0, 1, 42, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 7, 123456789012345, 2**62 + 12345, 2**63 - 1]
@@ -67,8 +67,11 @@ def uniform_reference(word: int) -> np.float32:
 KNOWN_ANSWERS = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((MASK32,) * 4, (MASK32, MASK32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -90,8 +93,25 @@ def test_philox_words_match_reference(seed):
         assert tuple(int(w) for w in got) == expected, (seed, offset)
 
 
-@pytest.mark.parametrize("word", [0, 1, 2, 0x7FFFFF, 0x1000001, 0x7FFFFFBF, 0x7FFFFFFF, 0x80000000,
-                                  0x80000001, 0xFFFFFF7F, 0xFFFFFFFE, 0xFFFFFFFF, 0x6627E8D5, 0xE169C58D])
+@pytest.mark.parametrize(
+    "word",
+    [
+        0,
+        1,
+        2,
+        0x7FFFFF,
+        0x1000001,
+        0x7FFFFFBF,
+        0x7FFFFFFF,
+        0x80000000,
+        0x80000001,
+        0xFFFFFF7F,
+        0xFFFFFFFE,
+        0xFFFFFFFF,
+        0x6627E8D5,
+        0xE169C58D,
+    ],
+)
 def test_uniform_matches_reference(word):
     got = philox.uint_to_uniform(np.uint64(word))
     assert np.float32(got) == uniform_reference(word)

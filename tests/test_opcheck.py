@@ -23,25 +23,44 @@ def sample_args(device):
     mean, gauss_logvar, shared = rand(6, 5, grad=True), rand(6, 5, low=-1, grad=True), rand(1, grad=True)
     seed, eps = torch.tensor(123456789), rand(2, 4, 3, low=-2, high=2)
     by_op = {
-        ops.reparameterize_kl: [(mu, logvar, seed, None, 1, False, False), (mu, logvar, seed, None, 2, True, True),
-                                (mu, logvar, None, eps, 2, True, False)],
-        ops.reparameterize_kl_backward: [(rand(2, 4, 3), rand(4), rand(2, 4), rand(2, 4), mu.detach(), logvar.detach(),
-                                          seed, None, 2), (None, rand(4), None, None, mu.detach(), logvar.detach(),
-                                                           None, eps[:1], 1)],
+        ops.reparameterize_kl: [
+            (mu, logvar, seed, None, 1, False, False),
+            (mu, logvar, seed, None, 2, True, True),
+            (mu, logvar, None, eps, 2, True, False),
+        ],
+        ops.reparameterize_kl_backward: [
+            (rand(2, 4, 3), rand(4), rand(2, 4), rand(2, 4), mu.detach(), logvar.detach(), seed, None, 2),
+            (None, rand(4), None, None, mu.detach(), logvar.detach(), None, eps[:1], 1),
+        ],
         ops.gaussian_kl: [(mu, logvar, "rows", 1.0, False), (mu, logvar, "total", 0.25, True)],
-        ops.gaussian_kl_backward: [(rand(4), mu.detach(), logvar.detach(), "rows", 1.0),
-                                   (rand(()), mu.detach(), logvar.detach(), "total", 0.5)],
-        ops.bernoulli_logits_ll: [(logits, x, "rows", 1.0, False), (logits, x8, "elements", -1.0, False),
-                                  (logits, x, "total", -0.1, True)],
-        ops.bernoulli_logits_ll_backward: [(rand(6), logits.detach(), x, "rows", 1.0),
-                                           (rand(6, 5), logits.detach(), x8, "elements", -1.0)],
-        ops.bernoulli_probs_ll: [(probs, x, "rows", 1.0, False), (probs, x8, "elements", -1.0, False),
-                                 (probs, x, "total", 2.0, True)],
+        ops.gaussian_kl_backward: [
+            (rand(4), mu.detach(), logvar.detach(), "rows", 1.0),
+            (rand(()), mu.detach(), logvar.detach(), "total", 0.5),
+        ],
+        ops.bernoulli_logits_ll: [
+            (logits, x, "rows", 1.0, False),
+            (logits, x8, "elements", -1.0, False),
+            (logits, x, "total", -0.1, True),
+        ],
+        ops.bernoulli_logits_ll_backward: [
+            (rand(6), logits.detach(), x, "rows", 1.0),
+            (rand(6, 5), logits.detach(), x8, "elements", -1.0),
+        ],
+        ops.bernoulli_probs_ll: [
+            (probs, x, "rows", 1.0, False),
+            (probs, x8, "elements", -1.0, False),
+            (probs, x, "total", 2.0, True),
+        ],
         ops.bernoulli_probs_ll_backward: [(rand(()), probs.detach(), x, "total", 1.0)],
-        ops.gaussian_ll: [(x, mean, gauss_logvar, "rows", 1.0, False), (x, mean, shared, "total", 0.5, True),
-                          (x, mean, shared, "rows", 1.0, False)],
-        ops.gaussian_ll_backward: [(rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0),
-                                   (rand(()), x, mean.detach(), shared.detach(), "total", 3.0)],
+        ops.gaussian_ll: [
+            (x, mean, gauss_logvar, "rows", 1.0, False),
+            (x, mean, shared, "total", 0.5, True),
+            (x, mean, shared, "rows", 1.0, False),
+        ],
+        ops.gaussian_ll_backward: [
+            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0),
+            (rand(()), x, mean.detach(), shared.detach(), "total", 3.0),
+        ],
     }
     return {str(op).split("::")[-1].rstrip(")>"): (op, args) for op, args in by_op.items()}
 

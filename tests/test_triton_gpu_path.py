@@ -22,8 +22,8 @@ pytest.importorskip("triton")
 if "triton" not in fastaevb.available_backends():
     pytest.skip("the triton backend is not available", allow_module_level=True)
 
-from fastaevb import backends  # noqa: E402
-from fastaevb.ops import calls, eager  # noqa: E402
+from fastaevb import backends
+from fastaevb.ops import calls, eager
 
 kernels = backends.kernels("triton")
 common = kernels._common
@@ -33,9 +33,26 @@ interpreted = pytest.mark.skipif(torch.cuda.is_available(), reason="emulates the
 
 # aten ops that launch no device kernel (allocation, views, metadata)
 _NO_LAUNCH = {
-    "empty", "empty_like", "new_empty", "empty_strided", "view", "_unsafe_view", "reshape", "detach", "alias",
-    "as_strided", "expand", "select", "slice", "unsqueeze", "squeeze", "permute", "t", "lift_fresh",
-    "_reshape_alias", "set_",
+    "empty",
+    "empty_like",
+    "new_empty",
+    "empty_strided",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "detach",
+    "alias",
+    "as_strided",
+    "expand",
+    "select",
+    "slice",
+    "unsqueeze",
+    "squeeze",
+    "permute",
+    "t",
+    "lift_fresh",
+    "_reshape_alias",
+    "set_",
 }
 _SYNCS = {"_local_scalar_dense", "item", "_to_copy_cpu"}
 
@@ -221,8 +238,11 @@ def test_out_of_range_is_counted_and_asserted_on_the_device(cuda_path, monkeypat
     x = torch.tensor([[0.0, 2.0], [1.0, 0.5]])
     probs = torch.tensor([[0.5, 0.5], [1.5, 0.5]])
     out, _ = kernels.bernoulli_probs_forward(probs, x, "total", -1.0, False)  # no host read: no raise
-    monkeypatch.setattr(interpreter.interpreter_builder, "options",
-                        dataclasses.replace(interpreter.interpreter_builder.options, debug=True))
+    monkeypatch.setattr(
+        interpreter.interpreter_builder,
+        "options",
+        dataclasses.replace(interpreter.interpreter_builder.options, debug=True),
+    )
     with pytest.raises(InterpreterError, match=r"input \(probs\) must lie in \[0, 1\]"):
         kernels.bernoulli_probs_forward(probs, x, "total", -1.0, False)
     with pytest.raises(InterpreterError, match=r"target \(x\) must lie in \[0, 1\]"):
@@ -266,7 +286,7 @@ def test_same_seed_same_eps_as_the_cpu_backends():
     reference = results.pop("triton")
     for name, z in results.items():
         # float32 Philox + Box-Muller: the CPU backends' log/cos may differ by an ulp or two
-        torch.testing.assert_close(z, reference, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(z, reference, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_tiles_fit_the_width():

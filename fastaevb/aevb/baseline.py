@@ -28,7 +28,11 @@ from . import data as D
 class PlainVAE(nn.Module):
     def __init__(self, data_dim: int, hidden: int, latent: int) -> None:
         super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(data_dim, hidden), nn.Linear(hidden, latent), nn.Linear(hidden, latent)
+        self.fc1, self.fc21, self.fc22 = (
+            nn.Linear(data_dim, hidden),
+            nn.Linear(hidden, latent),
+            nn.Linear(hidden, latent),
+        )
         self.fc3, self.fc4 = nn.Linear(latent, hidden), nn.Linear(hidden, data_dim)
         for p in self.parameters():
             nn.init.normal_(p, 0.0, 0.01)
@@ -68,7 +72,9 @@ def test_bound(model: PlainVAE, x: torch.Tensor, seed: int = 2014) -> tuple[floa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--steps", type=int, default=20_000, help="parameter updates")
     p.add_argument("--batch-size", type=int, default=100, help="minibatch size M")
     p.add_argument("--hidden", type=int, default=500, help="hidden units")
@@ -93,7 +99,7 @@ def main(argv=None) -> int:
     for step in range(args.steps):
         if step % steps_per_epoch == 0:
             order = torch.randperm(n, generator=gen)
-        idx = order[(step % steps_per_epoch) * args.batch_size:(step % steps_per_epoch + 1) * args.batch_size]
+        idx = order[(step % steps_per_epoch) * args.batch_size : (step % steps_per_epoch + 1) * args.batch_size]
         grey = train_grey[idx]
         x = (torch.rand(grey.shape, generator=gen) < grey).float()
         recon, mu, logvar = model(x)
@@ -104,8 +110,14 @@ def main(argv=None) -> int:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             train_time += time.perf_counter() - t0
             bound, se = test_bound(model, test_x)
-            rows.append({"step": step + 1, "datapoints": (step + 1) * args.batch_size,
-                         "test_bound": f"{bound:.4f}", "seconds": f"{train_time:.2f}"})
+            rows.append(
+                {
+                    "step": step + 1,
+                    "datapoints": (step + 1) * args.batch_size,
+                    "test_bound": f"{bound:.4f}",
+                    "seconds": f"{train_time:.2f}",
+                }
+            )
             print(f"step {step + 1}: test bound {bound:.3f} +- {se:.3f}, {train_time:.1f} s training", file=sys.stderr)
             t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +125,10 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"plain PyTorch: {args.steps} steps in {train_time:.1f} s "
-          f"({args.steps * args.batch_size / train_time:.0f} datapoints/s); test_elbo={bound:.4f} (+- {se:.4f})")
+    print(
+        f"plain PyTorch: {args.steps} steps in {train_time:.1f} s "
+        f"({args.steps * args.batch_size / train_time:.0f} datapoints/s); test_elbo={bound:.4f} (+- {se:.4f})"
+    )
     return 0
 
 

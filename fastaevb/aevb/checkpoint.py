@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says which file and why."""
 
 
-def save(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
+def save(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: readers see the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def save(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def load(path: Union[str, os.PathLike]) -> dict:
+def load(path: str | os.PathLike) -> dict:
     """Read and validate a checkpoint; :class:`CheckpointError` for anything unusable."""
     path = Path(path)
     if not path.is_file():
@@ -70,14 +71,16 @@ def load(path: Union[str, os.PathLike]) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fastaevb training checkpoint")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {state.get('version')}, this fastaevb reads {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {state.get('version')}, this fastaevb reads {VERSION}"
+        )
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
     return state
 
 
-def check_compatible(path: Union[str, os.PathLike], stored: Mapping[str, Any], wanted: Mapping[str, Any], what: str) -> None:
+def check_compatible(path: str | os.PathLike, stored: Mapping[str, Any], wanted: Mapping[str, Any], what: str) -> None:
     """Raise :class:`CheckpointError` listing every option where ``stored`` and ``wanted`` differ."""
     diffs = [
         f"{key}: checkpoint has {stored.get(key)!r}, this run asks for {wanted.get(key)!r}"

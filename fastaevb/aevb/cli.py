@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -26,12 +25,14 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads per process (default: torch's choice; torchrun sets 1)")
-    p.add_argument("--device", default=None,
-                   help="'cpu', 'cuda' or 'cuda:N' (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no tqdm progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads per process (default: torch's choice; torchrun sets 1)",
+    )
+    p.add_argument("--device", default=None, help="'cpu', 'cuda' or 'cuda:N' (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
-        "train", formatter_class=_Formatter, help="train a VAE (Algorithm 1)",
+        "train",
+        formatter_class=_Formatter,
+        help="train a VAE (Algorithm 1)",
         description=(
             "Train with minibatch SGVB and Adagrad (Algorithm 1). Writes DIR/checkpoint.pt (atomically,\n"
             "every --checkpoint-every steps, at the end and on SIGINT/SIGTERM), DIR/log.csv\n"
@@ -58,40 +61,78 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     t.add_argument("--out", type=Path, default=Path("runs/main"), help="output directory")
-    t.add_argument("--steps", type=int, default=10_000,
-                   help="total parameter updates (a resumed run continues up to this many); datapoints = steps * M")
-    t.add_argument("--seed", type=int, default=0,
-                   help="seed of initialisation, data order, binarization and eps")
-    t.add_argument("--resume", action="store_true",
-                   help="continue from DIR/checkpoint.pt (bitwise the same run on CPU); starts afresh if there is none")
-    t.add_argument("--force", action="store_true",
-                   help="start afresh even if DIR/checkpoint.pt exists (it is overwritten at the first checkpoint)")
-    t.add_argument("--data-dir", type=Path, default=None,
-                   help=f"directory of MNIST-format IDX files, .gz or raw (default: {D.DEFAULT_DATA_DIR})")
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=10_000,
+        help="total parameter updates (a resumed run continues up to this many); datapoints = steps * M",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, binarization and eps")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoint.pt (bitwise the same run on CPU); starts afresh if there is none",
+    )
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="start afresh even if DIR/checkpoint.pt exists (it is overwritten at the first checkpoint)",
+    )
+    t.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"directory of MNIST-format IDX files, .gz or raw (default: {D.DEFAULT_DATA_DIR})",
+    )
     t.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--test-limit", type=int, default=None,
-                   help="evaluate the test bound on only the first N test images")
-    t.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli",
-                   help="decoder: Bernoulli on binarized pixels (logits) or Gaussian on grey levels in [0, 1]")
+    t.add_argument(
+        "--test-limit", type=int, default=None, help="evaluate the test bound on only the first N test images"
+    )
+    t.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        default="bernoulli",
+        help="decoder: Bernoulli on binarized pixels (logits) or Gaussian on grey levels in [0, 1]",
+    )
     t.add_argument("--latent", type=int, default=20, help="latent dimension J")
-    t.add_argument("--hidden", type=int, default=None,
-                   help="hidden units of encoder and decoder (default: 500 Bernoulli, 200 Gaussian, as the paper)")
-    t.add_argument("--decoder-variance", choices=DECODER_VARIANCES, default="shared",
-                   help="Gaussian decoder log-variance: one learned value, one per pixel, or an MLP output "
-                        "per pixel and datapoint (the paper's C.2)")
-    t.add_argument("--estimator", choices=ESTIMATORS, default="analytic",
-                   help="SGVB estimator: B (eq. 7, analytic KL, the paper's experiments) or A (eq. 6, "
-                        "log p(x|z) + log p(z) - log q(z|x))")
-    t.add_argument("--batch-size", type=int, default=100,
-                   help="minibatch size M (global: split over the processes under torchrun)")
+    t.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="hidden units of encoder and decoder (default: 500 Bernoulli, 200 Gaussian, as the paper)",
+    )
+    t.add_argument(
+        "--decoder-variance",
+        choices=DECODER_VARIANCES,
+        default="shared",
+        help="Gaussian decoder log-variance: one learned value, one per pixel, or an MLP output "
+        "per pixel and datapoint (the paper's C.2)",
+    )
+    t.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="analytic",
+        help="SGVB estimator: B (eq. 7, analytic KL, the paper's experiments) or A (eq. 6, "
+        "log p(x|z) + log p(z) - log q(z|x))",
+    )
+    t.add_argument(
+        "--batch-size", type=int, default=100, help="minibatch size M (global: split over the processes under torchrun)"
+    )
     t.add_argument("--samples", type=int, default=1, help="samples L per datapoint")
-    t.add_argument("--lr", type=float, default=0.02,
-                   help="Adagrad step size (the paper chose from 0.01, 0.02, 0.1)")
-    t.add_argument("--weight-decay", type=float, default=1.0,
-                   help="weight of the N(0, I) parameter prior (MAP); 0 for maximum likelihood")
-    t.add_argument("--binarization", choices=("dynamic", "static"), default="dynamic",
-                   help="Bernoulli models: a fresh Bernoulli draw of the grey levels every time a datapoint "
-                        "is used, or thresholding at 0.5")
+    t.add_argument("--lr", type=float, default=0.02, help="Adagrad step size (the paper chose from 0.01, 0.02, 0.1)")
+    t.add_argument(
+        "--weight-decay",
+        type=float,
+        default=1.0,
+        help="weight of the N(0, I) parameter prior (MAP); 0 for maximum likelihood",
+    )
+    t.add_argument(
+        "--binarization",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="Bernoulli models: a fresh Bernoulli draw of the grey levels every time a datapoint "
+        "is used, or thresholding at 0.5",
+    )
     t.add_argument("--log-every", type=int, default=100, help="steps between CSV log rows (train bound)")
     t.add_argument("--eval-every", type=int, default=1000, help="steps between test-bound evaluations")
     t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
@@ -99,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(t)
 
     e = sub.add_parser(
-        "eval", formatter_class=_Formatter, help="test lower bound and importance-sampled log p(x)",
+        "eval",
+        formatter_class=_Formatter,
+        help="test lower bound and importance-sampled log p(x)",
         description=(
             "Evaluate a checkpoint on the test set: the SGVB lower bound and the importance-sampled\n"
             "log p(x) ~= logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K, z_k ~ q(z|x),\n"
@@ -110,28 +153,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint.pt written by train")
     e.add_argument("--samples", type=int, default=5000, help="importance samples K per test datapoint")
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
-    e.add_argument("--data-dir", type=Path, default=None,
-                   help="IDX directory (default: the one the checkpoint was trained on)")
+    e.add_argument(
+        "--data-dir", type=Path, default=None, help="IDX directory (default: the one the checkpoint was trained on)"
+    )
     e.add_argument("--batch-size", type=int, default=100, help="test datapoints per batch")
-    e.add_argument("--chunk-elements", type=int, default=1 << 23,
-                   help="memory bound: importance samples are drawn k at a time with k * batch * pixels <= this")
+    e.add_argument(
+        "--chunk-elements",
+        type=int,
+        default=1 << 23,
+        help="memory bound: importance samples are drawn k at a time with k * batch * pixels <= this",
+    )
     e.add_argument("--bound-samples", type=int, default=1, help="samples L of the test lower bound's estimate")
-    e.add_argument("--estimator", choices=ESTIMATORS, default=None,
-                   help="estimator of the test lower bound (default: the one trained with)")
+    e.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default=None,
+        help="estimator of the test lower bound (default: the one trained with)",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
     _common(e)
 
     s = sub.add_parser(
-        "sample", formatter_class=_Formatter, help="pictures from a checkpoint",
+        "sample",
+        formatter_class=_Formatter,
+        help="pictures from a checkpoint",
         description="Write PNGs from a checkpoint: prior samples, reconstructions of test images, the\n"
-                    "2-D manifold (J = 2) and the bound curve of its log.",
+        "2-D manifold (J = 2) and the bound curve of its log.",
     )
     s.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint.pt written by train")
     s.add_argument("--out", type=Path, default=None, help="directory for the PNGs (default: the checkpoint's)")
     s.add_argument("--count", type=int, default=100, help="number of prior samples")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
-    s.add_argument("--data-dir", type=Path, default=None,
-                   help="IDX directory for the reconstructions (default: the checkpoint's)")
+    s.add_argument(
+        "--data-dir", type=Path, default=None, help="IDX directory for the reconstructions (default: the checkpoint's)"
+    )
     _common(s)
     return parser
 
@@ -172,21 +227,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         test_grey, _ = D.load_split(args.data_dir, "test", args.test_limit)
         hidden = args.hidden or DEFAULT_HIDDEN[args.likelihood]
         model_config = ModelConfig(args.likelihood, train_grey.shape[1], hidden, args.latent, args.decoder_variance)
-        run = RunConfig(args.batch_size, args.samples, args.lr, args.weight_decay, args.estimator,
-                        args.binarization, args.seed)
+        run = RunConfig(
+            args.batch_size, args.samples, args.lr, args.weight_decay, args.estimator, args.binarization, args.seed
+        )
         trainer = Trainer(model_config, run, train_grey, ctx)
         trainer.data_dir = str(args.data_dir) if args.data_dir else None
         if state is not None:
             trainer.load_state_dict(state, str(path))
         test_x = D.prepare_test(test_grey, args.likelihood, args.binarization).to(ctx.device)
-        schedule = Schedule(args.steps, args.log_every, args.eval_every, args.checkpoint_every,
-                            args.test_limit, args.progress, args.figures)
+        schedule = Schedule(
+            args.steps,
+            args.log_every,
+            args.eval_every,
+            args.checkpoint_every,
+            args.test_limit,
+            args.progress,
+            args.figures,
+        )
         if main:
             args.out.mkdir(parents=True, exist_ok=True)
             n_params = sum(p.numel() for p in trainer.model.parameters())
-            print(f"model: {model_config} ({n_params} parameters); {run}; processes: {ctx.world_size}; "
-                  f"threads/process: {torch.get_num_threads()}; from step {trainer.step} to {args.steps}",
-                  file=sys.stderr)
+            print(
+                f"model: {model_config} ({n_params} parameters); {run}; processes: {ctx.world_size}; "
+                f"threads/process: {torch.get_num_threads()}; from step {trainer.step} to {args.steps}",
+                file=sys.stderr,
+            )
         t0 = time.perf_counter()
         code = trainer.fit(schedule, args.out if main else None, test_x)
         if code or not main:
@@ -196,12 +261,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.figures:
             from . import figures
 
-            title = (f"{args.likelihood} J={args.latent} H={hidden} M={args.batch_size} "
-                     f"lr={args.lr} {args.estimator}")
+            title = f"{args.likelihood} J={args.latent} H={hidden} M={args.batch_size} lr={args.lr} {args.estimator}"
             files = figures.write_all(trainer.model, test_x, trainer.history, args.out, title)
             print("pictures: " + " ".join(str(f) for f in files), file=sys.stderr)
-        print(f"trained to step {trainer.step} ({trainer.step * args.batch_size} datapoints) in "
-              f"{seconds:.1f} s this session; checkpoint: {path}")
+        print(
+            f"trained to step {trainer.step} ({trainer.step * args.batch_size} datapoints) in "
+            f"{seconds:.1f} s this session; checkpoint: {path}"
+        )
         print(f"test_elbo={bound.mean:.4f} (+- {bound.stderr:.4f}, n={bound.count})")
         return 0
     finally:
@@ -234,10 +300,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     print(f"checkpoint {args.checkpoint}: step {state['step']}, {model.config}")
     print(f"test lower bound ({estimator} estimator, L={args.bound_samples}): {bound} nats/datapoint [{t1 - t0:.1f} s]")
-    with tqdm(total=x.shape[0], unit="dp", desc=f"log p(x), K={args.samples}", disable=not args.progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        lpx = Estimate.of(log_marginal(model, x, samples=args.samples, batch_size=args.batch_size,
-                                       chunk_elements=args.chunk_elements, generator=gen, progress=bar.update))
+    with tqdm(
+        total=x.shape[0],
+        unit="dp",
+        desc=f"log p(x), K={args.samples}",
+        disable=not args.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        lpx = Estimate.of(
+            log_marginal(
+                model,
+                x,
+                samples=args.samples,
+                batch_size=args.batch_size,
+                chunk_elements=args.chunk_elements,
+                generator=gen,
+                progress=bar.update,
+            )
+        )
     t2 = time.perf_counter()
     print(f"importance-sampled log p(x) (K={args.samples}): {lpx} nats/datapoint [{t2 - t1:.1f} s]")
     print(f"test_elbo={bound.mean:.4f} log_px={lpx.mean:.4f}")
@@ -271,7 +352,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

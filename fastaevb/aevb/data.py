@@ -12,7 +12,6 @@ import gzip
 import os
 import struct
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ class DataError(RuntimeError):
     """A missing, truncated or malformed data file; the message names the file."""
 
 
-def read_idx(path: Union[str, os.PathLike]) -> Tensor:
+def read_idx(path: str | os.PathLike) -> Tensor:
     """Read one IDX file (gzip or raw) into a uint8 tensor of the shape its header gives.
 
     Raises :class:`DataError` naming the file for a missing file, a wrong magic number, an
@@ -73,7 +72,7 @@ def read_idx(path: Union[str, os.PathLike]) -> Tensor:
     return torch.from_numpy(array.copy())
 
 
-def find_idx(data_dir: Union[str, os.PathLike], stem: str) -> Path:
+def find_idx(data_dir: str | os.PathLike, stem: str) -> Path:
     """``DIR/stem.gz`` or ``DIR/stem`` (also the ``stem.idx3-ubyte`` spelling some mirrors use)."""
     data_dir = Path(data_dir)
     candidates = [data_dir / f"{stem}.gz", data_dir / stem]
@@ -87,7 +86,7 @@ def find_idx(data_dir: Union[str, os.PathLike], stem: str) -> Path:
     raise DataError(f"{data_dir}: no {stem}.gz or {stem} file; {INSTALL_HINT}")
 
 
-def load_split(data_dir: Union[str, os.PathLike, None], split: str, limit: Optional[int] = None) -> tuple[Tensor, Tensor]:
+def load_split(data_dir: str | os.PathLike | None, split: str, limit: int | None = None) -> tuple[Tensor, Tensor]:
     """Images as float32 grey levels in [0, 1] of shape ``(N, rows * cols)`` and int64 labels.
 
     ``limit`` keeps the first N datapoints. Image and label counts must agree.
@@ -111,7 +110,7 @@ def load_split(data_dir: Union[str, os.PathLike, None], split: str, limit: Optio
 
 def image_shape(data_dim: int) -> tuple[int, int]:
     """Square image side for plotting (784 -> (28, 28))."""
-    side = int(round(data_dim ** 0.5))
+    side = int(round(data_dim**0.5))
     if side * side != data_dim:
         raise ValueError(f"cannot show {data_dim}-pixel datapoints as square images")
     return side, side
@@ -138,7 +137,7 @@ def prepare_test(grey: Tensor, likelihood: str, binarization: str, seed: int = 1
     return binarize_dynamic(grey, torch.Generator().manual_seed(seed))
 
 
-def write_idx(path: Union[str, os.PathLike], array: Union[Tensor, np.ndarray], compress: Optional[bool] = None) -> None:
+def write_idx(path: str | os.PathLike, array: Tensor | np.ndarray, compress: bool | None = None) -> None:
     """Write a uint8 array as an IDX file (gzip when ``path`` ends in ``.gz``); for tests and tools."""
     array = np.asarray(array.numpy() if isinstance(array, Tensor) else array, dtype=np.uint8)
     payload = bytes([0, 0, _UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -33,7 +32,7 @@ class Estimate:
     count: int
 
     @classmethod
-    def of(cls, values: Tensor) -> "Estimate":
+    def of(cls, values: Tensor) -> Estimate:
         values = values.double()
         n = values.numel()
         stderr = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
@@ -45,7 +44,7 @@ class Estimate:
 
 def _batches(x: Tensor, batch_size: int):
     for start in range(0, x.shape[0], batch_size):
-        yield x[start:start + batch_size]
+        yield x[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -56,7 +55,7 @@ def elbo(
     estimator: str = "analytic",
     samples: int = 1,
     batch_size: int = 1000,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """The SGVB estimate of the lower bound for each datapoint of ``x`` (shape ``(N,)``, nats)."""
     loss = make_loss(model.config.likelihood, estimator, reduction="none")
@@ -90,7 +89,7 @@ def log_marginal(
     samples: int = 5000,
     batch_size: int = 100,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     progress=None,
 ) -> Tensor:
     """Importance-sampled ``log p(x)`` per datapoint with K = ``samples`` draws from q(z|x).

@@ -4,8 +4,8 @@ against datapoints seen (paper Fig. 2). matplotlib with the Agg backend; nothing
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ def tile(images: Tensor, cols: int, pad: int = 1) -> Tensor:
     for i in range(n):
         r, c = divmod(i, cols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top:top + h, left:left + w] = images[i].reshape(h, w)
+        grid[top : top + h, left : left + w] = images[i].reshape(h, w)
     return grid
 
 
@@ -55,7 +55,9 @@ def prior_samples(model: VAE, path: Path, count: int = 100, seed: int = 0) -> Pa
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(count, model.config.latent, generator=gen).to(next(model.parameters()).device)
     images = model.decode_mean(z).cpu()
-    return _save_grid(tile(images, int(math.ceil(math.sqrt(count)))), path, "samples from the prior: E[x|z], z ~ N(0, I)")
+    return _save_grid(
+        tile(images, int(math.ceil(math.sqrt(count)))), path, "samples from the prior: E[x|z], z ~ N(0, I)"
+    )
 
 
 @torch.no_grad()
@@ -66,13 +68,13 @@ def reconstructions(model: VAE, x: Tensor, path: Path, count: int = 40, cols: in
     recon = model.decode_mean(mu)
     rows = []
     for start in range(0, x.shape[0], cols):
-        rows += [x[start:start + cols].cpu(), recon[start:start + cols].cpu()]
+        rows += [x[start : start + cols].cpu(), recon[start : start + cols].cpu()]
     images = torch.cat(rows)
     return _save_grid(tile(images, cols), path, "test inputs (odd rows) and reconstructions E[x|z=mu(x)] (even rows)")
 
 
 @torch.no_grad()
-def manifold(model: VAE, path: Path, side: int = 20) -> Optional[Path]:
+def manifold(model: VAE, path: Path, side: int = 20) -> Path | None:
     """Paper Fig. 4: E[x|z] on a grid of z through the inverse Gaussian CDF of a unit-square grid (J = 2)."""
     if model.config.latent != 2:
         return None
@@ -84,25 +86,30 @@ def manifold(model: VAE, path: Path, side: int = 20) -> Optional[Path]:
     return _save_grid(tile(images, side), path, "learned 2-D manifold: E[x|z], z on the Gaussian inverse CDF grid")
 
 
-def bound_curve(history: Sequence[dict], path: Path, title: str = "") -> Optional[Path]:
+def bound_curve(history: Sequence[dict], path: Path, title: str = "") -> Path | None:
     """Paper Fig. 2: the lower bound per datapoint against training datapoints seen (log axis)."""
-    train = [(float(r["datapoints"]), float(r["train_bound"])) for r in history if r.get("train_bound") not in ("", None)]
-    test = [(float(r["datapoints"]), float(r["test_bound"])) for r in history
-            if r.get("test_bound") not in ("", None) and float(r["datapoints"]) > 0]
+    train = [
+        (float(r["datapoints"]), float(r["train_bound"])) for r in history if r.get("train_bound") not in ("", None)
+    ]
+    test = [
+        (float(r["datapoints"]), float(r["test_bound"]))
+        for r in history
+        if r.get("test_bound") not in ("", None) and float(r["datapoints"]) > 0
+    ]
     if not train and not test:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train (minibatch SGVB estimate)", lw=1)
+        ax.plot(*zip(*train, strict=True), label="train (minibatch SGVB estimate)", lw=1)
     if test:
-        ax.plot(*zip(*test), "o-", label="test (SGVB, L=1)", ms=3, lw=1)
+        ax.plot(*zip(*test, strict=True), "o-", label="test (SGVB, L=1)", ms=3, lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("training datapoints evaluated")
     ax.set_ylabel("lower bound per datapoint (nats)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    lows = [v for _, v in train[len(train) // 10:] + test[len(test) // 10:]]
+    lows = [v for _, v in train[len(train) // 10 :] + test[len(test) // 10 :]]
     if lows:
         lo, hi = min(lows), max(v for _, v in train + test)
         ax.set_ylim(lo - 0.1 * (hi - lo + 1), hi + 0.05 * (hi - lo + 1))

@@ -8,8 +8,6 @@ Both are unbiased estimators of the same lower bound; B has lower variance.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 
 import fastaevb
@@ -51,12 +49,10 @@ class SGVBObjective(nn.Module):
         self.samples = samples
         self.loss = make_loss(model.config.likelihood, estimator, "sum")
 
-    def forward(self, x: Tensor, eps: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> Tensor:
         mu, logvar = self.model.encode(x)
         if self.estimator == "analytic":
             z = FF.reparameterize(mu, logvar, samples=self.samples, eps=eps)
             return self.loss(self.model.decode(z), x, mu, logvar)
-        z, _, log_q, log_p = FF.reparameterize_kl(
-            mu, logvar, samples=self.samples, eps=eps, return_log_weights=True
-        )
+        z, _, log_q, log_p = FF.reparameterize_kl(mu, logvar, samples=self.samples, eps=eps, return_log_weights=True)
         return self.loss(self.model.decode(z), x, log_q=log_q, log_p=log_p)

@@ -20,9 +20,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -75,12 +74,12 @@ class Schedule:
     log_every: int = 100
     eval_every: int = 1000
     checkpoint_every: int = 1000
-    test_limit: Optional[int] = None
+    test_limit: int | None = None
     progress: bool = True
     figures: bool = True
 
 
-def make_optimizer(params, lr: float, weight_decay: float, fused: Optional[bool] = None) -> torch.optim.Optimizer:
+def make_optimizer(params, lr: float, weight_decay: float, fused: bool | None = None) -> torch.optim.Optimizer:
     """Adagrad, fused where this torch offers it (CPU and CUDA in torch >= 2.5)."""
     params = list(params)
     if fused is None or fused:
@@ -99,7 +98,7 @@ class _StopFlag:
         self.signum = 0
         self._previous = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -125,8 +124,8 @@ class Trainer:
         model_config: ModelConfig,
         run: RunConfig,
         train_grey: Tensor,
-        ctx: Optional[dist_utils.Context] = None,
-        fused_optimizer: Optional[bool] = None,
+        ctx: dist_utils.Context | None = None,
+        fused_optimizer: bool | None = None,
     ) -> None:
         self.ctx = ctx or dist_utils.Context()
         run.train_size = int(train_grey.shape[0])
@@ -167,7 +166,7 @@ class Trainer:
         self._epoch, self._order = -1, None
         self.history: list[dict] = []
         self.elapsed = 0.0
-        self.data_dir: Optional[str] = None  # recorded in checkpoints for eval / sample
+        self.data_dir: str | None = None  # recorded in checkpoints for eval / sample
 
     # --- state -----------------------------------------------------------------------------
 
@@ -207,7 +206,7 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             self._order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
             self._epoch = epoch
-        return self._order[pos * self.local_batch:(pos + 1) * self.local_batch]
+        return self._order[pos * self.local_batch : (pos + 1) * self.local_batch]
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """This rank's minibatch and eps for the current step (noise drawn for the global batch)."""
@@ -216,12 +215,14 @@ class Trainer:
         if self.model_config.likelihood == "bernoulli" and self.run.binarization == "dynamic":
             u = torch.rand(M, self.model_config.data_dim, generator=self.noise)[r::R]
             x = (u.to(self.device) < x).to(x.dtype)
-        shape = (M, self.model_config.latent) if self.run.samples == 1 else (self.run.samples, M, self.model_config.latent)
+        shape = (
+            (M, self.model_config.latent) if self.run.samples == 1 else (self.run.samples, M, self.model_config.latent)
+        )
         eps = torch.randn(shape, generator=self.noise)
         eps = eps[r::R] if self.run.samples == 1 else eps[:, r::R]
         return x, eps.to(self.device)
 
-    def sgvb_step(self, x: Tensor, eps: Optional[Tensor] = None) -> Tensor:
+    def sgvb_step(self, x: Tensor, eps: Tensor | None = None) -> Tensor:
         """Forward, backward and Adagrad update on one minibatch; returns the summed negative
         SGVB estimate of this rank's minibatch (detached)."""
         loss = self.module(x, eps)
@@ -239,15 +240,22 @@ class Trainer:
         self.model.train()
         return Estimate.of(values)
 
-    def fit(self, schedule: Schedule, out: Optional[Path], test_x: Optional[Tensor]) -> int:
+    def fit(self, schedule: Schedule, out: Path | None, test_x: Tensor | None) -> int:
         """Train up to ``schedule.steps``; returns 0, or 128 + signal number when interrupted."""
         from tqdm.auto import tqdm
 
         main = self.ctx.is_main
         M = self.run.batch_size
         bar = tqdm(
-            total=schedule.steps * M, initial=self.step * M, unit="dp", unit_scale=True, smoothing=0.05,
-            desc="train", disable=not (main and schedule.progress), dynamic_ncols=True, file=sys.stderr,
+            total=schedule.steps * M,
+            initial=self.step * M,
+            unit="dp",
+            unit_scale=True,
+            smoothing=0.05,
+            desc="train",
+            disable=not (main and schedule.progress),
+            dynamic_ncols=True,
+            file=sys.stderr,
         )
         started = time.perf_counter() - self.elapsed
         running = torch.zeros(2, dtype=torch.float64)  # sum of per-datapoint bounds, datapoints
@@ -284,16 +292,21 @@ class Trainer:
                     bar.close()
                     if main:
                         where = out / CHECKPOINT_NAME if out is not None else "nowhere (no --out)"
-                        print(f"interrupted by signal {stop.signum} at step {self.step}; checkpoint: {where}", file=sys.stderr)
+                        print(
+                            f"interrupted by signal {stop.signum} at step {self.step}; checkpoint: {where}",
+                            file=sys.stderr,
+                        )
                     return 128 + int(stop.signum)
         bar.close()
         return 0
 
-    def _log(self, out: Optional[Path], train: Optional[float], test: Optional[float], seconds: float) -> None:
+    def _log(self, out: Path | None, train: float | None, test: float | None, seconds: float) -> None:
         row = {
-            "step": self.step, "datapoints": self.step * self.run.batch_size,
+            "step": self.step,
+            "datapoints": self.step * self.run.batch_size,
             "train_bound": "" if train is None else f"{train:.4f}",
-            "test_bound": "" if test is None else f"{test:.4f}", "seconds": f"{seconds:.2f}",
+            "test_bound": "" if test is None else f"{test:.4f}",
+            "seconds": f"{seconds:.2f}",
         }
         self.history.append(row)
         if out is not None:

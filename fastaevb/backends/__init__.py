@@ -24,11 +24,16 @@ BACKENDS = ("cpp", "numba", "triton", "torch")
 # What every kernel module exposes (besides DTYPES): the contract of docs/backends.md.
 ENTRY_POINTS = (
     "randn",
-    "reparameterize_kl_forward", "reparameterize_kl_backward",
-    "gaussian_kl_forward", "gaussian_kl_backward",
-    "bernoulli_logits_forward", "bernoulli_logits_backward",
-    "bernoulli_probs_forward", "bernoulli_probs_backward",
-    "gaussian_forward", "gaussian_backward",
+    "reparameterize_kl_forward",
+    "reparameterize_kl_backward",
+    "gaussian_kl_forward",
+    "gaussian_kl_backward",
+    "bernoulli_logits_forward",
+    "bernoulli_logits_backward",
+    "bernoulli_probs_forward",
+    "bernoulli_probs_backward",
+    "gaussian_forward",
+    "gaussian_backward",
 )
 _MODULES = {"cpp": "fastaevb.backends.cpp", "numba": "fastaevb.backends.numba", "triton": "fastaevb.kernels"}
 _DEVICES = {"cpp": ("cpu",), "numba": ("cpu",), "triton": ("cuda",), "torch": None}

@@ -166,9 +166,7 @@ def _bernoulli_forward(kernel, inp: Tensor, x: Tensor, reduce: str, scale: float
     return out, grad, bad
 
 
-def _bernoulli_backward(
-    kernel, grad_out: Tensor, inp: Tensor, x: Tensor, reduce: str, scale: float
-) -> Tensor:
+def _bernoulli_backward(kernel, grad_out: Tensor, inp: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
     grad_out = grad_out.contiguous()
     R, D = inp.shape
     x, xtype = _target(x, inp.dtype)
@@ -183,33 +181,25 @@ def _bernoulli_backward(
 def bernoulli_logits_forward(
     logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    out, grad, bad_x = _bernoulli_forward(
-        _C.bernoulli_logits_forward, logits, x, reduce, scale, with_grad
-    )
+    out, grad, bad_x = _bernoulli_forward(_C.bernoulli_logits_forward, logits, x, reduce, scale, with_grad)
     check_range(bad_x, "target")
     return out, grad
 
 
-def bernoulli_logits_backward(
-    grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float
-) -> Tensor:
+def bernoulli_logits_backward(grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
     return _bernoulli_backward(_C.bernoulli_logits_backward, grad_out, logits, x, reduce, scale)
 
 
 def bernoulli_probs_forward(
     probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    out, grad, (bad_p, bad_x) = _bernoulli_forward(
-        _C.bernoulli_probs_forward, probs, x, reduce, scale, with_grad
-    )
+    out, grad, (bad_p, bad_x) = _bernoulli_forward(_C.bernoulli_probs_forward, probs, x, reduce, scale, with_grad)
     check_range(bad_p, "input")
     check_range(bad_x, "target")
     return out, grad
 
 
-def bernoulli_probs_backward(
-    grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float
-) -> Tensor:
+def bernoulli_probs_backward(grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
     return _bernoulli_backward(_C.bernoulli_probs_backward, grad_out, probs, x, reduce, scale)
 
 
@@ -255,8 +245,15 @@ def gaussian_backward(
 
 
 def sgvb_loss_forward(
-    decoded: Tensor, x: Tensor, decoder_logvar: Tensor | None, mu: Tensor, logvar: Tensor,
-    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
+    with_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and its gradients, one ``_C`` call."""
     R, D = decoded.shape

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -25,8 +24,15 @@ from torch import Tensor
 from . import custom, eager
 
 __all__ = [
-    "sgvb_loss", "reparameterize", "reparameterize_kl", "gaussian_kl", "bernoulli_logits_ll", "bernoulli_probs_ll", "gaussian_ll",
-    "use_custom_ops", "custom",
+    "sgvb_loss",
+    "reparameterize",
+    "reparameterize_kl",
+    "gaussian_kl",
+    "bernoulli_logits_ll",
+    "bernoulli_probs_ll",
+    "gaussian_ll",
+    "use_custom_ops",
+    "custom",
 ]
 
 _force_custom: list[bool] = []
@@ -48,8 +54,15 @@ def _custom_path() -> bool:
 
 
 def sgvb_loss(
-    decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
-    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
+    with_grad: bool,
 ) -> Tensor:
     """``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r|z_r)`` (eq. 10 negated, Appendix B + C),
     one call for the whole loss of a step. ``likelihood``: 'bernoulli_logits', 'bernoulli_probs'
@@ -58,13 +71,15 @@ def sgvb_loss(
     ``x`` is ``(B, ...)``, rows of D values; ``decoded`` holds ``R * D`` values, ``R % B == 0``, in a
     layout ``functional`` validated (flattened to ``(R, D)`` rows here)."""
     if not _custom_path():
-        return eager.apply(eager.SGVBLossFunction, likelihood, kl_scale, ll_scale, with_grad,
-                           decoded, x, decoder_logvar, mu, logvar)
-    return custom.sgvb_loss(*eager.flat_loss_inputs(decoded, x, decoder_logvar), mu, logvar,
-                            likelihood, kl_scale, ll_scale, with_grad)[0]
+        return eager.apply(
+            eager.SGVBLossFunction, likelihood, kl_scale, ll_scale, with_grad, decoded, x, decoder_logvar, mu, logvar
+        )
+    return custom.sgvb_loss(
+        *eager.flat_loss_inputs(decoded, x, decoder_logvar), mu, logvar, likelihood, kl_scale, ll_scale, with_grad
+    )[0]
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int) -> Tensor:
+def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int) -> Tensor:
     """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output."""
     if not _custom_path():
         return eager.apply(eager.ReparameterizeFunction, mu, logvar, seed, eps, samples)
@@ -72,7 +87,12 @@ def reparameterize(mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Opti
 
 
 def reparameterize_kl(
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    samples: int,
+    log_weights: bool,
     with_kl: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(z, kl, log_q, log_p)`` of eq. (4) / Appendix B for ``mu, logvar`` of shape ``(*batch, J)``:
@@ -94,7 +114,9 @@ def _reduced(custom_op, eager_step, *tensors: Tensor, reduce: str, scale: float,
     if _custom_path():
         return custom_op(*tensors, reduce, scale, with_grad)[0]
     forward_call, backward_call, differentiable = eager_step
-    return eager.apply(eager.ReducedFunction, forward_call, backward_call, differentiable, reduce, scale, with_grad, *tensors)
+    return eager.apply(
+        eager.ReducedFunction, forward_call, backward_call, differentiable, reduce, scale, with_grad, *tensors
+    )
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
@@ -104,17 +126,20 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad
 
 def bernoulli_logits_ll(logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
     """Appendix C.1 from logits: ``scale * log p(x|z)`` per element, row or in total."""
-    return _reduced(custom.bernoulli_logits_ll, eager.BERNOULLI_LOGITS, logits, x,
-                    reduce=reduce, scale=scale, with_grad=with_grad)
+    return _reduced(
+        custom.bernoulli_logits_ll, eager.BERNOULLI_LOGITS, logits, x, reduce=reduce, scale=scale, with_grad=with_grad
+    )
 
 
 def bernoulli_probs_ll(probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
     """Appendix C.1 from probabilities (``-F.binary_cross_entropy``): per element, row or in total."""
-    return _reduced(custom.bernoulli_probs_ll, eager.BERNOULLI_PROBS, probs, x,
-                    reduce=reduce, scale=scale, with_grad=with_grad)
+    return _reduced(
+        custom.bernoulli_probs_ll, eager.BERNOULLI_PROBS, probs, x, reduce=reduce, scale=scale, with_grad=with_grad
+    )
 
 
 def gaussian_ll(x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
     """Appendix C.2: ``scale * log p(x|z)`` per row or in total."""
-    return _reduced(custom.gaussian_ll, eager.GAUSSIAN_LL, x, mean, logvar, reduce=reduce, scale=scale,
-                    with_grad=with_grad)
+    return _reduced(
+        custom.gaussian_ll, eager.GAUSSIAN_LL, x, mean, logvar, reduce=reduce, scale=scale, with_grad=with_grad
+    )

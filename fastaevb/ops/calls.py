@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -30,7 +29,7 @@ def compute_dtype(kernels: ModuleType, dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in kernels.DTYPES else torch.float32
 
 
-def prepared(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+def prepared(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     # the dtype test skips a no-op .to(): a few microseconds each, several per call
     if t is None:
         return None
@@ -47,7 +46,7 @@ def restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
-def seed_value(seed: Optional[Tensor]) -> "int | Tensor":
+def seed_value(seed: Tensor | None) -> int | Tensor:
     """The seed as the backends take it: a Python int, or, for a seed drawn on a CUDA device, the
     device tensor itself (the Triton kernels read it there: no host sync, CUDA-graph safe)."""
     if seed is None:
@@ -65,27 +64,51 @@ def scaled_grads(grads: Sequence[Tensor], grad_out: Tensor) -> tuple[Tensor, ...
 
 
 def reparameterize_kl_forward(
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    samples: int,
+    log_weights: bool,
     with_kl: bool,
 ) -> tuple[Tensor, ...]:
     kernels = kernels_for(mu.device)
     dtype = compute_dtype(kernels, mu.dtype)
     outputs = kernels.reparameterize_kl_forward(
-        prepared(mu, dtype), prepared(logvar, dtype), prepared(eps, dtype), seed_value(seed), samples, log_weights,
+        prepared(mu, dtype),
+        prepared(logvar, dtype),
+        prepared(eps, dtype),
+        seed_value(seed),
+        samples,
+        log_weights,
         with_kl,
     )
     return restored(outputs, mu.dtype)
 
 
 def reparameterize_kl_backward(
-    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int,
+    grad_z: Tensor | None,
+    grad_kl: Tensor | None,
+    grad_log_q: Tensor | None,
+    grad_log_p: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    samples: int,
 ) -> tuple[Tensor, ...]:
     kernels = kernels_for(mu.device)
     dtype = compute_dtype(kernels, mu.dtype)
     grads = kernels.reparameterize_kl_backward(
-        prepared(grad_z, dtype), prepared(grad_kl, dtype), prepared(grad_log_q, dtype), prepared(grad_log_p, dtype),
-        prepared(mu, dtype), prepared(logvar, dtype), prepared(eps, dtype), seed_value(seed), samples,
+        prepared(grad_z, dtype),
+        prepared(grad_kl, dtype),
+        prepared(grad_log_q, dtype),
+        prepared(grad_log_p, dtype),
+        prepared(mu, dtype),
+        prepared(logvar, dtype),
+        prepared(eps, dtype),
+        seed_value(seed),
+        samples,
     )
     return restored(grads, mu.dtype)
 
@@ -157,8 +180,15 @@ LIKELIHOODS = ("bernoulli_logits", "bernoulli_probs", "gaussian")
 
 
 def sgvb_loss_forward(
-    decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
-    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
+    with_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and, with ``with_grad``, its gradients with
     respect to (decoded, decoder_logvar, mu, logvar); empty tensors stand for absent ones.
@@ -169,10 +199,16 @@ def sgvb_loss_forward(
     fused = getattr(kernels, "sgvb_loss_forward", None)
     if fused is not None and decoded.dtype in kernels.DTYPES and mu.dtype == decoded.dtype:
         dtype = decoded.dtype
-        return fused(  # type: ignore[no-any-return]
-            prepared(decoded, dtype), prepared_target(x, dtype) if likelihood != "gaussian" else prepared(x, dtype),
-            prepared(decoder_logvar, dtype), prepared(mu, dtype), prepared(logvar, dtype),
-            likelihood, kl_scale, ll_scale, with_grad,
+        return fused(
+            prepared(decoded, dtype),
+            prepared_target(x, dtype) if likelihood != "gaussian" else prepared(x, dtype),
+            prepared(decoder_logvar, dtype),
+            prepared(mu, dtype),
+            prepared(logvar, dtype),
+            likelihood,
+            kl_scale,
+            ll_scale,
+            with_grad,
         )
     kl, grad_mu, grad_logvar = gaussian_kl_forward(mu, logvar, "total", kl_scale, with_grad)
     if likelihood == "gaussian":
@@ -187,8 +223,15 @@ def sgvb_loss_forward(
 
 
 def sgvb_loss_backward(
-    grad_out: Tensor, decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
-    likelihood: str, kl_scale: float, ll_scale: float,
+    grad_out: Tensor,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`sgvb_loss_forward` times ``grad_out``: (decoded, decoder_logvar, mu, logvar)."""
     grad_mu, grad_logvar = gaussian_kl_backward(grad_out, mu, logvar, "total", kl_scale)

@@ -23,8 +23,6 @@ written during the forward pass and backward only multiplies it by the incoming 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -56,12 +54,16 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
         ctx.save_for_backward(*(grads_in_forward if with_grad else tensors))
 
     def backward(ctx, grad_out, *_):
-        result: list[Optional[Tensor]] = [None] * len(ctx.needs_input_grad)
+        result: list[Tensor | None] = [None] * len(ctx.needs_input_grad)
         if grad_out is None:
             return tuple(result)
         saved = ctx.saved_tensors
-        grads = calls.scaled_grads(saved, grad_out) if ctx.with_grad else backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
-        for position, grad in zip(differentiable, grads):
+        grads = (
+            calls.scaled_grads(saved, grad_out)
+            if ctx.with_grad
+            else backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
+        )
+        for position, grad in zip(differentiable, grads, strict=True):
             if ctx.needs_input_grad[position]:
                 result[position] = grad
         return tuple(result)
@@ -74,8 +76,15 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
 
 @torch.library.custom_op("fastaevb::sgvb_loss", mutates_args=())
 def sgvb_loss(
-    decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
-    likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
+    with_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Negative ELBO of eq. (10) in one call: ``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r|z_r)``
     with KL of Appendix B and the decoder of Appendix C (``likelihood``: 'bernoulli_logits',
@@ -87,14 +96,26 @@ def sgvb_loss(
 @sgvb_loss.register_fake
 def _(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad):
     dlv = decoder_logvar if decoder_logvar is not None and likelihood == "gaussian" else decoded.new_empty(0)
-    return (mu.new_empty(()), _grad_like(decoded, with_grad), _grad_like(dlv, with_grad and dlv.numel() > 0),
-            _grad_like(mu, with_grad), _grad_like(logvar, with_grad))
+    return (
+        mu.new_empty(()),
+        _grad_like(decoded, with_grad),
+        _grad_like(dlv, with_grad and dlv.numel() > 0),
+        _grad_like(mu, with_grad),
+        _grad_like(logvar, with_grad),
+    )
 
 
 @torch.library.custom_op("fastaevb::sgvb_loss_backward", mutates_args=())
 def sgvb_loss_backward(
-    grad_out: Tensor, decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor,
-    likelihood: str, kl_scale: float, ll_scale: float,
+    grad_out: Tensor,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``grad_out`` times the gradients of :func:`sgvb_loss` (decoded, decoder_logvar, mu, logvar)."""
     return calls.sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale)
@@ -121,12 +142,21 @@ def _sgvb_loss_grad(ctx, grad_out, *_):
         grads = calls.scaled_grads(ctx.saved_tensors, grad_out)
     else:
         decoded, x, decoder_logvar, mu, logvar = ctx.saved_tensors
-        grads = sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar,
-                                   ctx.likelihood, ctx.kl_scale, ctx.ll_scale)
+        grads = sgvb_loss_backward(
+            grad_out, decoded, x, decoder_logvar, mu, logvar, ctx.likelihood, ctx.kl_scale, ctx.ll_scale
+        )
     grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar = grads
-    if not ctx.needs_input_grad[2]:
-        grad_decoder_logvar = None
-    return grad_decoded, None, grad_decoder_logvar, grad_mu, grad_logvar, None, None, None, None
+    return (
+        grad_decoded,
+        None,
+        grad_decoder_logvar if ctx.needs_input_grad[2] else None,
+        grad_mu,
+        grad_logvar,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 sgvb_loss.register_autograd(_sgvb_loss_grad, setup_context=_sgvb_loss_setup)
@@ -137,7 +167,12 @@ sgvb_loss.register_autograd(_sgvb_loss_grad, setup_context=_sgvb_loss_setup)
 
 @torch.library.custom_op("fastaevb::reparameterize_kl", mutates_args=())
 def reparameterize_kl(
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int, log_weights: bool,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    samples: int,
+    log_weights: bool,
     with_kl: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Eq. (4) and Appendix B in one pass: ``z = mu + exp(0.5*logvar)*eps`` for ``samples`` draws,
@@ -156,14 +191,25 @@ def reparameterize_kl(
 def _(mu, logvar, seed, eps, samples, log_weights, with_kl):
     rows, latent = mu.shape
     weights_shape = (samples, rows) if log_weights else (0,)
-    return (mu.new_empty((samples, rows, latent)), mu.new_empty((rows,) if with_kl else (0,)),
-            mu.new_empty(weights_shape), mu.new_empty(weights_shape))
+    return (
+        mu.new_empty((samples, rows, latent)),
+        mu.new_empty((rows,) if with_kl else (0,)),
+        mu.new_empty(weights_shape),
+        mu.new_empty(weights_shape),
+    )
 
 
 @torch.library.custom_op("fastaevb::reparameterize_kl_backward", mutates_args=())
 def reparameterize_kl_backward(
-    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
-    mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int,
+    grad_z: Tensor | None,
+    grad_kl: Tensor | None,
+    grad_log_q: Tensor | None,
+    grad_log_p: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor | None,
+    eps: Tensor | None,
+    samples: int,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`reparameterize_kl` with respect to mu and logvar; eps is regenerated."""
     return calls.reparameterize_kl_backward(  # type: ignore[return-value]
@@ -212,7 +258,9 @@ reparameterize_kl.register_autograd(_reparameterize_kl_grad, setup_context=_repa
 
 
 @torch.library.custom_op("fastaevb::gaussian_kl", mutates_args=())
-def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+def gaussian_kl(
+    mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """Appendix B: ``scale * 0.5 * sum_j (mu^2 + exp(logvar) - 1 - logvar)`` per row ('rows') or in
     total ('total'); with ``with_grad`` also ``scale * mu`` and ``scale * 0.5 * (exp(logvar) - 1)``."""
     return calls.gaussian_kl_forward(mu, logvar, reduce, scale, with_grad)  # type: ignore[return-value]
@@ -224,7 +272,9 @@ def _(mu, logvar, reduce, scale, with_grad):
 
 
 @torch.library.custom_op("fastaevb::gaussian_kl_backward", mutates_args=())
-def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, Tensor]:
+def gaussian_kl_backward(
+    grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, Tensor]:
     """``grad_out * scale * (mu, 0.5 * (exp(logvar) - 1))``, grad_out broadcast over each row."""
     return calls.gaussian_kl_backward(grad_out, mu, logvar, reduce, scale)  # type: ignore[return-value]
 

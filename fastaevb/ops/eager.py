@@ -9,8 +9,8 @@ without a multiply.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -47,8 +47,16 @@ class ReducedFunction(torch.autograd.Function):
     not written in forward. ``differentiable``: the positions in ``tensors`` they belong to."""
 
     @staticmethod
-    def forward(ctx, forward_call: Callable, backward_call: Callable, differentiable: tuple[int, ...],
-                reduce: str, scale: float, with_grad: bool, *tensors: Tensor) -> Tensor:
+    def forward(
+        ctx,
+        forward_call: Callable,
+        backward_call: Callable,
+        differentiable: tuple[int, ...],
+        reduce: str,
+        scale: float,
+        with_grad: bool,
+        *tensors: Tensor,
+    ) -> Tensor:
         out, *grads = forward_call(*tensors, reduce, scale, with_grad)
         ctx.backward_call, ctx.differentiable = backward_call, differentiable
         ctx.reduce, ctx.scale, ctx.with_grad = reduce, scale, with_grad
@@ -59,12 +67,12 @@ class ReducedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        result: list[Optional[Tensor]] = [None] * len(ctx.needs_input_grad)
+        result: list[Tensor | None] = [None] * len(ctx.needs_input_grad)
         if ctx.with_grad:
             grads = _take_grads(ctx, grad_out)
         else:
             grads = ctx.backward_call(grad_out, *ctx.saved_tensors, ctx.reduce, ctx.scale)
-        for position, grad in zip(ctx.differentiable, grads):
+        for position, grad in zip(ctx.differentiable, grads, strict=True):
             if ctx.needs_input_grad[6 + position]:
                 result[6 + position] = grad
         return tuple(result)
@@ -72,15 +80,29 @@ class ReducedFunction(torch.autograd.Function):
 
 # The reduced steps as (forward call, backward call, differentiable positions).
 GAUSSIAN_KL = (calls.gaussian_kl_forward, calls.gaussian_kl_backward, (0, 1))
-BERNOULLI_LOGITS = (partial(calls.bernoulli_forward, "bernoulli_logits"),
-                    partial(calls.bernoulli_backward, "bernoulli_logits"), (0,))
-BERNOULLI_PROBS = (partial(calls.bernoulli_forward, "bernoulli_probs"),
-                   partial(calls.bernoulli_backward, "bernoulli_probs"), (0,))
+BERNOULLI_LOGITS = (
+    partial(calls.bernoulli_forward, "bernoulli_logits"),
+    partial(calls.bernoulli_backward, "bernoulli_logits"),
+    (0,),
+)
+BERNOULLI_PROBS = (
+    partial(calls.bernoulli_forward, "bernoulli_probs"),
+    partial(calls.bernoulli_backward, "bernoulli_probs"),
+    (0,),
+)
 GAUSSIAN_LL = (calls.gaussian_ll_forward, calls.gaussian_ll_backward, (1, 2))
 
 
-def shaped_samples(z: Tensor, kl: Tensor, log_q: Tensor, log_p: Tensor, shape: torch.Size, samples: int,
-                   log_weights: bool, with_kl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def shaped_samples(
+    z: Tensor,
+    kl: Tensor,
+    log_q: Tensor,
+    log_p: Tensor,
+    shape: torch.Size,
+    samples: int,
+    log_weights: bool,
+    with_kl: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The flat outputs of the reparameterize kernels in the shapes of ``mu`` (``shape``)."""
     batch = shape[:-1]
     lead = (samples,) if samples > 1 else ()
@@ -98,8 +120,16 @@ class ReparameterizeKLFunction(torch.autograd.Function):
     ``(*batch, J)`` shape: flattening inside the node costs no autograd view nodes."""
 
     @staticmethod
-    def forward(ctx, mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor],
-                samples: int, log_weights: bool, with_kl: bool):
+    def forward(
+        ctx,
+        mu: Tensor,
+        logvar: Tensor,
+        seed: Tensor | None,
+        eps: Tensor | None,
+        samples: int,
+        log_weights: bool,
+        with_kl: bool,
+    ):
         latent, rows = mu.shape[-1], math.prod(mu.shape[:-1])
         flat_mu, flat_logvar = mu.reshape(rows, latent), logvar.reshape(rows, latent)
         flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
@@ -127,7 +157,11 @@ class ReparameterizeKLFunction(torch.autograd.Function):
             None if grad_kl is None else grad_kl.reshape(rows),
             None if grad_log_q is None else grad_log_q.reshape(samples, rows),
             None if grad_log_p is None else grad_log_p.reshape(samples, rows),
-            mu, logvar, seed, eps, samples,
+            mu,
+            logvar,
+            seed,
+            eps,
+            samples,
         )
         return grad_mu.view(ctx.shape), grad_logvar.view(ctx.shape), None, None, None, None, None
 
@@ -136,7 +170,7 @@ class ReparameterizeFunction(torch.autograd.Function):
     """Eq. (4) alone: z only, no KL (the cheapest autograd node for the most frequent call)."""
 
     @staticmethod
-    def forward(ctx, mu: Tensor, logvar: Tensor, seed: Optional[Tensor], eps: Optional[Tensor], samples: int):
+    def forward(ctx, mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int):
         latent, rows = mu.shape[-1], math.prod(mu.shape[:-1])
         flat_mu, flat_logvar = mu.reshape(rows, latent), logvar.reshape(rows, latent)
         flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
@@ -154,7 +188,7 @@ class ReparameterizeFunction(torch.autograd.Function):
         return grad_mu.view(ctx.shape), grad_logvar.view(ctx.shape), None, None, None
 
 
-def flat_loss_inputs(decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor]):
+def flat_loss_inputs(decoded: Tensor, x: Tensor, decoder_logvar: Tensor | None):
     """``decoded`` as ``(R, D)`` rows of ``x`` as ``(B, D)``, the decoder log-variance as ``(R, D)`` or ``(1,)``."""
     batch, event = x.shape[0], math.prod(x.shape[1:])
     rows = decoded.numel() // event if event else math.prod(decoded.shape[:-1])
@@ -169,8 +203,18 @@ class SGVBLossFunction(torch.autograd.Function):
     flattened inside it (no autograd view nodes) and the gradients come back in their shapes."""
 
     @staticmethod
-    def forward(ctx, likelihood: str, kl_scale: float, ll_scale: float, with_grad: bool,
-                decoded: Tensor, x: Tensor, decoder_logvar: Optional[Tensor], mu: Tensor, logvar: Tensor) -> Tensor:
+    def forward(
+        ctx,
+        likelihood: str,
+        kl_scale: float,
+        ll_scale: float,
+        with_grad: bool,
+        decoded: Tensor,
+        x: Tensor,
+        decoder_logvar: Tensor | None,
+        mu: Tensor,
+        logvar: Tensor,
+    ) -> Tensor:
         flat_decoded, flat_x, flat_logvar = flat_loss_inputs(decoded, x, decoder_logvar)
         loss, *grads = calls.sgvb_loss_forward(
             flat_decoded, flat_x, flat_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad
@@ -188,15 +232,23 @@ class SGVBLossFunction(torch.autograd.Function):
             grads = _take_grads(ctx, grad_out)
         else:
             decoded, x, decoder_logvar, mu, logvar = ctx.saved_tensors
-            grads = calls.sgvb_loss_backward(grad_out, decoded, x, decoder_logvar, mu, logvar,
-                                             ctx.likelihood, ctx.kl_scale, ctx.ll_scale)
+            grads = calls.sgvb_loss_backward(
+                grad_out, decoded, x, decoder_logvar, mu, logvar, ctx.likelihood, ctx.kl_scale, ctx.ll_scale
+            )
         grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar = grads
         decoded_shape, logvar_shape = ctx.shapes
         needs = ctx.needs_input_grad
-        return (None, None, None, None,
-                grad_decoded.view(decoded_shape) if needs[4] else None, None,
-                grad_decoder_logvar.view(logvar_shape) if needs[6] else None,
-                grad_mu if needs[7] else None, grad_logvar if needs[8] else None)
+        return (
+            None,
+            None,
+            None,
+            None,
+            grad_decoded.view(decoded_shape) if needs[4] else None,
+            None,
+            grad_decoder_logvar.view(logvar_shape) if needs[6] else None,
+            grad_mu if needs[7] else None,
+            grad_logvar if needs[8] else None,
+        )
 
 
 def apply(function, *args):

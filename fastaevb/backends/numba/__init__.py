@@ -14,15 +14,14 @@ environment compiles it (seconds).
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-from . import kernels as K
 from ..._errors import check_range
+from . import kernels as K
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -51,7 +50,7 @@ def _flat(t: Tensor) -> np.ndarray:
     return _a(t).reshape(-1)
 
 
-def _opt(t: Optional[Tensor], dtype: torch.dtype) -> tuple[np.ndarray, bool]:
+def _opt(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
     """Flat view of an optional input and whether it is present (absent: shared empty array)."""
     return (_EMPTY[dtype], False) if t is None else (_flat(t), True)
 
@@ -91,7 +90,7 @@ def randn(seed: int, offsets: Tensor) -> Tensor:
 
 
 def reparameterize_kl_forward(
-    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, samples: int, log_weights: bool, with_kl: bool
+    mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: int, samples: int, log_weights: bool, with_kl: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     rows, latent = mu.shape
     z = torch.empty((samples, rows, latent), dtype=mu.dtype)
@@ -102,24 +101,49 @@ def reparameterize_kl_forward(
     eps_a, has_eps = _opt(eps, mu.dtype)
     _threads()
     K.reparameterize_kl_forward(
-        _flat(z), _a(kl), _flat(log_q), _flat(log_p), _a(mu), _a(logvar),
-        eps_a, has_eps, np.uint64(seed), int(samples), bool(log_weights), bool(with_kl),
+        _flat(z),
+        _a(kl),
+        _flat(log_q),
+        _flat(log_p),
+        _a(mu),
+        _a(logvar),
+        eps_a,
+        has_eps,
+        np.uint64(seed),
+        int(samples),
+        bool(log_weights),
+        bool(with_kl),
     )
     return z, kl, log_q, log_p
 
 
 def reparameterize_kl_backward(
-    grad_z: Optional[Tensor], grad_kl: Optional[Tensor], grad_log_q: Optional[Tensor],
-    grad_log_p: Optional[Tensor], mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, samples: int,
+    grad_z: Tensor | None,
+    grad_kl: Tensor | None,
+    grad_log_q: Tensor | None,
+    grad_log_p: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Tensor | None,
+    seed: int,
+    samples: int,
 ) -> tuple[Tensor, Tensor]:
     grad_mu = torch.empty_like(mu)
     grad_logvar = torch.empty_like(logvar)
     dtype = mu.dtype
     _threads()
     K.reparameterize_kl_backward(
-        _a(grad_mu), _a(grad_logvar), *_opt(grad_z, dtype), *_opt(grad_kl, dtype),
-        *_opt(grad_log_q, dtype), *_opt(grad_log_p, dtype), _a(mu), _a(logvar),
-        *_opt(eps, dtype), np.uint64(seed), int(samples),
+        _a(grad_mu),
+        _a(grad_logvar),
+        *_opt(grad_z, dtype),
+        *_opt(grad_kl, dtype),
+        *_opt(grad_log_q, dtype),
+        *_opt(grad_log_p, dtype),
+        _a(mu),
+        _a(logvar),
+        *_opt(eps, dtype),
+        np.uint64(seed),
+        int(samples),
     )
     return grad_mu, grad_logvar
 
@@ -127,21 +151,33 @@ def reparameterize_kl_backward(
 # --- analytic KL ------------------------------------------------------------------------------
 
 
-def gaussian_kl_forward(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+def gaussian_kl_forward(
+    mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     out = _reduced(mu, reduce)
     grad_mu, grad_logvar = _grad(mu, with_grad), _grad(logvar, with_grad)
     _threads()
     K.gaussian_kl_forward(
-        _flat(out), _flat(grad_mu), _flat(grad_logvar), _a(mu), _a(logvar),
-        _REDUCE[reduce], float(scale), bool(with_grad),
+        _flat(out),
+        _flat(grad_mu),
+        _flat(grad_logvar),
+        _a(mu),
+        _a(logvar),
+        _REDUCE[reduce],
+        float(scale),
+        bool(with_grad),
     )
     return out, grad_mu, grad_logvar
 
 
-def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, Tensor]:
+def gaussian_kl_backward(
+    grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, Tensor]:
     grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
     _threads()
-    K.gaussian_kl_backward(_a(grad_mu), _a(grad_logvar), _flat(grad_out), _a(mu), _a(logvar), _REDUCE[reduce], float(scale))
+    K.gaussian_kl_backward(
+        _a(grad_mu), _a(grad_logvar), _flat(grad_out), _a(mu), _a(logvar), _REDUCE[reduce], float(scale)
+    )
     return grad_mu, grad_logvar
 
 
@@ -152,8 +188,14 @@ def _bernoulli_forward(decoded: Tensor, x: Tensor, reduce: str, scale: float, wi
     out, grad = _reduced(decoded, reduce), _grad(decoded, with_grad)
     _threads()
     bad_in, bad_x = K.bernoulli_forward(
-        _flat(out), _flat(grad), _a(decoded), _target(x, decoded.dtype), _REDUCE[reduce], float(scale),
-        bool(with_grad), probs,
+        _flat(out),
+        _flat(grad),
+        _a(decoded),
+        _target(x, decoded.dtype),
+        _REDUCE[reduce],
+        float(scale),
+        bool(with_grad),
+        probs,
     )
     if probs:
         check_range(bad_in, "input")
@@ -170,7 +212,9 @@ def _bernoulli_backward(grad_out: Tensor, decoded: Tensor, x: Tensor, reduce: st
     return grad
 
 
-def bernoulli_logits_forward(logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+def bernoulli_logits_forward(
+    logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor]:
     return _bernoulli_forward(logits, x, reduce, scale, with_grad, probs=False)
 
 
@@ -178,7 +222,9 @@ def bernoulli_logits_backward(grad_out: Tensor, logits: Tensor, x: Tensor, reduc
     return _bernoulli_backward(grad_out, logits, x, reduce, scale, probs=False)
 
 
-def bernoulli_probs_forward(probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
+def bernoulli_probs_forward(
+    probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
+) -> tuple[Tensor, Tensor]:
     return _bernoulli_forward(probs, x, reduce, scale, with_grad, probs=True)
 
 
@@ -203,18 +249,35 @@ def gaussian_forward(
     logvar_a, shared = _logvar_2d(logvar)
     _threads()
     K.gaussian_forward(
-        _flat(out), _flat(grad_mean), _flat(grad_logvar), _a(x), _a(mean), logvar_a, shared,
-        _REDUCE[reduce], float(scale), bool(with_grad),
+        _flat(out),
+        _flat(grad_mean),
+        _flat(grad_logvar),
+        _a(x),
+        _a(mean),
+        logvar_a,
+        shared,
+        _REDUCE[reduce],
+        float(scale),
+        bool(with_grad),
     )
     return out, grad_mean, grad_logvar
 
 
-def gaussian_backward(grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, Tensor]:
+def gaussian_backward(
+    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
+) -> tuple[Tensor, Tensor]:
     grad_mean, grad_logvar = torch.empty_like(mean), torch.empty_like(logvar)
     logvar_a, shared = _logvar_2d(logvar)
     _threads()
     K.gaussian_backward(
-        _flat(grad_mean), _flat(grad_logvar), _flat(grad_out), _a(x), _a(mean), logvar_a, shared,
-        _REDUCE[reduce], float(scale),
+        _flat(grad_mean),
+        _flat(grad_logvar),
+        _flat(grad_out),
+        _a(x),
+        _a(mean),
+        logvar_a,
+        shared,
+        _REDUCE[reduce],
+        float(scale),
     )
     return grad_mean, grad_logvar

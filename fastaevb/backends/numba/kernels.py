@@ -23,6 +23,7 @@ import math
 import numpy as np
 from numba import prange
 
+from .jit import kernel
 from .math import (
     as_type,
     bernoulli_logits_term,
@@ -39,7 +40,6 @@ from .math import (
     out_of_range,
     reparam_sd,
 )
-from .jit import kernel
 from .philox import randn as philox_randn
 
 ELEMENTS, ROWS, TOTAL = 0, 1, 2
@@ -135,8 +135,22 @@ def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, see
 
 @kernel(parallel=True)
 def reparameterize_kl_backward(
-    grad_mu, grad_logvar, grad_z, has_grad_z, grad_kl, has_grad_kl, grad_log_q, has_grad_log_q,
-    grad_log_p, has_grad_log_p, mu, logvar, eps, has_eps, seed, samples,
+    grad_mu,
+    grad_logvar,
+    grad_z,
+    has_grad_z,
+    grad_kl,
+    has_grad_kl,
+    grad_log_q,
+    has_grad_log_q,
+    grad_log_p,
+    has_grad_log_p,
+    mu,
+    logvar,
+    eps,
+    has_eps,
+    seed,
+    samples,
 ):
     """grad_mu, grad_logvar (R, J) from any subset of grad_z (L*R*J,), grad_kl (R,),
     grad_log_q / grad_log_p (L*R,); z and eps are recomputed, never read back."""
