@@ -4,14 +4,20 @@
 
 Enumerates each kernel with every specialization its launcher can produce: every dtype in
 DTYPES (target pointer float-of-that-dtype or uint8 for the Bernoulli ops), every constexpr
-flag combination, and the one tile each launcher uses. Scalar int arguments are
-``do_not_specialize`` (and annotated), so the signature below is exactly what the JIT
-compiles; pointers are assumed 16-byte aligned (as fresh torch allocations are; a
-misaligned view makes the JIT compile one more, unhinted, variant).
+flag combination, every tile of the width-keyed tables in ``_common.py`` with the launch options
+(num_warps, maxnreg, FMA contraction on, ``debug`` for the finish kernel's device assert), and for
+the row width (D or J) each form Triton's JIT specializes it to: the constant 1, an int32
+divisible by 16 (``tt.divisibility`` hint: vector loads) and a plain int32. Row counts are
+``do_not_specialize`` int64. Pointers are assumed 16-byte aligned (as fresh torch allocations
+and the launchers' count buffers are; a misaligned view makes the JIT compile one more,
+unhinted, variant).
 
 Lowers through ptxas (bundled with triton) via ``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", arch, 32))``. Prints one row per kernel/config/arch; exits 1 if any
-failed. Refuses to run under TRITON_INTERPRET=1 (the interpreter replaces the compiler).
+target=GPUTarget("cuda", arch, 32))``, then reads registers, stack (spills), shared and local
+memory of each cubin with the bundled ``cuobjdump --dump-resource-usage`` and counts PTX
+``ld.global.v4`` loads, approximate divisions and ``__assertfail`` calls. Prints one row per
+kernel/config/arch and a register summary per kernel; a config that spills counts as failed;
+exits 1 if any failed. Refuses to run under TRITON_INTERPRET=1 (the interpreter replaces the compiler).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ if __package__ in (None, ""):  # run as a file: import this directory as a packa
     import importlib
 
     sys.path.insert(0, os.path.dirname(_here))
-    __package__ = os.path.basename(_here)  # noqa: A001
+    __package__ = os.path.basename(_here)
     importlib.import_module(__package__)
 
 DTYPE_NAMES = ("fp32", "fp64", "fp16", "bf16")  # DTYPES of the backend, as triton type strings
@@ -55,8 +61,9 @@ class Spec:
         return self.kernel.fn.__name__
 
 
-def _spec(kernel, types: dict, constexprs: dict, label: str, width: tuple = (), num_warps: int = 4,
-          maxnreg: int = 0) -> Spec:
+def _spec(
+    kernel, types: dict, constexprs: dict, label: str, width: tuple = (), num_warps: int = 4, maxnreg: int = 0
+) -> Spec:
     """``width``: ``(arg, kind)`` with kind 'one' (the JIT's constant 1), 'div16' (a multiple of 16:
     the divisibility hint the JIT gives such ints) or 'any'."""
     constexprs = dict(constexprs)
@@ -72,8 +79,16 @@ def _spec(kernel, types: dict, constexprs: dict, label: str, width: tuple = (), 
     sig = {}
     for name in kernel.arg_names:
         sig[name] = "constexpr" if name in constexprs else types[name]
-    return Spec(kernel, sig, constexprs, label, [n for n in kernel.arg_names if sig[n].startswith("*")], div16,
-                num_warps, maxnreg)
+    return Spec(
+        kernel,
+        sig,
+        constexprs,
+        label,
+        [n for n in kernel.arg_names if sig[n].startswith("*")],
+        div16,
+        num_warps,
+        maxnreg,
+    )
 
 
 def _flags(**kw) -> str:
@@ -100,60 +115,155 @@ def enumerate_specs() -> list[Spec]:
     from . import reduce as rd
     from . import reparameterize_kl as rk
     from ._common import (
-        DATA_TILES, FINISH_BLOCK, LATENT_BWD_TILES, LATENT_TILES, LOSS_KL_TILE, NOISE_BLOCK,
-        data_tile_name, latent_tile_name,
+        DATA_TILES,
+        FINISH_BLOCK,
+        LATENT_BWD_TILES,
+        LATENT_TILES,
+        LOSS_KL_TILE,
+        NOISE_BLOCK,
+        data_tile_name,
+        latent_tile_name,
     )
 
     i32, i64, f64 = "i32", "i64", "fp64"
     one_latent, one_data = latent_tile_name(1), data_tile_name(1)
-    specs = [_spec(noise.randn_kernel, dict(off_ptr="*i64", out_ptr="*fp32", seed_ptr="*i64", N=i64),
-                   dict(BLOCK=NOISE_BLOCK), "int64 offsets")]
+    specs = [
+        _spec(
+            noise.randn_kernel,
+            dict(off_ptr="*i64", out_ptr="*fp32", seed_ptr="*i64", N=i64),
+            dict(BLOCK=NOISE_BLOCK),
+            "int64 offsets",
+        )
+    ]
     # range-check only (reduce 'elements' / 'rows' of the Bernoulli ops): no dtype in it
     for check_in in (False, True):
         flags = dict(TOTAL=False, TWO_PARTS=False, CHECK_IN=check_in, CHECK_X=True, ASSERT=True)
-        specs.append(_spec(rd.finish_kernel,
-                           dict(part_ptr="*i32", N=i64, part2_ptr="*i32", N2=i64, out_ptr="*i32", bad_in_ptr="*i32",
-                                bad_x_ptr="*i32", NB=i64, count_ptr="*i32"),
-                           dict(**flags, BLOCK=FINISH_BLOCK), "count " + _flags(**flags)))
+        specs.append(
+            _spec(
+                rd.finish_kernel,
+                dict(
+                    part_ptr="*i32",
+                    N=i64,
+                    part2_ptr="*i32",
+                    N2=i64,
+                    out_ptr="*i32",
+                    bad_in_ptr="*i32",
+                    bad_x_ptr="*i32",
+                    NB=i64,
+                    count_ptr="*i32",
+                ),
+                dict(**flags, BLOCK=FINISH_BLOCK),
+                "count " + _flags(**flags),
+            )
+        )
     for dt in DTYPE_NAMES:
         acc = "*fp64" if dt == "fp64" else "*fp32"
         p = "*" + dt
         # finish: 0-d sums (one or two row sets), with or without the Bernoulli range check
-        for two, check_in, check_x in ((False, False, False), (True, False, False), (False, False, True),
-                                       (False, True, True), (True, False, True), (True, True, True)):
+        for two, check_in, check_x in (
+            (False, False, False),
+            (True, False, False),
+            (False, False, True),
+            (False, True, True),
+            (True, False, True),
+            (True, True, True),
+        ):
             flags = dict(TOTAL=True, TWO_PARTS=two, CHECK_IN=check_in, CHECK_X=check_x, ASSERT=True)
-            specs.append(_spec(rd.finish_kernel,
-                               dict(part_ptr=acc, N=i64, part2_ptr=acc, N2=i64, out_ptr=p, bad_in_ptr="*i32",
-                                    bad_x_ptr="*i32", NB=i64, count_ptr="*i32"),
-                               dict(**flags, BLOCK=FINISH_BLOCK), f"{dt} " + _flags(**flags)))
+            specs.append(
+                _spec(
+                    rd.finish_kernel,
+                    dict(
+                        part_ptr=acc,
+                        N=i64,
+                        part2_ptr=acc,
+                        N2=i64,
+                        out_ptr=p,
+                        bad_in_ptr="*i32",
+                        bad_x_ptr="*i32",
+                        NB=i64,
+                        count_ptr="*i32",
+                    ),
+                    dict(**flags, BLOCK=FINISH_BLOCK),
+                    f"{dt} " + _flags(**flags),
+                )
+            )
         for tname, tile, warps, kind in _tile_variants(LATENT_TILES, one_latent):
             tag = f"{dt} J={kind} {tname}"
             # reparameterize + KL
             for has_eps, logw, with_kl in itertools.product((False, True), repeat=3):
-                specs.append(_spec(rk.reparameterize_kl_fwd_kernel,
-                                   dict(mu_ptr=p, v_ptr=p, eps_ptr=p, z_ptr=p, kl_ptr=p, lq_ptr=p, lp_ptr=p,
-                                        seed_ptr="*i64", R=i64, L=i32),
-                                   dict(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl, **tile),
-                                   f"{tag} " + _flags(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl),
-                                   ("J", kind), **warps))
+                specs.append(
+                    _spec(
+                        rk.reparameterize_kl_fwd_kernel,
+                        dict(
+                            mu_ptr=p,
+                            v_ptr=p,
+                            eps_ptr=p,
+                            z_ptr=p,
+                            kl_ptr=p,
+                            lq_ptr=p,
+                            lp_ptr=p,
+                            seed_ptr="*i64",
+                            R=i64,
+                            L=i32,
+                        ),
+                        dict(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl, **tile),
+                        f"{tag} " + _flags(HAS_EPS=has_eps, LOG_WEIGHTS=logw, WITH_KL=with_kl),
+                        ("J", kind),
+                        **warps,
+                    )
+                )
             # Gaussian KL: 'rows' (output dtype) and 'total' (accumulator partials)
             for out, wg in itertools.product(dict.fromkeys((p, acc)), (False, True)):
-                specs.append(_spec(gk.gaussian_kl_fwd_kernel,
-                                   dict(mu_ptr=p, v_ptr=p, out_ptr=out, gmu_ptr=p, gv_ptr=p, R=i64, scale=f64),
-                                   dict(WITH_GRAD=wg, **tile), f"{tag} out={out[1:]} " + _flags(WITH_GRAD=wg),
-                                   ("J", kind), **warps))
-            specs.append(_spec(gk.gaussian_kl_bwd_kernel,
-                               dict(go_ptr=p, go_sr=i32, mu_ptr=p, v_ptr=p, gmu_ptr=p, gv_ptr=p, R=i64, scale=f64),
-                               dict(**tile), tag, ("J", kind), **warps))
+                specs.append(
+                    _spec(
+                        gk.gaussian_kl_fwd_kernel,
+                        dict(mu_ptr=p, v_ptr=p, out_ptr=out, gmu_ptr=p, gv_ptr=p, R=i64, scale=f64),
+                        dict(WITH_GRAD=wg, **tile),
+                        f"{tag} out={out[1:]} " + _flags(WITH_GRAD=wg),
+                        ("J", kind),
+                        **warps,
+                    )
+                )
+            specs.append(
+                _spec(
+                    gk.gaussian_kl_bwd_kernel,
+                    dict(go_ptr=p, go_sr=i32, mu_ptr=p, v_ptr=p, gmu_ptr=p, gv_ptr=p, R=i64, scale=f64),
+                    dict(**tile),
+                    tag,
+                    ("J", kind),
+                    **warps,
+                )
+            )
         for tname, tile, warps, kind in _tile_variants(LATENT_BWD_TILES, one_latent):
             tag = f"{dt} J={kind} {tname}"
             for has_eps, need_z in ((False, False), (False, True), (True, True)):
-                specs.append(_spec(rk.reparameterize_kl_bwd_kernel,
-                                   dict(gz_ptr=p, gz_s=i32, glq_ptr=p, glq_s=i32, glp_ptr=p, glp_s=i32,
-                                        gkl_ptr=p, gkl_s=i32, mu_ptr=p, v_ptr=p, eps_ptr=p, gmu_ptr=p, gv_ptr=p,
-                                        seed_ptr="*i64", R=i64, L=i32),
-                                   dict(HAS_EPS=has_eps, NEED_Z=need_z, **tile),
-                                   f"{tag} " + _flags(HAS_EPS=has_eps, NEED_Z=need_z), ("J", kind), **warps))
+                specs.append(
+                    _spec(
+                        rk.reparameterize_kl_bwd_kernel,
+                        dict(
+                            gz_ptr=p,
+                            gz_s=i32,
+                            glq_ptr=p,
+                            glq_s=i32,
+                            glp_ptr=p,
+                            glp_s=i32,
+                            gkl_ptr=p,
+                            gkl_s=i32,
+                            mu_ptr=p,
+                            v_ptr=p,
+                            eps_ptr=p,
+                            gmu_ptr=p,
+                            gv_ptr=p,
+                            seed_ptr="*i64",
+                            R=i64,
+                            L=i32,
+                        ),
+                        dict(HAS_EPS=has_eps, NEED_Z=need_z, **tile),
+                        f"{tag} " + _flags(HAS_EPS=has_eps, NEED_Z=need_z),
+                        ("J", kind),
+                        **warps,
+                    )
+                )
         for tname, tile, warps, kind in _tile_variants(DATA_TILES, one_data):
             tag = f"{dt} D={kind} {tname}"
             tile = dict(tile, **LOSS_KL_TILE)
@@ -163,39 +273,105 @@ def enumerate_specs() -> list[Spec]:
             # HAS_KL: the fused loss (total, KL rows in the same launch)
             for xt, probs in itertools.product((p, "*u8"), (False, True)):
                 variants = [(True, False, p, False), (False, False, p, False)]
-                variants += [(False, wg, o, kl) for wg in (False, True) for o in dict.fromkeys((p, acc))
-                             for kl in (False, True) if o == acc or not kl]
+                variants += [
+                    (False, wg, o, kl)
+                    for wg in (False, True)
+                    for o in dict.fromkeys((p, acc))
+                    for kl in (False, True)
+                    if o == acc or not kl
+                ]
                 variants = list(dict.fromkeys(variants))
                 for elements, wg, out, has_kl in variants:
                     flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg, HAS_KL=has_kl)
-                    specs.append(_spec(bn.bernoulli_fwd_kernel,
-                                       dict(in_ptr=p, x_ptr=xt, out_ptr=out, grad_ptr=p, bad_in_ptr="*i32",
-                                            bad_x_ptr="*i32", R=i64, B=i64, scale=f64, kmu_ptr=p, kv_ptr=p,
-                                            kout_ptr=acc if has_kl else p, kgmu_ptr=p, kgv_ptr=p, **kl_args),
-                                       dict(**flags, **tile), f"{tag} x={xt[1:]} out={out[1:]} " + _flags(**flags),
-                                       ("D", kind), **warps))
-                specs.append(_spec(bn.bernoulli_bwd_kernel,
-                                   dict(go_ptr=p, go_sr=i64, go_sd=i32, in_ptr=p, x_ptr=xt, grad_ptr=p,
-                                        R=i64, B=i64, scale=f64),
-                                   dict(PROBS=probs, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
-                                   f"{tag} x={xt[1:]} " + _flags(PROBS=probs), ("D", kind), **warps))
+                    specs.append(
+                        _spec(
+                            bn.bernoulli_fwd_kernel,
+                            dict(
+                                in_ptr=p,
+                                x_ptr=xt,
+                                out_ptr=out,
+                                grad_ptr=p,
+                                bad_in_ptr="*i32",
+                                bad_x_ptr="*i32",
+                                R=i64,
+                                B=i64,
+                                scale=f64,
+                                kmu_ptr=p,
+                                kv_ptr=p,
+                                kout_ptr=acc if has_kl else p,
+                                kgmu_ptr=p,
+                                kgv_ptr=p,
+                                **kl_args,
+                            ),
+                            dict(**flags, **tile),
+                            f"{tag} x={xt[1:]} out={out[1:]} " + _flags(**flags),
+                            ("D", kind),
+                            **warps,
+                        )
+                    )
+                specs.append(
+                    _spec(
+                        bn.bernoulli_bwd_kernel,
+                        dict(go_ptr=p, go_sr=i64, go_sd=i32, in_ptr=p, x_ptr=xt, grad_ptr=p, R=i64, B=i64, scale=f64),
+                        dict(PROBS=probs, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
+                        f"{tag} x={xt[1:]} " + _flags(PROBS=probs),
+                        ("D", kind),
+                        **warps,
+                    )
+                )
             # Gaussian decoder
             for shared in (False, True):
-                for out, wg, has_kl in dict.fromkeys((o, wg, kl) for o in (p, acc) for wg in (False, True)
-                                                     for kl in (False, True) if o == acc or not kl):
+                for out, wg, has_kl in dict.fromkeys(
+                    (o, wg, kl) for o in (p, acc) for wg in (False, True) for kl in (False, True) if o == acc or not kl
+                ):
                     flags = dict(SHARED_V=shared, WITH_GRAD=wg, HAS_KL=has_kl)
-                    specs.append(_spec(gl.gaussian_fwd_kernel,
-                                       dict(x_ptr=p, m_ptr=p, v_ptr=p, out_ptr=out, gm_ptr=p,
-                                            gv_ptr=acc if (shared and wg) else p, R=i64, B=i64, scale=f64,
-                                            kmu_ptr=p, kv_ptr=p, kout_ptr=acc if has_kl else p, kgmu_ptr=p,
-                                            kgv_ptr=p, **kl_args),
-                                       dict(**flags, **tile), f"{tag} out={out[1:]} " + _flags(**flags),
-                                       ("D", kind), **warps))
-                specs.append(_spec(gl.gaussian_bwd_kernel,
-                                   dict(go_ptr=p, go_sr=i32, x_ptr=p, m_ptr=p, v_ptr=p, gm_ptr=p,
-                                        gv_ptr=acc if shared else p, R=i64, B=i64, scale=f64),
-                                   dict(SHARED_V=shared, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
-                                   f"{tag} " + _flags(SHARED_V=shared), ("D", kind), **warps))
+                    specs.append(
+                        _spec(
+                            gl.gaussian_fwd_kernel,
+                            dict(
+                                x_ptr=p,
+                                m_ptr=p,
+                                v_ptr=p,
+                                out_ptr=out,
+                                gm_ptr=p,
+                                gv_ptr=acc if (shared and wg) else p,
+                                R=i64,
+                                B=i64,
+                                scale=f64,
+                                kmu_ptr=p,
+                                kv_ptr=p,
+                                kout_ptr=acc if has_kl else p,
+                                kgmu_ptr=p,
+                                kgv_ptr=p,
+                                **kl_args,
+                            ),
+                            dict(**flags, **tile),
+                            f"{tag} out={out[1:]} " + _flags(**flags),
+                            ("D", kind),
+                            **warps,
+                        )
+                    )
+                specs.append(
+                    _spec(
+                        gl.gaussian_bwd_kernel,
+                        dict(
+                            go_ptr=p,
+                            go_sr=i32,
+                            x_ptr=p,
+                            m_ptr=p,
+                            v_ptr=p,
+                            gm_ptr=p,
+                            gv_ptr=acc if shared else p,
+                            R=i64,
+                            B=i64,
+                            scale=f64,
+                        ),
+                        dict(SHARED_V=shared, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
+                        f"{tag} " + _flags(SHARED_V=shared),
+                        ("D", kind),
+                        **warps,
+                    )
+                )
     return specs
 
 
@@ -230,8 +406,9 @@ def resource_usage(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
     return {k.lower(): int(found.get(k, -1)) for k in ("REG", "STACK", "SHARED", "LOCAL")}
 
@@ -241,17 +418,34 @@ def _compile_task(task):
     arch, idx = task
     spec = enumerate_specs()[idx]
     t0 = time.perf_counter()
-    rec = dict(kernel=spec.name, config=spec.label, arch=arch, ok=False, ptx=0, cubin=0, error="",
-               reg=-1, stack=-1, shared=-1, local=-1, v4_loads=0, scalar_loads=0, div_full=0, assert_calls=0)
+    rec = dict(
+        kernel=spec.name,
+        config=spec.label,
+        arch=arch,
+        ok=False,
+        ptx=0,
+        cubin=0,
+        error="",
+        reg=-1,
+        stack=-1,
+        shared=-1,
+        local=-1,
+        v4_loads=0,
+        scalar_loads=0,
+        div_full=0,
+        assert_calls=0,
+    )
     try:
         ck = compile_one(spec, arch)
         ptx, cubin = ck.asm.get("ptx", ""), ck.asm.get("cubin", b"")
-        rec.update(ptx=len(ptx), cubin=len(cubin),
-                   ok=bool(ptx) and bool(cubin) and f".target sm_{arch}" in ptx)
+        rec.update(ptx=len(ptx), cubin=len(cubin), ok=bool(ptx) and bool(cubin) and f".target sm_{arch}" in ptx)
         rec.update(resource_usage(cubin))
-        rec.update(v4_loads=ptx.count("ld.global.v4"), scalar_loads=ptx.count("ld.global.b32"),
-                   div_full=ptx.count("div.full.f32") + ptx.count("div.approx.f32"),
-                   assert_calls=ptx.count("__assertfail"))
+        rec.update(
+            v4_loads=ptx.count("ld.global.v4"),
+            scalar_loads=ptx.count("ld.global.b32"),
+            div_full=ptx.count("div.full.f32") + ptx.count("div.approx.f32"),
+            assert_calls=ptx.count("__assertfail"),
+        )
         if not rec["ok"]:
             rec["error"] = "empty PTX/cubin or wrong .target"
         elif rec["stack"] != 0 or rec["local"] != 0:
@@ -274,16 +468,21 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the per-config records to this file")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("fastaevb.kernels.aot: TRITON_INTERPRET is set; the interpreter replaces the compiler, "
-              "so nothing would be compiled. Unset it (e.g. `env -u TRITON_INTERPRET ...`) and rerun.",
-              file=sys.stderr)
+        print(
+            "fastaevb.kernels.aot: TRITON_INTERPRET is set; the interpreter replaces the compiler, "
+            "so nothing would be compiled. Unset it (e.g. `env -u TRITON_INTERPRET ...`) and rerun.",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence the 3.9 default-change warning
     specs = enumerate_specs()
     tasks = [(arch, i) for arch in args.arch for i, s in enumerate(specs) if args.filter in s.name]
     t_all = time.perf_counter()
-    print(f"{'kernel':30} {'config':62} {'arch':>5} {'status':6} {'ptx':>7} {'cubin':>7} {'reg':>4} {'stk':>4} "
-          f"{'smem':>5} {'v4':>4} {'sec':>5}", flush=True)
+    print(
+        f"{'kernel':30} {'config':62} {'arch':>5} {'status':6} {'ptx':>7} {'cubin':>7} {'reg':>4} {'stk':>4} "
+        f"{'smem':>5} {'v4':>4} {'sec':>5}",
+        flush=True,
+    )
     if args.jobs > 1:
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -296,14 +495,18 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t_all
     for arch in args.arch:
         mine = [r for r in records if r["arch"] == arch]
-        print(f"# sm_{arch}: {sum(r['ok'] for r in mine)}/{len(mine)} configs of "
-              f"{len({r['kernel'] for r in mine})} kernels compiled, {sum(r['sec'] for r in mine):.1f}s compile time")
+        print(
+            f"# sm_{arch}: {sum(r['ok'] for r in mine)}/{len(mine)} configs of "
+            f"{len({r['kernel'] for r in mine})} kernels compiled, {sum(r['sec'] for r in mine):.1f}s compile time"
+        )
         for name in sorted({r["kernel"] for r in mine}):
             regs = [r["reg"] for r in mine if r["kernel"] == name]
             spills = sum(r["stack"] > 0 or r["local"] > 0 for r in mine if r["kernel"] == name)
             print(f"#   {name:30} registers {min(regs)}-{max(regs)}, configs with spills: {spills}")
     failures = sum(not r["ok"] for r in records)
-    print(f"# total: {len(records) - failures}/{len(records)} compiled, {failures} failed, {wall:.1f}s wall", flush=True)
+    print(
+        f"# total: {len(records) - failures}/{len(records)} compiled, {failures} failed, {wall:.1f}s wall", flush=True
+    )
     if args.json:
         import json
 
@@ -314,9 +517,12 @@ def main(argv=None) -> int:
 
 def _print_record(r: dict) -> dict:
     status = "ok" if r["ok"] else "FAIL"
-    print(f"{r['kernel']:30} {r['config']:62} {'sm_' + str(r['arch']):>5} {status:6} "
-          f"{r['ptx']:7d} {r['cubin']:7d} {r['reg']:4d} {r['stack']:4d} {r['shared']:5d} {r['v4_loads']:4d} "
-          f"{r['sec']:5.2f}", flush=True)
+    print(
+        f"{r['kernel']:30} {r['config']:62} {'sm_' + str(r['arch']):>5} {status:6} "
+        f"{r['ptx']:7d} {r['cubin']:7d} {r['reg']:4d} {r['stack']:4d} {r['shared']:5d} {r['v4_loads']:4d} "
+        f"{r['sec']:5.2f}",
+        flush=True,
+    )
     if r["error"]:
         print(f"  {r['kernel']} [{r['config']}] sm_{r['arch']}: {r['error']}", file=sys.stderr, flush=True)
     return r
