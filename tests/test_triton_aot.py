@@ -44,8 +44,16 @@ def aot_runs():
     procs = {}
     for arch in ARCHS:
         out = os.path.join(tmp.name, f"sm_{arch}.json")
-        procs[arch] = (subprocess.Popen(_command() + ["--arch", str(arch), "--json", out], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out)
+        procs[arch] = (
+            subprocess.Popen(
+                _command() + ["--arch", str(arch), "--json", out],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            out,
+        )
     results = {}
     for arch, (proc, out) in procs.items():
         try:
@@ -90,8 +98,9 @@ def test_registers_and_no_spills(aot_runs, arch):
     reparameterize_kl backward (166-255 registers at 57fb46e: 12-19% occupancy) stays at <= 96."""
     records = aot_runs[arch][3]
     assert records is not None
-    assert all(r["stack"] == 0 and r["local"] == 0 for r in records), \
-        [(r["kernel"], r["config"], r["stack"]) for r in records if r["stack"] or r["local"]]
+    assert all(r["stack"] == 0 and r["local"] == 0 for r in records), [
+        (r["kernel"], r["config"], r["stack"]) for r in records if r["stack"] or r["local"]
+    ]
     assert all(0 < r["reg"] <= 255 for r in records)
     bwd = [r["reg"] for r in records if r["kernel"] == "reparameterize_kl_bwd_kernel"]
     assert max(bwd) <= 96, max(bwd)  # measured 26-80
@@ -104,12 +113,19 @@ def test_vector_loads_and_rounded_division(aot_runs, arch):
     approximate float32 division anywhere; the finish kernel keeps its device-side assert."""
     records = aot_runs[arch][3]
     assert records is not None
-    for kernel, width in (("bernoulli_fwd_kernel", "D"), ("bernoulli_bwd_kernel", "D"), ("gaussian_fwd_kernel", "D"),
-                          ("gaussian_bwd_kernel", "D"), ("reparameterize_kl_fwd_kernel", "J"),
-                          ("gaussian_kl_fwd_kernel", "J")):
+    for kernel, width in (
+        ("bernoulli_fwd_kernel", "D"),
+        ("bernoulli_bwd_kernel", "D"),
+        ("gaussian_fwd_kernel", "D"),
+        ("gaussian_bwd_kernel", "D"),
+        ("reparameterize_kl_fwd_kernel", "J"),
+        ("gaussian_kl_fwd_kernel", "J"),
+    ):
         chosen = [r for r in records if r["kernel"] == kernel and r["config"].startswith(f"fp32 {width}=div16 ")]
-        assert chosen and all(r["v4_loads"] > 0 for r in chosen), (kernel, [r["config"] for r in chosen
-                                                                          if not r["v4_loads"]][:3])
+        assert chosen and all(r["v4_loads"] > 0 for r in chosen), (
+            kernel,
+            [r["config"] for r in chosen if not r["v4_loads"]][:3],
+        )
     assert not [r for r in records if r["div_full"]], "approximate float32 division in the PTX"
     finish = [r for r in records if r["kernel"] == "finish_kernel" and "CHECK_X=1" in r["config"]]
     assert finish and all(r["assert_calls"] > 0 for r in finish)
