@@ -6,6 +6,7 @@
 #define HWY_TARGET_INCLUDE "bernoulli.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "parallel.h"
 #include "row_job.h"
 #include "simd_math-inl.h"
 
@@ -83,12 +84,11 @@ void RowsByMode(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
 
 template <bool kProbs>
 void RowsByType(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
-  if (job.dtype == 0) {
-    if (job.xtype == 0) return RowsByMode<kProbs, float, float>(job, r0, r1, bad);
-    return RowsByMode<kProbs, float, uint8_t>(job, r0, r1, bad);
-  }
-  if (job.xtype == 0) return RowsByMode<kProbs, double, double>(job, r0, r1, bad);
-  return RowsByMode<kProbs, double, uint8_t>(job, r0, r1, bad);
+  dispatch_float(job.dtype, [&](auto t) {
+    using T = decltype(t);
+    if (job.xtype == 0) return RowsByMode<kProbs, T, T>(job, r0, r1, bad);
+    return RowsByMode<kProbs, T, uint8_t>(job, r0, r1, bad);
+  });
 }
 
 // Rows [r0, r1) of `job`; adds (out-of-range inputs, out-of-range targets) to bad[0], bad[1].

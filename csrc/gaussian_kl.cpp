@@ -4,6 +4,7 @@
 #define HWY_TARGET_INCLUDE "gaussian_kl.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "parallel.h"
 #include "row_job.h"
 #include "simd_math-inl.h"
 
@@ -50,10 +51,7 @@ void RowsByMode(const KLJob& job, int64_t r0, int64_t r1) {
 }
 
 void KLRows(const KLJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0)
-    RowsByMode<float>(job, r0, r1);
-  else
-    RowsByMode<double>(job, r0, r1);
+  dispatch_float(job.dtype, [&](auto t) { RowsByMode<decltype(t)>(job, r0, r1); });
 }
 
 }  // namespace HWY_NAMESPACE

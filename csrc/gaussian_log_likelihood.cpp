@@ -8,6 +8,7 @@
 #define HWY_TARGET_INCLUDE "gaussian_log_likelihood.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "parallel.h"
 #include "row_job.h"
 #include "simd_math-inl.h"
 
@@ -73,10 +74,7 @@ void RowsByLayout(const GaussianJob& job, int64_t r0, int64_t r1) {
 }
 
 void GaussianRows(const GaussianJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0)
-    RowsByLayout<float>(job, r0, r1);
-  else
-    RowsByLayout<double>(job, r0, r1);
+  dispatch_float(job.dtype, [&](auto t) { RowsByLayout<decltype(t)>(job, r0, r1); });
 }
 
 }  // namespace HWY_NAMESPACE

@@ -7,6 +7,7 @@
 #define HWY_TARGET_INCLUDE "reparameterize_kl.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "parallel.h"
 #include "row_job.h"
 #include "simd_math-inl.h"
 
@@ -176,31 +177,19 @@ void FlatBackwardT(const ReparamJob& job, int64_t i0, int64_t i1) {
 }
 
 void ReparamFlatForward(const ReparamJob& job, int64_t i0, int64_t i1) {
-  if (job.dtype == 0)
-    FlatForwardT<float>(job, i0, i1);
-  else
-    FlatForwardT<double>(job, i0, i1);
+  dispatch_float(job.dtype, [&](auto t) { FlatForwardT<decltype(t)>(job, i0, i1); });
 }
 
 void ReparamFlatBackward(const ReparamJob& job, int64_t i0, int64_t i1) {
-  if (job.dtype == 0)
-    FlatBackwardT<float>(job, i0, i1);
-  else
-    FlatBackwardT<double>(job, i0, i1);
+  dispatch_float(job.dtype, [&](auto t) { FlatBackwardT<decltype(t)>(job, i0, i1); });
 }
 
 void ReparamForwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0)
-    ForwardT<float>(job, r0, r1);
-  else
-    ForwardT<double>(job, r0, r1);
+  dispatch_float(job.dtype, [&](auto t) { ForwardT<decltype(t)>(job, r0, r1); });
 }
 
 void ReparamBackwardRows(const ReparamJob& job, int64_t r0, int64_t r1) {
-  if (job.dtype == 0)
-    BackwardT<float>(job, r0, r1);
-  else
-    BackwardT<double>(job, r0, r1);
+  dispatch_float(job.dtype, [&](auto t) { BackwardT<decltype(t)>(job, r0, r1); });
 }
 
 // out[k] = randn(seed, offsets[k]) for k in [k0, k1): lane 0 of a vector at offsets[k].
