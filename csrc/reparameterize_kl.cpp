@@ -227,10 +227,9 @@ void randn(addr out, addr offsets, int64_t n, uint64_t seed, int nthreads) {
   });
 }
 
-void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar, addr eps,
-                               uint64_t seed, int64_t L, int64_t R, int64_t J, bool log_weights, int dtype,
-                               int nthreads) {
-  std::vector<double> kl_sums(kl ? static_cast<size_t>(R) : 0);
+// The fields forward and backward share.
+static ReparamJob base_job(addr mu, addr logvar, addr eps, uint64_t seed, int64_t L, int64_t R, int64_t J,
+                           int dtype) {
   ReparamJob job{};
   job.L = L;
   job.R = R;
@@ -240,6 +239,14 @@ void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu,
   job.mu = as_ptr<const void>(mu);
   job.logvar = as_ptr<const void>(logvar);
   job.eps = as_ptr<const void>(eps);
+  return job;
+}
+
+void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu, addr logvar, addr eps,
+                               uint64_t seed, int64_t L, int64_t R, int64_t J, bool log_weights, int dtype,
+                               int nthreads) {
+  std::vector<double> kl_sums(kl ? static_cast<size_t>(R) : 0);
+  ReparamJob job = base_job(mu, logvar, eps, seed, L, R, J, dtype);
   job.z = as_ptr<void>(z);
   job.kl_sums = kl ? kl_sums.data() : nullptr;
   job.log_q = log_weights ? as_ptr<void>(log_q) : nullptr;
@@ -263,15 +270,7 @@ void reparameterize_kl_forward(addr z, addr kl, addr log_q, addr log_p, addr mu,
 void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, addr grad_kl, addr grad_log_q,
                                 addr grad_log_p, addr mu, addr logvar, addr eps, uint64_t seed, int64_t L,
                                 int64_t R, int64_t J, int dtype, int nthreads) {
-  ReparamJob job{};
-  job.L = L;
-  job.R = R;
-  job.J = J;
-  job.dtype = dtype;
-  job.seed = seed;
-  job.mu = as_ptr<const void>(mu);
-  job.logvar = as_ptr<const void>(logvar);
-  job.eps = as_ptr<const void>(eps);
+  ReparamJob job = base_job(mu, logvar, eps, seed, L, R, J, dtype);
   job.grad_mu = as_ptr<void>(grad_mu);
   job.grad_logvar = as_ptr<void>(grad_logvar);
   job.grad_z = as_ptr<const void>(grad_z);

@@ -79,6 +79,19 @@ def grid_rows(rows: int, tile: dict, key: str = "BLOCK_R") -> tuple[int]:
     return (max(1, -(-rows // tile[key])),)
 
 
+def fused_kl_launch_args(kl, grid: tuple[int], placeholder) -> tuple[tuple[int], tuple]:
+    """Grid and trailing kernel arguments of a decoder launch that may also do the KL of the fused
+    loss: ``kl`` is ``(mu, logvar, kl_partials, grad_mu, grad_logvar, kl_scale)`` or None (then the
+    KL arguments are ``placeholder`` pointers and zero sizes, unused under ``HAS_KL=False``).
+    Returns ``(grid, (mu, logvar, kl_partials, grad_mu, grad_logvar, rows, latent, kl_scale))``."""
+    if kl is None:
+        return grid, (placeholder,) * 5 + (0, 0, 0.0)
+    kmu, kv, kout, kgmu, kgv, kscale = kl
+    rows, latent = kmu.shape
+    grid = (max(grid[0], grid_rows(rows, LOSS_KL_TILE, "KBLOCK_R")[0]),)
+    return grid, (kmu, kv, kout, kgmu, kgv, rows, latent, float(kscale))
+
+
 def check_width(width: int, name: str = "row width") -> None:
     if width > MAX_WIDTH:
         raise ValueError(

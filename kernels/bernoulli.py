@@ -20,6 +20,7 @@ from ._common import (
     acc_dtype,
     check_width,
     data_tile,
+    fused_kl_launch_args,
     grad_out_strides,
     grid_rows,
     launch,
@@ -155,14 +156,7 @@ def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, wi
     for the fused loss."""
     R, D = inp.shape
     tile = data_tile(D)
-    grid = grid_rows(R, tile)
-    if kl is not None:
-        kmu, kv, kout, kgmu, kgv, kscale = kl
-        kr, kj = kmu.shape
-        grid = (max(grid[0], grid_rows(kr, LOSS_KL_TILE, "KBLOCK_R")[0]),)
-    else:
-        kmu = kv = kout = kgmu = kgv = inp
-        kr, kj, kscale = 0, 0, 0.0
+    grid, kl_args = fused_kl_launch_args(kl, grid_rows(R, tile), inp)
     launch(
         bernoulli_fwd_kernel,
         grid,
@@ -177,14 +171,7 @@ def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, wi
         x.shape[0],
         D,
         float(scale),
-        kmu,
-        kv,
-        kout,
-        kgmu,
-        kgv,
-        kr,
-        kj,
-        float(kscale),
+        *kl_args,
         PROBS=probs,
         ELEMENTS=elements,
         WITH_GRAD=bool(with_grad),

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from . import math as m
-from ._common import LOSS_KL_TILE, acc_dtype, check_width, data_tile, grid_rows, launch
+from ._common import LOSS_KL_TILE, acc_dtype, check_width, data_tile, fused_kl_launch_args, grid_rows, launch
 from .gaussian_kl import kl_rows
 from .reduce import finish
 
@@ -136,14 +136,7 @@ def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=N
     for the fused loss."""
     R, D = mean.shape
     tile = data_tile(D)
-    grid = grid_rows(R, tile)
-    if kl is not None:
-        kmu, kv, kout, kgmu, kgv, kscale = kl
-        kr, kj = kmu.shape
-        grid = (max(grid[0], grid_rows(kr, LOSS_KL_TILE, "KBLOCK_R")[0]),)
-    else:
-        kmu = kv = kout = kgmu = kgv = mean
-        kr, kj, kscale = 0, 0, 0.0
+    grid, kl_args = fused_kl_launch_args(kl, grid_rows(R, tile), mean)
     launch(
         gaussian_fwd_kernel,
         grid,
@@ -158,14 +151,7 @@ def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=N
         x.shape[0],
         D,
         float(scale),
-        kmu,
-        kv,
-        kout,
-        kgmu,
-        kgv,
-        kr,
-        kj,
-        float(kscale),
+        *kl_args,
         SHARED_V=shared,
         WITH_GRAD=bool(with_grad),
         HAS_KL=kl is not None,
