@@ -8,6 +8,11 @@ Reductions of the log-likelihoods and the KL: ``'none'`` gives one value per dat
 ``binary_cross_entropy_with_logits`` keep torch's meaning exactly: elementwise for ``'none'``,
 the mean over *elements* for ``'mean'``.
 
+Dtypes: summed values of float16 / bfloat16 inputs (per-datapoint values, reductions, the KL and
+log-weight rows) are float32; elementwise values and gradients keep the input dtype
+(``fastaevb._dtypes``). Under ``torch.autocast`` the losses run in float32, as torch's
+(``fastaevb.ops.autocast``).
+
 Under ``fastaevb.use_backend("torch")`` (or when no fused kernel exists for the device) the
 pure-PyTorch ``reference`` formulas run instead.
 """
@@ -22,6 +27,8 @@ from torch import Tensor
 
 from . import _errors, backends, ops, reference
 from . import _validation as check
+from ._dtypes import upcast_half
+from .ops import autocast
 from .reference import importance_weighted_bound
 
 __all__ = [
@@ -168,12 +175,14 @@ def _sample(
     if _use_reference(mu):
         if eps is None:
             eps = torch.randn((*sample_shape, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
-        eps = eps.reshape(*sample_shape, *mu.shape)
-        z = reference.reparameterize(mu, logvar, eps)
-        kl = reference.gaussian_kl(mu, logvar) if with_kl else mu.new_empty(0)
+        # as the kernels: in float32 for half inputs, z rounded once, the sums kept in float32
+        mu32, logvar32, eps32 = (upcast_half(t) for t in (mu, logvar, eps.reshape(*sample_shape, *mu.shape)))
+        z32 = reference.reparameterize(mu32, logvar32, eps32)
+        z = z32.to(mu.dtype)
+        kl = reference.gaussian_kl(mu32, logvar32) if with_kl else mu32.new_empty(0)
         if not return_log_weights:
             return z, kl
-        return z, kl, reference.log_q(logvar, eps), reference.log_p(z)
+        return z, kl, reference.log_q(logvar32, eps32), reference.log_p(z32)
 
     seed = _draw_seed(generator, mu) if eps is None else None
     if not (with_kl or return_log_weights):
@@ -207,9 +216,11 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
     Gradients: ``dKL/dmu = mu``, ``dKL/dlogvar = 0.5 * (exp(logvar) - 1)``.
     """
     reduction = check.reduction(reduction)
+    if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
+        mu, logvar = autocast.to_float32(mu, logvar)
     _check_latents(mu, logvar, 1, None)
     if _use_reference(mu):
-        return _reduce_reference(reference.gaussian_kl(mu, logvar), reduction)
+        return _reduce_reference(reference.gaussian_kl(upcast_half(mu), upcast_half(logvar)), reduction)
     batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
     rows = math.prod(batch)
     reduce, scale = _row_reduction(reduction, rows)
@@ -237,12 +248,14 @@ def _check_bernoulli(output_name: str, output: Tensor, x_name: str, x: Tensor) -
 def _bernoulli(op, reference_rows, output_name: str, output: Tensor, x: Tensor, reduction: str) -> Tensor:
     """Shared body of the two Bernoulli log-likelihoods (from logits, from probabilities)."""
     reduction = check.reduction(reduction)
+    if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
+        output, x = autocast.to_float32(output, x)  # type: ignore[assignment]
     row_shape, event = _check_bernoulli(output_name, output, "x", x)
     if _use_reference(output):
         _check_reference_range("target", x)
         if output_name == "probs":
             _check_reference_range("input", output)
-        rows_view = reference_rows(output.reshape(*row_shape, event), x.reshape(x.shape[0], event))
+        rows_view = reference_rows(upcast_half(output).reshape(*row_shape, event), x.reshape(x.shape[0], event))
         return _reduce_reference(rows_view, reduction)
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
@@ -297,6 +310,8 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
     Gradients: ``d/dm = (x - m) * exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 * exp(-v))``.
     """
     reduction = check.reduction(reduction)
+    if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
+        x, mean, logvar = autocast.to_float32(x, mean, logvar)  # type: ignore[assignment]
     check.floating("x", x)
     check.floating("mean", mean)
     check.floating("logvar", logvar)
@@ -308,6 +323,7 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
         check.same_shape("mean", mean, logvar=logvar)
     row_shape, event = check.decoder_rows("mean", mean, "x", x)
     if _use_reference(mean):
+        x, mean, logvar = (upcast_half(t) for t in (x, mean, logvar))
         per_row = reference.gaussian_log_likelihood(
             x.reshape(x.shape[0], event),
             mean.reshape(*row_shape, event),
@@ -341,6 +357,10 @@ def _drop_in_reduction(size_average, reduce, reduction: str, **unsupported) -> s
 
 def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tensor:
     """Shared body of the two drop-ins: the Bernoulli kernels with scale -1 (or -1/numel)."""
+    if torch._C._is_any_autocast_enabled():  # torch's autocast rules for the two (ops.autocast)
+        if torch_loss is F.binary_cross_entropy:
+            autocast.check_bce_allowed(input)
+        input, target = autocast.to_float32(input, target)  # type: ignore[assignment]
     check.floating("input", input)
     check.target("target", target)
     check.same_device("input", input, target=target)
@@ -351,7 +371,9 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
         _check_reference_range("target", target)
         if torch_loss is F.binary_cross_entropy:
             _check_reference_range("input", input)
-        return torch_loss(input, target.to(input.dtype), reduction=reduction)
+        wide = upcast_half(input)  # sums in float32 for half inputs; elementwise losses keep the dtype
+        loss = torch_loss(wide, target.to(wide.dtype), reduction=reduction)
+        return loss.to(input.dtype) if reduction == "none" else loss
     rows = input.shape[0] if input.dim() else 1
     event = math.prod(input.shape[1:])
     if reduction == "none":
@@ -471,6 +493,10 @@ def sgvb_loss(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     reduction = check.reduction(reduction)
+    if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
+        recon, x, mu, logvar, decoder_logvar, log_q, log_p = autocast.to_float32(  # type: ignore[assignment]
+            recon, x, mu, logvar, decoder_logvar, log_q, log_p
+        )
     check.floating("recon", recon)
     row_shape, event = check.decoder_rows("recon", recon, "x", x)
     batch = x.shape[0]

@@ -71,7 +71,9 @@ def data_tile(width: int) -> dict:
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Row sums accumulate in float64 for float64 inputs, float32 otherwise."""
+    """Row sums accumulate in float64 for float64 inputs, float32 otherwise; summed outputs (rows,
+    totals, KL and log-weight rows) are returned in this dtype too (``fastaevb._dtypes.value_dtype``):
+    float32 for half inputs, whose gradients and elementwise outputs keep the input dtype."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

@@ -159,14 +159,17 @@ def enumerate_specs() -> list[Spec]:
     for dt in DTYPE_NAMES:
         acc = "*fp64" if dt == "fp64" else "*fp32"
         p = "*" + dt
-        # finish: 0-d sums (one or two row sets), with or without the Bernoulli range check
-        for two, check_in, check_x in (
-            (False, False, False),
-            (True, False, False),
-            (False, False, True),
-            (False, True, True),
-            (True, False, True),
-            (True, True, True),
+        # finish: 0-d sums (one or two row sets) into a loss (accumulator dtype: float32 for half
+        # inputs) or, for one row set, into a shared log-variance gradient (the input dtype),
+        # with or without the Bernoulli range check
+        for out, two, check_in, check_x in (
+            (acc, False, False, False),
+            (p, False, False, False),
+            (acc, True, False, False),
+            (acc, False, False, True),
+            (acc, False, True, True),
+            (acc, True, False, True),
+            (acc, True, True, True),
         ):
             flags = dict(TOTAL=True, TWO_PARTS=two, CHECK_IN=check_in, CHECK_X=check_x, ASSERT=True)
             specs.append(
@@ -177,14 +180,14 @@ def enumerate_specs() -> list[Spec]:
                         N=i64,
                         part2_ptr=acc,
                         N2=i64,
-                        out_ptr=p,
+                        out_ptr=out,
                         bad_in_ptr="*i32",
                         bad_x_ptr="*i32",
                         NB=i64,
                         count_ptr="*i32",
                     ),
                     dict(**flags, BLOCK=FINISH_BLOCK),
-                    f"{dt} " + _flags(**flags),
+                    f"{dt} out={out[1:]} " + _flags(**flags),
                 )
             )
         for tname, tile, warps, kind in _tile_variants(LATENT_TILES, one_latent):
@@ -199,9 +202,9 @@ def enumerate_specs() -> list[Spec]:
                             v_ptr=p,
                             eps_ptr=p,
                             z_ptr=p,
-                            kl_ptr=p,
-                            lq_ptr=p,
-                            lp_ptr=p,
+                            kl_ptr=acc,
+                            lq_ptr=acc,
+                            lp_ptr=acc,
                             seed_ptr="*i64",
                             R=i64,
                             L=i32,
@@ -212,8 +215,8 @@ def enumerate_specs() -> list[Spec]:
                         **warps,
                     )
                 )
-            # Gaussian KL: 'rows' (output dtype) and 'total' (accumulator partials)
-            for out, wg in itertools.product(dict.fromkeys((p, acc)), (False, True)):
+            # Gaussian KL: 'rows' and 'total' partials, both in the accumulator dtype
+            for out, wg in itertools.product((acc,), (False, True)):
                 specs.append(
                     _spec(
                         gk.gaussian_kl_fwd_kernel,
@@ -269,18 +272,11 @@ def enumerate_specs() -> list[Spec]:
             tile = dict(tile, **LOSS_KL_TILE)
             kl_args = dict(KR=i64, KJ=i32, kscale=f64)
             # Bernoulli (PROBS=0 logits, PROBS=1 probs): float targets of the same dtype, or uint8
-            # (bool viewed). out: elements / rows in the output dtype, total as partials;
-            # HAS_KL: the fused loss (total, KL rows in the same launch)
+            # (bool viewed). out: elements in the input dtype, rows and total partials in the
+            # accumulator dtype; HAS_KL: the fused loss (total, KL rows in the same launch)
             for xt, probs in itertools.product((p, "*u8"), (False, True)):
-                variants = [(True, False, p, False), (False, False, p, False)]
-                variants += [
-                    (False, wg, o, kl)
-                    for wg in (False, True)
-                    for o in dict.fromkeys((p, acc))
-                    for kl in (False, True)
-                    if o == acc or not kl
-                ]
-                variants = list(dict.fromkeys(variants))
+                variants = [(True, False, p, False)]
+                variants += [(False, wg, acc, kl) for wg in (False, True) for kl in (False, True)]
                 for elements, wg, out, has_kl in variants:
                     flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg, HAS_KL=has_kl)
                     specs.append(
@@ -321,9 +317,7 @@ def enumerate_specs() -> list[Spec]:
                 )
             # Gaussian decoder
             for shared in (False, True):
-                for out, wg, has_kl in dict.fromkeys(
-                    (o, wg, kl) for o in (p, acc) for wg in (False, True) for kl in (False, True) if o == acc or not kl
-                ):
+                for out, wg, has_kl in itertools.product((acc,), (False, True), (False, True)):
                     flags = dict(SHARED_V=shared, WITH_GRAD=wg, HAS_KL=has_kl)
                     specs.append(
                         _spec(

@@ -188,15 +188,16 @@ def _forward(inp, x, reduce, scale, with_grad, probs: bool):
     dev, dt = inp.device, inp.dtype
     elements, total = reduce == "elements", reduce == "total"
     grad = torch.empty_like(inp) if with_grad else torch.empty(0, dtype=dt, device=dev)
+    acc = acc_dtype(dt)  # rows and totals: float32 for half inputs (elements keep the input dtype)
     if R == 0:
         if total:  # no rows: scale * 0, so a 'mean' over nothing is NaN like torch
-            return torch.full((), 0.0 * scale, dtype=dt, device=dev), grad
-        return (torch.empty_like(inp) if elements else torch.empty(0, dtype=dt, device=dev)), grad
+            return torch.full((), 0.0 * scale, dtype=acc, device=dev), grad
+        return (torch.empty_like(inp) if elements else torch.empty(0, dtype=acc, device=dev)), grad
     # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-    out = torch.empty_like(inp) if elements else torch.empty(R, dtype=acc_dtype(dt) if total else dt, device=dev)
+    out = torch.empty_like(inp) if elements else torch.empty(R, dtype=acc, device=dev)
     _, bad_in, bad_x = bad_counts(R, dev)
     _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad)
-    result = torch.empty((), dtype=dt, device=dev) if total else out
+    result = torch.empty((), dtype=acc, device=dev) if total else out
     finish(result if total else None, (out,) if total else (), bad_in if probs else None, bad_x)
     return result, grad
 

@@ -108,10 +108,11 @@ def gaussian_kl_forward(mu, logvar, reduce, scale, with_grad):
         # two distinct empty tensors: custom-op outputs must not alias each other
         gmu, gv = (torch.empty(0, dtype=mu.dtype, device=dev) for _ in range(2))
     total = reduce == "total"
+    acc = acc_dtype(mu.dtype)  # KL rows and total: float32 for half inputs
     if R == 0:
-        out = torch.full((), 0.0 * scale, dtype=mu.dtype, device=dev) if total else mu.new_empty(0)
+        out = torch.full((), 0.0 * scale, dtype=acc, device=dev) if total else torch.empty(0, dtype=acc, device=dev)
         return out, gmu, gv
-    partial = torch.empty(R, dtype=acc_dtype(mu.dtype) if total else mu.dtype, device=dev)
+    partial = torch.empty(R, dtype=acc, device=dev)
     tile = latent_tile(J)
     launch(
         gaussian_kl_fwd_kernel,
@@ -130,7 +131,7 @@ def gaussian_kl_forward(mu, logvar, reduce, scale, with_grad):
     )
     if not total:
         return partial, gmu, gv
-    out = torch.empty((), dtype=mu.dtype, device=dev)
+    out = torch.empty((), dtype=acc, device=dev)
     finish(out, (partial,))
     return out, gmu, gv
 

@@ -183,21 +183,22 @@ def gaussian_forward(x, mean, logvar, reduce, scale, with_grad):
     check_width(D)
     shared = _shared(mean, logvar)
     dev, dt = mean.device, mean.dtype
+    acc = acc_dtype(dt)  # rows and total: float32 for half inputs
     total = reduce == "total"
     gm, gv = _grad_slots(mean, logvar, with_grad, shared)
     if R == 0:
         if with_grad and shared:
             gv = torch.zeros(logvar.shape, dtype=dt, device=dev)
-        out = torch.full((), 0.0 * scale, dtype=dt, device=dev) if total else torch.empty(0, dtype=dt, device=dev)
+        out = torch.full((), 0.0 * scale, dtype=acc, device=dev) if total else torch.empty(0, dtype=acc, device=dev)
         return out, gm, gv
     # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-    partial = torch.empty(R, dtype=acc_dtype(dt) if total else dt, device=dev)
+    partial = torch.empty(R, dtype=acc, device=dev)
     _launch_forward(x, mean, logvar, partial, gm, gv, scale, shared, with_grad)
     if with_grad and shared:
         gv = _shared_grad(gv, logvar)
     if not total:
         return partial, gm, gv
-    out = torch.empty((), dtype=dt, device=dev)
+    out = torch.empty((), dtype=acc, device=dev)
     finish(out, (partial,))
     return out, gm, gv
 

@@ -47,7 +47,7 @@ def sgvb_loss_forward(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_sca
     else:
         gmu, gv = (torch.empty(0, dtype=dt, device=dev) for _ in range(2))
     kl = (mu, logvar, kl_part, gmu, gv, kl_scale)
-    out = torch.empty((), dtype=dt, device=dev)
+    out = torch.empty((), dtype=acc, device=dev)  # float32 for half inputs
     if likelihood == "gaussian":
         shared = gl._shared(decoded, decoder_logvar)
         gd, gdv = gl._grad_slots(decoded, decoder_logvar, with_grad, shared)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import math as m
-from ._common import check_width, grid_rows, latent_bwd_tile, latent_tile, launch, seed_tensor, zero_or
+from ._common import acc_dtype, check_width, grid_rows, latent_bwd_tile, latent_tile, launch, seed_tensor, zero_or
 
 
 @triton.jit
@@ -152,10 +152,11 @@ def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights, with_
     L = int(samples)
     dev, dt = mu.device, mu.dtype
     z = torch.empty(L, R, J, dtype=dt, device=dev)
-    kl = torch.empty(R if with_kl else 0, dtype=dt, device=dev)
+    acc = acc_dtype(dt)  # row sums (KL, log-weights): float32 for half inputs; z keeps the dtype
+    kl = torch.empty(R if with_kl else 0, dtype=acc, device=dev)
     shape_w = (L, R) if log_weights else (0,)
-    log_q = torch.empty(shape_w, dtype=dt, device=dev)
-    log_p = torch.empty(shape_w, dtype=dt, device=dev)
+    log_q = torch.empty(shape_w, dtype=acc, device=dev)
+    log_p = torch.empty(shape_w, dtype=acc, device=dev)
     has_eps = eps is not None
     if R:
         tile = latent_tile(J)

@@ -5,9 +5,12 @@ Tolerances (on row sums and on elementwise gradients), chosen from the arithmeti
   D <= 2000 terms accumulated in float32 drifts by about sqrt(D) ulps of the row sum (< 1e-5
   relative), and the atol covers rows whose sum is near 0 (KL of a collapsed posterior).
 - float64: rtol 1e-10 / atol 1e-12 (the same argument with 2^-52).
-- float16 / bfloat16 inputs (accumulated in float32, result rounded to the input dtype): a
-  gradient written in forward is rounded once when stored and once more when backward scales
-  it, 2^-11 resp. 2^-8 relative each. bfloat16 gets one more 2^-8 because the Triton
+- float16 / bfloat16 inputs: the values (row sums, totals, KL and log-weight rows) are computed
+  and returned in float32 from the same (exactly representable) half inputs the float64
+  reference gets, so they carry float32's tolerance. Gradients and elementwise values keep the
+  input dtype: a gradient written in forward is rounded once when stored and once more when
+  backward scales it (or the float32 upstream gradient is rounded to half before the backward
+  kernel), 2^-11 resp. 2^-8 relative each. bfloat16 gets one more 2^-8 because the Triton
   interpreter truncates float32 -> bfloat16 instead of rounding to nearest.
 """
 
@@ -97,8 +100,9 @@ def to_reference(t: torch.Tensor) -> torch.Tensor:
     return t.detach().double() if t.dtype.is_floating_point else t
 
 
-def check_against_reference(ours, expected_fn, inputs, differentiable, tol):
-    """Compare values, then vector-Jacobian products for one random cotangent."""
+def check_against_reference(ours, expected_fn, inputs, differentiable, tol, grad_tol=None):
+    """Compare values (within ``tol``), then vector-Jacobian products for one random cotangent
+    (within ``grad_tol``, default ``tol``)."""
     ours_in = [
         t.detach().requires_grad_(i in differentiable) if t.dtype.is_floating_point else t for i, t in enumerate(inputs)
     ]
@@ -116,7 +120,10 @@ def check_against_reference(ours, expected_fn, inputs, differentiable, tol):
     grads = torch.autograd.grad(out, [ours_in[i] for i in wrt], cotangent.to(out), allow_unused=True)
     expected_grads = torch.autograd.grad(expected, [ref_in[i] for i in wrt], cotangent, allow_unused=True)
     for i, got, want in zip(wrt, grads, expected_grads, strict=True):
-        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
+        assert got.dtype == ours_in[i].dtype, "gradients keep the input dtype"
+        torch.testing.assert_close(
+            got.double(), want, **(grad_tol or tol), msg=lambda m, i=i: f"gradient of input {i}: {m}"
+        )
 
 
 shapes = st.tuples(
@@ -163,14 +170,76 @@ def test_half_inputs_accumulate_in_float32(kernel_backend, case, dtype, reductio
     if case == "bernoulli_probs":  # keep 1 - p representable: at p == 1 the gradient overflows half
         inputs[0] = inputs[0].clamp(0.01, 0.99)
     out = ours(*inputs, reduction=reduction)
-    assert out.dtype == dtype
+    assert out.dtype == torch.float32, "sums of half inputs come back in float32"
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
         lambda *a: reduce_rows(reference_rows(*a), reduction),
         inputs,
         differentiable,
+        TOLERANCES[torch.float32],
         TOLERANCES[dtype],
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_reparameterize_kl(kernel_backend, dtype):
+    """z keeps the half dtype (rounded once from float32); the KL and log-weight rows are float32."""
+    gen = torch.Generator().manual_seed(3)
+    device = device_for(kernel_backend)
+    mu, logvar = (torch.randn(2, 7, 20, generator=gen).to(device, dtype) for _ in range(2))
+    eps = torch.randn(3, 2, 7, 20, generator=gen).to(device, dtype)
+    z, kl, log_q, log_p = F.reparameterize_kl(mu, logvar, samples=3, eps=eps, return_log_weights=True)
+    assert z.dtype == dtype and kl.dtype == log_q.dtype == log_p.dtype == torch.float32
+    m, v, e = (t.double() for t in (mu, logvar, eps))
+    z64 = reference.reparameterize(m, v, e)
+    torch.testing.assert_close(z.double(), z64, **TOLERANCES[dtype])
+    torch.testing.assert_close(kl.double(), reference.gaussian_kl(m, v), **TOLERANCES[torch.float32])
+    torch.testing.assert_close(log_q.double(), reference.log_q(v, e), **TOLERANCES[torch.float32])
+    torch.testing.assert_close(log_p.double(), reference.log_p(z64), **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("probs", [False, True], ids=["with_logits", "probs"])
+def test_half_drop_ins(backend, dtype, reduction, probs):
+    """Every backend, the pure-torch one included: elementwise losses keep the half dtype (as
+    torch's), sums come back in float32."""
+    gen = torch.Generator().manual_seed(4)
+    v = torch.randn(9, 31, generator=gen)
+    v = torch.sigmoid(v).clamp(0.01, 0.99) if probs else v
+    v = v.to(dtype)
+    x = torch.rand(9, 31, generator=gen).to(dtype)
+    drop_in = F.binary_cross_entropy if probs else F.binary_cross_entropy_with_logits
+    nnf = torch.nn.functional
+    torch_loss = nnf.binary_cross_entropy if probs else nnf.binary_cross_entropy_with_logits
+    out = drop_in(v, x, reduction=reduction)
+    assert out.dtype == (dtype if reduction == "none" else torch.float32)
+    expected = torch_loss(v.double(), x.double(), reduction=reduction)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCES[dtype if reduction == "none" else torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "bernoulli_probs", "gaussian"])
+def test_half_sgvb_loss(backend, dtype, likelihood):
+    """The whole loss of half inputs is float32 on every backend; gradients keep the dtype."""
+    gen = torch.Generator().manual_seed(5)
+    recon = torch.randn(6, 40, generator=gen)
+    recon = torch.sigmoid(recon).clamp(0.01, 0.99) if likelihood == "bernoulli_probs" else recon
+    recon = recon.to(dtype).requires_grad_()
+    x = torch.rand(6, 40, generator=gen).to(dtype)
+    mu, logvar = (torch.randn(6, 5, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    loss = F.sgvb_loss(recon, x, mu, logvar, likelihood=likelihood)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert recon.grad.dtype == mu.grad.dtype == logvar.grad.dtype == dtype
+    r, xd, m, v = (t.detach().double() for t in (recon, x, mu, logvar))
+    log_px = {
+        "bernoulli": lambda: reference.bernoulli_log_likelihood(r, xd),
+        "bernoulli_probs": lambda: reference.bernoulli_probs_log_likelihood(r, xd),
+        "gaussian": lambda: reference.gaussian_log_likelihood(xd, r, torch.zeros((), dtype=torch.float64)),
+    }[likelihood]()
+    expected = (reference.gaussian_kl(m, v) - log_px).sum()
+    torch.testing.assert_close(loss.double(), expected, **TOLERANCES[torch.float32])
 
 
 @pytest.mark.parametrize("case", ROW_CASES)

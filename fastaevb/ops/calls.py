@@ -1,6 +1,8 @@
 """Kernel calls shared by the two call paths (the eager ``autograd.Function`` path of
 ``ops.eager`` and the ``torch.library`` custom ops of ``ops.custom``): pick the backend's kernel
-module for the device, bring tensors to a dtype it computes in, call, cast back.
+module for the device, bring tensors to a dtype it computes in, call, cast back: gradients and
+elementwise outputs to the input dtype, summed values to ``_dtypes.value_dtype`` of it (float32
+for half inputs).
 
 Shapes (validated and flattened by ``functional``): decoder outputs ``(R, D)``, data ``(B, D)``
 with ``R % B == 0``, latents ``(R, J)``. The backend contract is ``docs/backends.md``.
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._dtypes import HALF, value_dtype
 
 
 def kernels_for(device: torch.device) -> ModuleType:
@@ -44,6 +47,19 @@ def prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 def restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+def restored_value(value: Tensor, dtype: torch.dtype, reduce: str = "total") -> Tensor:
+    """A value output: elementwise values in the input ``dtype``, sums in its value dtype."""
+    want = dtype if reduce == "elements" else value_dtype(dtype)
+    return value if value.dtype == want else value.to(want)
+
+
+def restored_outputs(outputs: Sequence[Tensor], dtype: torch.dtype, reduce: str) -> tuple[Tensor, ...]:
+    """``(value, *grads)`` of a reduced forward entry, each in the dtype it is returned in."""
+    if dtype not in HALF:  # float32 / float64: everything in the input dtype (the common case)
+        return restored(outputs, dtype)
+    return (restored_value(outputs[0], dtype, reduce), *restored(outputs[1:], dtype))
 
 
 def seed_value(seed: Tensor | None) -> int | Tensor:
@@ -83,7 +99,10 @@ def reparameterize_kl_forward(
         log_weights,
         with_kl,
     )
-    return restored(outputs, mu.dtype)
+    if mu.dtype not in HALF:
+        return restored(outputs, mu.dtype)
+    z, *sums = outputs  # z keeps mu's dtype; the KL and log-weight rows are sums
+    return (*restored((z,), mu.dtype), *(restored_value(t, mu.dtype) for t in sums))
 
 
 def reparameterize_kl_backward(
@@ -117,7 +136,7 @@ def gaussian_kl_forward(mu: Tensor, logvar: Tensor, reduce: str, scale: float, w
     kernels = kernels_for(mu.device)
     dtype = compute_dtype(kernels, mu.dtype)
     outputs = kernels.gaussian_kl_forward(prepared(mu, dtype), prepared(logvar, dtype), reduce, scale, with_grad)
-    return restored(outputs, mu.dtype)
+    return restored_outputs(outputs, mu.dtype, reduce)
 
 
 def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, ...]:
@@ -138,7 +157,7 @@ def bernoulli_forward(
     outputs = getattr(kernels, f"{entry}_forward")(
         prepared(decoded, dtype), prepared_target(target, dtype), reduce, scale, with_grad
     )
-    return restored(outputs, decoded.dtype)
+    return restored_outputs(outputs, decoded.dtype, reduce)
 
 
 def bernoulli_backward(
@@ -160,7 +179,7 @@ def gaussian_ll_forward(
     outputs = kernels.gaussian_forward(
         prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale, with_grad
     )
-    return restored(outputs, mean.dtype)
+    return restored_outputs(outputs, mean.dtype, reduce)
 
 
 def gaussian_ll_backward(

@@ -26,12 +26,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import calls
+from .._dtypes import value_dtype
+from . import autocast, calls
 
 
 def _reduced_like(t: Tensor, reduce: str) -> Tensor:
-    shape = {"elements": t.shape, "rows": t.shape[:1], "total": ()}[reduce]
-    return t.new_empty(shape)
+    """A reduced op's value: elementwise in ``t``'s dtype, sums in its value dtype."""
+    if reduce == "elements":
+        return t.new_empty(t.shape)
+    return t.new_empty(t.shape[:1] if reduce == "rows" else (), dtype=value_dtype(t.dtype))
 
 
 def _grad_like(t: Tensor, with_grad: bool) -> Tensor:
@@ -97,7 +100,7 @@ def sgvb_loss(
 def _(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad):
     dlv = decoder_logvar if decoder_logvar is not None and likelihood == "gaussian" else decoded.new_empty(0)
     return (
-        mu.new_empty(()),
+        mu.new_empty((), dtype=value_dtype(mu.dtype)),
         _grad_like(decoded, with_grad),
         _grad_like(dlv, with_grad and dlv.numel() > 0),
         _grad_like(mu, with_grad),
@@ -191,11 +194,12 @@ def reparameterize_kl(
 def _(mu, logvar, seed, eps, samples, log_weights, with_kl):
     rows, latent = mu.shape
     weights_shape = (samples, rows) if log_weights else (0,)
+    sums = value_dtype(mu.dtype)  # KL and log-weight rows; z keeps mu's dtype
     return (
         mu.new_empty((samples, rows, latent)),
-        mu.new_empty((rows,) if with_kl else (0,)),
-        mu.new_empty(weights_shape),
-        mu.new_empty(weights_shape),
+        mu.new_empty((rows,) if with_kl else (0,), dtype=sums),
+        mu.new_empty(weights_shape, dtype=sums),
+        mu.new_empty(weights_shape, dtype=sums),
     )
 
 
@@ -374,3 +378,7 @@ def _(grad_out, x, mean, logvar, reduce, scale):
 
 
 _register_reduced_autograd(gaussian_ll, gaussian_ll_backward, differentiable=(1, 2))
+
+
+# float32 under torch.autocast, as torch's losses (the policy table is in ops.autocast)
+autocast.register()
