@@ -217,7 +217,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
     """
     reduction = check.reduction(reduction)
     if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
-        mu, logvar = autocast.to_float32(mu, logvar)
+        mu, logvar = autocast.to_float32(mu, logvar)  # type: ignore[assignment]
     _check_latents(mu, logvar, 1, None)
     if _use_reference(mu):
         return _reduce_reference(reference.gaussian_kl(upcast_half(mu), upcast_half(logvar)), reduction)

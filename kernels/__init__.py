@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from . import bernoulli, gaussian_kl, gaussian_log_likelihood, noise, reduce, reparameterize_kl
 from .bernoulli import (
     bernoulli_logits_backward,
     bernoulli_logits_forward,
@@ -24,9 +25,23 @@ from .noise import randn
 from .reparameterize_kl import reparameterize_kl_backward, reparameterize_kl_forward
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# Every Triton kernel (the source AOTAutograd's cache key covers, fastaevb/ops/library.py).
+KERNELS = (
+    bernoulli.bernoulli_fwd_kernel,
+    bernoulli.bernoulli_bwd_kernel,
+    gaussian_kl.gaussian_kl_fwd_kernel,
+    gaussian_kl.gaussian_kl_bwd_kernel,
+    gaussian_log_likelihood.gaussian_fwd_kernel,
+    gaussian_log_likelihood.gaussian_bwd_kernel,
+    noise.randn_kernel,
+    reduce.finish_kernel,
+    reparameterize_kl.reparameterize_kl_fwd_kernel,
+    reparameterize_kl.reparameterize_kl_bwd_kernel,
+)
 
 __all__ = [
     "DTYPES",
+    "KERNELS",
     "randn",
     "reparameterize_kl_forward",
     "reparameterize_kl_backward",

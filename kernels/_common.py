@@ -116,13 +116,31 @@ def checks_on_device(device: torch.device) -> bool:
     return device.type != "cpu" if device_checks is None else device_checks
 
 
+_FUNCTIONAL_MODE = torch._C._TorchDispatchModeKey.FUNCTIONAL
+
+
+def traced() -> bool:
+    """True while ``torch.compile`` traces into a launcher (the functional decomposition of a
+    ``torch.library.triton_op``, ``fastaevb/ops/library.py``): tensors are functional wrappers,
+    kernels are recorded, not run."""
+    return torch._C._get_dispatch_mode(_FUNCTIONAL_MODE) is not None
+
+
 def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)`` on ``device``'s own CUDA device (a device guard: tensors
     on ``cuda:1`` with ``cuda:0`` current), with FMA contraction pinned (the Triton 3.9 default,
-    which Triton 3.10 changes; nvcc, and so torch's own kernels, contract too)."""
+    which Triton 3.10 changes; nvcc, and so torch's own kernels, contract too).
+
+    While traced (:func:`traced`), the launch is recorded through ``torch.library.wrap_triton``
+    for Inductor, which compiles the kernel with its own options and device guard: ``num_warps``
+    goes through; ``maxnreg`` and ``enable_fp_fusion`` are not launch arguments there (Inductor
+    compiles user kernels with Triton's FMA default, and torch 2.13 drops ``maxnreg``)."""
     for hook in launch_hooks:
         hook(kernel)
-    if device.type == "cuda":
+    if traced():
+        options = {k: v for k, v in kwargs.items() if k != "maxnreg"}
+        torch.library.wrap_triton(kernel)[grid](*args, **options)
+    elif device.type == "cuda":
         with torch.cuda.device(device):
             kernel[grid](*args, enable_fp_fusion=True, **kwargs)
     else:
@@ -130,9 +148,14 @@ def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
 
 
 @functools.cache
-def _zero(dtype: torch.dtype, device: str) -> torch.Tensor:
+def _cached_zero(dtype: torch.dtype, device: str) -> torch.Tensor:
     # cached: a stable address (CUDA-graph safe), never written
     return torch.zeros(1, dtype=dtype, device=device)
+
+
+def _zero(dtype: torch.dtype, device: str) -> torch.Tensor:
+    # traced: a zero in the graph (a cached real tensor must not leak into a trace, nor a traced one into the cache)
+    return torch.zeros(1, dtype=dtype, device=device) if traced() else _cached_zero(dtype, device)
 
 
 def zero_or(t, dtype: torch.dtype, device: torch.device):

@@ -84,8 +84,17 @@ def finish_kernel(
 def bad_counts(rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row out-of-range count buffers (input, target) the forward kernels write (every row is
     written: no zero fill), as 16-byte aligned views of one allocation."""
-    from ._common import padded
+    from ._common import padded, traced
 
+    if (
+        traced()
+    ):  # Inductor plans the memory; and no offset views (which fake CUDA tensors on a CPU-only torch cannot trace)
+        buf = torch.empty(0, dtype=torch.int32, device=device)
+        return (
+            buf,
+            torch.empty(rows, dtype=torch.int32, device=device),
+            torch.empty(rows, dtype=torch.int32, device=device),
+        )
     p = padded(rows)
     buf = torch.empty(2 * p, dtype=torch.int32, device=device)
     return buf, buf[:rows], buf[p : p + rows]

@@ -11,8 +11,9 @@ One op per fused step, plus its backward op so compiled backward graphs stay tra
 ``fastaevb::gaussian_ll``             Gaussian log p(x|z), Appendix C.2
 ====================================  ==============================================
 
-Each op's body is the kernel call of ``ops.calls``; the kernel is picked inside the op, so a
-compiled graph holds one opaque node per step. Eagerly, ``fastaevb.ops`` skips this dispatcher
+Each op's body is the kernel call of ``ops.calls``; the kernel is picked inside the op. The ops
+are ``torch.library.triton_op``s (``ops.library``): a compiled graph holds one opaque node per step
+on CPU, and on CUDA the Triton kernels themselves, for Inductor. Eagerly, ``fastaevb.ops`` skips this dispatcher
 layer and runs ``ops.eager`` (the same calls under ``autograd.Function``); these ops are also
 usable directly as ``torch.ops.fastaevb.*``.
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .._dtypes import value_dtype
-from . import autocast, calls
+from . import autocast, calls, library
 
 
 def _reduced_like(t: Tensor, reduce: str) -> Tensor:
@@ -77,7 +78,7 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
 # --- the whole loss ----------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastaevb::sgvb_loss", mutates_args=())
+@library.op("sgvb_loss")
 def sgvb_loss(
     decoded: Tensor,
     x: Tensor,
@@ -108,7 +109,7 @@ def _(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, wi
     )
 
 
-@torch.library.custom_op("fastaevb::sgvb_loss_backward", mutates_args=())
+@library.op("sgvb_loss_backward")
 def sgvb_loss_backward(
     grad_out: Tensor,
     decoded: Tensor,
@@ -168,7 +169,7 @@ sgvb_loss.register_autograd(_sgvb_loss_grad, setup_context=_sgvb_loss_setup)
 # --- reparameterize + KL ----------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastaevb::reparameterize_kl", mutates_args=())
+@library.op("reparameterize_kl")
 def reparameterize_kl(
     mu: Tensor,
     logvar: Tensor,
@@ -203,7 +204,7 @@ def _(mu, logvar, seed, eps, samples, log_weights, with_kl):
     )
 
 
-@torch.library.custom_op("fastaevb::reparameterize_kl_backward", mutates_args=())
+@library.op("reparameterize_kl_backward")
 def reparameterize_kl_backward(
     grad_z: Tensor | None,
     grad_kl: Tensor | None,
@@ -261,7 +262,7 @@ reparameterize_kl.register_autograd(_reparameterize_kl_grad, setup_context=_repa
 # --- analytic KL ------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastaevb::gaussian_kl", mutates_args=())
+@library.op("gaussian_kl")
 def gaussian_kl(
     mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -275,7 +276,7 @@ def _(mu, logvar, reduce, scale, with_grad):
     return _reduced_like(mu, reduce), _grad_like(mu, with_grad), _grad_like(logvar, with_grad)
 
 
-@torch.library.custom_op("fastaevb::gaussian_kl_backward", mutates_args=())
+@library.op("gaussian_kl_backward")
 def gaussian_kl_backward(
     grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -298,7 +299,7 @@ def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: 
     """Define ``fastaevb::{name}`` and its backward op over the backends' ``{entry}_forward`` /
     ``{entry}_backward``: the two Bernoulli forms differ only in their formula."""
 
-    @torch.library.custom_op(f"fastaevb::{name}", mutates_args=())
+    @library.op(name)
     def forward(decoded: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
         return calls.bernoulli_forward(entry, decoded, target, reduce, scale, with_grad)  # type: ignore[return-value]
 
@@ -306,7 +307,7 @@ def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: 
     def _(decoded, target, reduce, scale, with_grad):
         return _reduced_like(decoded, reduce), _grad_like(decoded, with_grad)
 
-    @torch.library.custom_op(f"fastaevb::{name}_backward", mutates_args=())
+    @library.op(f"{name}_backward")
     def backward(grad_out: Tensor, decoded: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
         return calls.bernoulli_backward(entry, grad_out, decoded, target, reduce, scale)[0]
 
@@ -347,7 +348,7 @@ bernoulli_probs_ll, bernoulli_probs_ll_backward = _define_bernoulli_op(
 # --- Gaussian decoder -------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastaevb::gaussian_ll", mutates_args=())
+@library.op("gaussian_ll")
 def gaussian_ll(
     x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -364,7 +365,7 @@ def _(x, mean, logvar, reduce, scale, with_grad):
     return _reduced_like(mean, reduce), _grad_like(mean, with_grad), _grad_like(logvar, with_grad)
 
 
-@torch.library.custom_op("fastaevb::gaussian_ll_backward", mutates_args=())
+@library.op("gaussian_ll_backward")
 def gaussian_ll_backward(
     grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
 ) -> tuple[Tensor, Tensor]:

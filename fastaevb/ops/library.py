@@ -1,0 +1,60 @@
+"""How each fastaevb op is registered with ``torch.library``: visible to Inductor on CUDA, one
+opaque node on CPU.
+
+Every op is a ``torch.library.triton_op`` over its body (the kernel call of ``ops.calls``).
+On CUDA tensors, AOTAutograd's functionalization traces into that body: the Triton launchers of
+``kernels/`` record their kernels through ``torch.library.wrap_triton`` while traced
+(``kernels._common.launch``), so a compiled graph holds the kernels themselves
+(``triton_kernel_wrapper_functional`` nodes) for Inductor to compile, schedule and CUDA-graph
+with the rest of the step. The CPU backends (C++, numba) are registered with
+``register_kernel("cpu")``; torch decomposes a triton_op whatever the device, so the
+decomposition is narrowed here to tensors the Triton backend runs compiled (CUDA, not the
+interpreter): on CPU the op stays one opaque node, as before. The fake kernels are the ops' own
+(``ops.custom``), registered after this: the body is not run on fake tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch._library.custom_ops import CustomOpDef
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+from .. import backends
+
+
+def _on_compiled_triton(args) -> bool:
+    """The op's tensors run on the Triton backend's compiled kernels (CUDA, no interpreter)."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    return device.type == "cuda" and not backends._triton_interpreted()
+
+
+def _name_kernel_sources(name: str) -> None:
+    """AOTAutograd's cache key covers the source of a triton_op's kernels, which torch finds by
+    reading the op's body; ours sit behind the backend dispatch, so they are named here (where a
+    GPU and Triton make Inductor compile them)."""
+    if backends._AVAILABLE["triton"] and torch.cuda.is_available() and not backends._triton_interpreted():
+        torch._library.triton.triton_ops_to_kernels[name] = list(backends.kernels("triton").KERNELS)
+
+
+def op(name: str) -> Callable:
+    """Decorator: define ``fastaevb::{name}`` over the decorated body (see the module docstring)."""
+
+    def define(fn: Callable) -> CustomOpDef:
+        qualname = f"fastaevb::{name}"
+        result: CustomOpDef = torch.library.triton_op(qualname, fn, mutates_args=())  # type: ignore[assignment]
+        result.register_kernel("cpu")(fn)
+        # torch's decomposition (private attribute: its rule for FunctionalTensorMode), kept for CUDA
+        decompose = result._torch_dispatch_fns[FunctionalTensorMode]
+
+        def functional(mode, func, types, args, kwargs):
+            if _on_compiled_triton(args):
+                return decompose(mode, func, types, args, kwargs)
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+
+        result.register_torch_dispatch(FunctionalTensorMode, functional)
+        _name_kernel_sources(qualname)
+        return result
+
+    return define

@@ -1,0 +1,113 @@
+"""The fastaevb ops as ``torch.library.triton_op``s (``fastaevb/ops/library.py``): on CUDA,
+``torch.compile``'s functionalization traces into the Triton launchers and the graph holds the
+kernels themselves, for Inductor; on CPU each op stays one opaque node over the C++ / numba
+backends (``register_kernel("cpu")``).
+
+Shown without a GPU: the registrations; the CPU graphs; and, in a subprocess without the
+interpreter (``tests/fake_cuda_trace.py``), the functionalized graphs of every step on *fake* CUDA
+tensors, with torch's own analysis of which kernel arguments are written (TTIR lowered for
+sm_90). Not shown: Inductor compiling and running those kernels on a GPU (its codegen for user
+kernels needs a CUDA device), and dynamic shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._library.custom_ops import OPDEFS, CustomOpDef
+from torch._subclasses.functional_tensor import dispatch_functionalize
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import fastaevb
+from fastaevb import functional as F
+
+OPS = (
+    "sgvb_loss",
+    "reparameterize_kl",
+    "gaussian_kl",
+    "bernoulli_logits_ll",
+    "bernoulli_probs_ll",
+    "gaussian_ll",
+)
+SCRIPT = Path(__file__).with_name("fake_cuda_trace.py")
+
+# Each traced step and the Triton kernels its graph holds, in launch order.
+EXPECTED_KERNELS = {
+    "sgvb_loss": ["bernoulli_fwd_kernel", "finish_kernel"],  # KL rows inside the decoder kernel
+    "sgvb_loss_gaussian": ["gaussian_fwd_kernel", "finish_kernel"],
+    "binary_cross_entropy_with_logits": ["bernoulli_fwd_kernel", "finish_kernel"],
+    "binary_cross_entropy": ["bernoulli_fwd_kernel", "finish_kernel"],
+    "reparameterize_kl": ["reparameterize_kl_fwd_kernel"],
+    "gaussian_kl": ["gaussian_kl_fwd_kernel"],
+    "gaussian_log_likelihood": ["gaussian_fwd_kernel", "finish_kernel"],
+    "sgvb_loss_backward": ["gaussian_kl_bwd_kernel", "bernoulli_bwd_kernel"],
+    "sgvb_loss_backward_gaussian": ["gaussian_kl_bwd_kernel", "gaussian_bwd_kernel", "finish_kernel"],
+    "reparameterize_kl_backward": ["reparameterize_kl_bwd_kernel"],
+    "gaussian_kl_backward": ["gaussian_kl_bwd_kernel"],
+    "gaussian_kl_bf16": ["gaussian_kl_fwd_kernel"],
+    "reparameterize_kl_bf16": ["reparameterize_kl_fwd_kernel"],
+    "sgvb_loss_gaussian_bf16": ["gaussian_fwd_kernel", "finish_kernel"],
+}
+
+
+@pytest.mark.parametrize("name", [*OPS, *(f"{n}_backward" for n in OPS)])
+def test_every_op_is_a_triton_op_with_a_cpu_kernel(name):
+    qualname = f"fastaevb::{name}"
+    assert isinstance(OPDEFS[qualname], CustomOpDef)
+    assert qualname in torch._library.triton.triton_ops_to_kernels  # what triton_op records
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CPU")
+
+
+def test_cpu_ops_stay_one_node_when_functionalized(kernel_backend):
+    """On CPU tensors the functionalized graph (as AOTAutograd builds it) keeps the op: torch would
+    otherwise decompose a triton_op into its body on any device. The interpreted Triton backend
+    (CPU tensors) stays opaque too."""
+    recon, x = torch.randn(4, 6), (torch.rand(4, 6) > 0.5).float()
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+
+    def step(recon, x, mu, logvar):
+        with fastaevb.ops.use_custom_ops():
+            return F.sgvb_loss(recon, x, mu, logvar, likelihood="bernoulli")
+
+    graph = make_fx(dispatch_functionalize(step))(recon, x, mu, logvar).graph
+    targets = [str(n.target) for n in graph.nodes if n.op == "call_function"]
+    assert "fastaevb.sgvb_loss.default" in targets
+    assert not any("triton_kernel" in t for t in targets)
+
+
+def _trace(device: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    result = subprocess.run([sys.executable, str(SCRIPT), device], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_fake_cuda_graphs_hold_the_triton_kernels():
+    """Every step on fake CUDA tensors: no fastaevb node left, the expected kernels as
+    ``triton_kernel_wrapper_functional`` nodes, no kernel writes a graph input (so Inductor need
+    not copy inputs before a launch), and the outputs have the shapes, dtypes and device the op's
+    fake kernel declares (what dynamo traced with)."""
+    report = _trace("cuda")
+    assert set(report) == set(EXPECTED_KERNELS)
+    for name, found in report.items():
+        assert found["fastaevb_nodes"] == [], name
+        assert [kernel for kernel, _ in found["kernels"]] == EXPECTED_KERNELS[name], name
+        assert found["writes_inputs"] == [], name
+        assert all(written for _, written in found["kernels"]), name
+        assert found["outputs_as_declared"], name  # the launchers' outputs match the fake kernel's
+
+
+@pytest.mark.slow
+def test_fake_cpu_graphs_keep_the_ops():
+    """The same script on fake CPU tensors: opaque fastaevb nodes, no Triton kernel."""
+    for name, found in _trace("cpu").items():
+        assert found["kernels"] == [], name
+        assert found["fastaevb_nodes"], name
