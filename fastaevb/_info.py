@@ -25,6 +25,7 @@ def build_info() -> dict[str, Any]:
     }
     if "cpp" in info["available_backends"]:
         from . import _C  # type: ignore[attr-defined]
+        from .backends import cpp
 
         info.update(
             simd_target=_C.simd_target(),
@@ -32,6 +33,8 @@ def build_info() -> dict[str, Any]:
             simd_targets_compiled=_C.simd_targets_compiled(),
             openmp=_C.openmp,
             native_build=_C.native,
+            # fastaevb._autograd: reparameterize and sgvb_loss as C++ autograd nodes (CMakeLists.txt)
+            autograd_nodes=cpp._autograd is not None,
         )
     else:
         info["note"] = (

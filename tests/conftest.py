@@ -35,17 +35,28 @@ def device_for(backend: str) -> str:
     return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
-# Each kernel backend on the eager call path (autograd.Function), and the torch.library custom-op
-# path (what torch.compile runs) once more on the first backend: the path is backend-independent.
-CALL_PATHS = [(name, "eager") for name in KERNEL_BACKENDS] + [(KERNEL_BACKENDS[0], "custom_op")]
+# Each kernel backend on its eager call path (C++ autograd nodes for cpp's reparameterize and
+# sgvb_loss where built, else autograd.Function); cpp once more on the Python autograd.Function
+# path when it has C++ nodes; and the torch.library custom-op path (what torch.compile runs) once
+# more on the first backend: that path is backend-independent.
+_CPP_NODES = fastaevb.build_info().get("autograd_nodes", False)
+CALL_PATHS = (
+    [(name, "eager") for name in KERNEL_BACKENDS]
+    + ([("cpp", "python_autograd")] if _CPP_NODES else [])
+    + [(KERNEL_BACKENDS[0], "custom_op")]
+)
+_PATH_CONTEXTS = {
+    "eager": contextlib.nullcontext,
+    "python_autograd": fastaevb.ops.use_python_autograd,
+    "custom_op": fastaevb.ops.use_custom_ops,
+}
 
 
 @pytest.fixture(params=CALL_PATHS, ids=[n if p == "eager" else f"{n}-{p}" for n, p in CALL_PATHS])
 def kernel_backend(request):
     """Name of each fused-kernel backend, with that backend (and call path) selected for the test."""
     name, path = request.param
-    custom = fastaevb.ops.use_custom_ops() if path == "custom_op" else contextlib.nullcontext()
-    with fastaevb.use_backend(name), custom:
+    with fastaevb.use_backend(name), _PATH_CONTEXTS[path]():
         yield name
 
 

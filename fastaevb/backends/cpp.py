@@ -17,6 +17,11 @@ from torch import Tensor
 from .. import _C
 from .._errors import check_range
 
+try:  # the C++ autograd nodes: built when torch was importable at build time (CMakeLists.txt)
+    from .. import _autograd  # type: ignore[attr-defined]
+except ImportError:
+    _autograd = None
+
 DTYPES = (torch.float32, torch.float64)
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
@@ -273,3 +278,53 @@ def sgvb_loss_forward(
     check_range(bad_in, "input")
     check_range(bad_x, "target")
     return out, grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
+
+
+# --------------------------------------------------------------------------------------
+# C++ autograd nodes (optional entries): the two calls of a step's loss lines with their
+# backward in C++, so no Python runs in backward. Each returns None when the inputs need the
+# general path (a dtype the kernels do not take, empty tensors, no _autograd module).
+# --------------------------------------------------------------------------------------
+
+
+def _native_dtypes(*tensors: Tensor | None) -> bool:
+    dtype = tensors[0].dtype  # type: ignore[union-attr]
+    return dtype in DTYPES and all(t is None or t.dtype == dtype for t in tensors)
+
+
+def autograd_reparameterize(
+    mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int
+) -> Tensor | None:
+    """z of eq. (4) as one C++ autograd node (``ops.reparameterize``'s arguments)."""
+    if _autograd is None or mu.numel() == 0 or not _native_dtypes(mu, logvar, eps):
+        return None
+    return _autograd.reparameterize(mu, logvar, eps, 0 if seed is None else int(seed), samples)
+
+
+def autograd_sgvb_loss(
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
+    with_grad: bool,
+) -> Tensor | None:
+    """The whole loss of a step as one C++ autograd node (``ops.sgvb_loss``'s arguments); its
+    gradients are written in forward and handed out by backward."""
+    byte_target = x.dtype == torch.uint8 or x.dtype == torch.bool
+    if (
+        _autograd is None
+        or x.numel() == 0
+        or decoded.numel() == 0
+        or not _native_dtypes(decoded, mu, logvar, decoder_logvar, None if byte_target else x)
+    ):
+        return None
+    loss, bad_in, bad_x = _autograd.sgvb_loss(
+        decoded, x, decoder_logvar, mu, logvar, _C.LIKELIHOODS[likelihood], kl_scale, ll_scale, with_grad
+    )
+    check_range(bad_in, "input")
+    check_range(bad_x, "target")
+    return loss

@@ -1,9 +1,12 @@
 """The fused SGVB steps with autograd, as ``functional`` calls them: one function per step.
 
-Two call paths run the same kernel calls (``ops.calls``) and the same backward rules:
+Three call paths run the same kernels and the same backward rules:
 
-- eagerly, a plain ``torch.autograd.Function`` (``ops.eager``): no dispatcher in between, a few
-  microseconds of Python per call;
+- eagerly, for ``reparameterize`` and ``sgvb_loss`` (the two calls of a step's loss lines), C++
+  autograd nodes where the backend has them (``cpp``: ``autograd_reparameterize``,
+  ``autograd_sgvb_loss``), so backward runs no Python;
+- eagerly otherwise, a plain ``torch.autograd.Function`` (``ops.eager``): no dispatcher in
+  between, a few microseconds of Python per call;
 - while ``torch.compile`` traces (or inside :func:`use_custom_ops`), the ``torch.library`` custom
   ops of ``ops.custom`` (``torch.ops.fastaevb.*``), which have fake kernels, so compiled graphs
   hold one opaque node per step and no graph break.
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from . import custom, eager
+from . import calls, custom, eager
 
 __all__ = [
     "sgvb_loss",
@@ -32,10 +35,12 @@ __all__ = [
     "bernoulli_probs_ll",
     "gaussian_ll",
     "use_custom_ops",
+    "use_python_autograd",
     "custom",
 ]
 
 _force_custom: list[bool] = []
+_force_python: list[bool] = []
 
 
 @contextlib.contextmanager
@@ -49,8 +54,27 @@ def use_custom_ops() -> Iterator[None]:
         _force_custom.pop()
 
 
+@contextlib.contextmanager
+def use_python_autograd() -> Iterator[None]:
+    """Run eager calls through the Python ``autograd.Function`` path even where a backend has C++
+    autograd nodes: for tests and debugging; slower."""
+    _force_python.append(True)
+    try:
+        yield
+    finally:
+        _force_python.pop()
+
+
 def _custom_path() -> bool:
     return bool(_force_custom) or torch.compiler.is_compiling()
+
+
+def _native_node(name: str, device: torch.device):
+    """The backend's C++ autograd entry ``name`` for ``device``, or None (no such entry, forced
+    Python path, or a functorch transform, which C++ nodes do not support)."""
+    if _force_python or torch._C._are_functorch_transforms_active():
+        return None
+    return getattr(calls.kernels_for(device), name, None)
 
 
 def sgvb_loss(
@@ -71,6 +95,14 @@ def sgvb_loss(
     ``x`` is ``(B, ...)``, rows of D values; ``decoded`` holds ``R * D`` values, ``R % B == 0``, in a
     layout ``functional`` validated (flattened to ``(R, D)`` rows here)."""
     if not _custom_path():
+        node = _native_node("autograd_sgvb_loss", decoded.device)
+        loss = (
+            None
+            if node is None
+            else node(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
+        )
+        if loss is not None:
+            return loss
         return eager.apply(
             eager.SGVBLossFunction, likelihood, kl_scale, ll_scale, with_grad, decoded, x, decoder_logvar, mu, logvar
         )
@@ -82,6 +114,10 @@ def sgvb_loss(
 def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int) -> Tensor:
     """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output."""
     if not _custom_path():
+        node = _native_node("autograd_reparameterize", mu.device)
+        z = None if node is None else node(mu, logvar, seed, eps, samples)
+        if z is not None:
+            return z
         return eager.apply(eager.ReparameterizeFunction, mu, logvar, seed, eps, samples)
     return reparameterize_kl(mu, logvar, seed, eps, samples, False, False)[0]
 
