@@ -52,3 +52,17 @@ def test_randn_is_deterministic_and_standard_normal():
     # int64 offsets past 2**32 and 63-bit seeds are accepted
     far = _cpp.randn(2**63 - 1, torch.tensor([2**32 + 5, 2**62]))
     assert torch.isfinite(far).all()
+
+
+def test_autograd_nodes_are_built_and_run_the_loss_lines():
+    """scripts/setup.sh builds fastaevb._autograd (against the installed torch): without it the
+    slower Python autograd path would run unnoticed."""
+    import fastaevb
+    from fastaevb import functional as FF
+
+    assert fastaevb.build_info()["autograd_nodes"], "fastaevb._autograd not built: pip install --no-build-isolation"
+    mu, logvar = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3, requires_grad=True)
+    z = FF.reparameterize(mu, logvar)
+    loss = fastaevb.SGVBLoss("bernoulli")(torch.zeros(2, 4, requires_grad=True), torch.ones(2, 4), mu, logvar)
+    assert "CppNode<fastaevb::Reparameterize>" in z.grad_fn.name()
+    assert "CppNode<fastaevb::SGVBLoss>" in loss.grad_fn.name()

@@ -64,6 +64,28 @@ def test_upstream_gradient_other_than_one_scales(kernel_backend, likelihood):
         torch.testing.assert_close(2.5 * a, b)
 
 
+@pytest.mark.parametrize(
+    "likelihood, decoder_logvar",
+    [("bernoulli", None), ("bernoulli_probs", None), ("gaussian", "elementwise"), ("gaussian", "shared")],
+)
+def test_gradcheck_float64(kernel_backend, likelihood, decoder_logvar):
+    """gradcheck scales the upstream gradient (not 1), so the multiply of backward is checked too."""    device = device_for(kernel_backend)
+    recon, x, mu, logvar = (t.to(device).detach().requires_grad_(t.requires_grad) for t in inputs(likelihood, 2))
+    if likelihood == "bernoulli_probs":  # finite differences need p away from the clamp at 0 and 1
+        recon = recon.detach().clamp(0.05, 0.95).requires_grad_()
+    free = [recon, mu, logvar]
+    if decoder_logvar is not None:
+        shape = (1,) if decoder_logvar == "shared" else recon.shape
+        free.append((0.3 * torch.randn(shape, dtype=torch.float64)).to(device).requires_grad_())
+
+    def loss(recon, mu, logvar, *decoder_logvar):
+        return fastaevb.functional.sgvb_loss(
+            recon, x, mu, logvar, likelihood=likelihood, decoder_logvar=decoder_logvar[0] if decoder_logvar else None
+        )
+
+    assert torch.autograd.gradcheck(loss, free)
+
+
 def test_gradients_survive_retain_graph():
     recon, x, mu, logvar = inputs("bernoulli")
     loss = fastaevb.SGVBLoss("bernoulli")(recon, x, mu, logvar)

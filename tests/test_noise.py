@@ -74,16 +74,20 @@ def test_same_seed_same_eps_and_manual_seed_controls_it(kernel_backend):
     assert torch.equal(F.reparameterize(mu, mu, generator=gen), F.reparameterize(mu, mu, generator=gen.manual_seed(7)))
 
 
+@pytest.mark.parametrize("op", ["reparameterize_kl", "reparameterize"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("samples", [1, 4])
-def test_seeded_backward_regenerates_eps(kernel_backend, dtype, samples):
-    """gradcheck through the seeded op: backward must rebuild exactly the eps forward used."""
+def test_seeded_backward_regenerates_eps(kernel_backend, dtype, samples, op):
+    """gradcheck through the seeded ops (z with KL and log-weights; z alone, the cpp backend's C++
+    autograd node): backward must rebuild exactly the eps forward used."""
     gen = torch.Generator().manual_seed(8)
     device = device_for(kernel_backend)
     mu, logvar = (torch.randn(3, 4, generator=gen, dtype=torch.float64).to(device).requires_grad_() for _ in range(2))
     seed = torch.tensor(2**40 + 3)
 
     def outputs(mu, logvar):
+        if op == "reparameterize":
+            return ops.reparameterize(mu, logvar, seed, None, samples)
         return ops.reparameterize_kl(mu, logvar, seed, None, samples, True, True)
 
     assert torch.autograd.gradcheck(outputs, (mu, logvar))
