@@ -69,7 +69,8 @@ def test_upstream_gradient_other_than_one_scales(kernel_backend, likelihood):
     [("bernoulli", None), ("bernoulli_probs", None), ("gaussian", "elementwise"), ("gaussian", "shared")],
 )
 def test_gradcheck_float64(kernel_backend, likelihood, decoder_logvar):
-    """gradcheck scales the upstream gradient (not 1), so the multiply of backward is checked too."""    device = device_for(kernel_backend)
+    """gradcheck scales the upstream gradient (not 1), so the multiply of backward is checked too."""
+    device = device_for(kernel_backend)
     recon, x, mu, logvar = (t.to(device).detach().requires_grad_(t.requires_grad) for t in inputs(likelihood, 2))
     if likelihood == "bernoulli_probs":  # finite differences need p away from the clamp at 0 and 1
         recon = recon.detach().clamp(0.05, 0.95).requires_grad_()
