@@ -3,8 +3,10 @@
 #   1. system packages: a C++17 compiler, CMake, Google Highway (SIMD math, runtime ISA dispatch)
 #      and the Fashion-MNIST IDX files (Debian's dataset-fashion-mnist);
 #   2. a venv in .venv with torch (CPU build, installed first and explicitly so pip never picks a
-#      multi-GB CUDA build), then fastaevb itself (builds the C++ extension) with the extras in
-#      FASTAEVB_EXTRAS (default "train": tqdm + matplotlib for the training application).
+#      multi-GB CUDA build), then fastaevb itself with the extras in FASTAEVB_EXTRAS (default
+#      "train": tqdm + matplotlib for the training application). It builds without build
+#      isolation, so CMake sees this torch and builds the C++ autograd nodes (fastaevb._autograd)
+#      against it next to the kernels (fastaevb._C); hence the build tools are installed first.
 # Other platforms: install g++/clang, cmake and Highway (conda-forge `highway`, Homebrew `highway`)
 # yourself, then run this script; it skips the apt step when the packages are already there.
 set -euo pipefail
@@ -33,5 +35,6 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 "${pip[@]}" install "torch==${FASTAEVB_TORCH_VERSION:-2.13.0}"
-"${pip[@]}" install -e ".[${FASTAEVB_EXTRAS:-train}]"
-.venv/bin/python -c "import fastaevb; print('fastaevb backends:', fastaevb.available_backends())"
+"${pip[@]}" install "scikit-build-core>=0.10" "pybind11>=2.12"
+"${pip[@]}" install --no-build-isolation -e ".[${FASTAEVB_EXTRAS:-train}]"
+.venv/bin/python -c "import fastaevb; i = fastaevb.build_info(); print('fastaevb backends:', i['available_backends'], '- C++ autograd nodes:', i.get('autograd_nodes'))"
