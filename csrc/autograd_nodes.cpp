@@ -6,6 +6,8 @@
 // flattens and wires gradients. Python (fastaevb/ops) has validated every argument before.
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/python.h>
 
 #include <array>
@@ -106,11 +108,16 @@ struct SGVBLoss : torch::autograd::Function<SGVBLoss> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor& grad_out = grads[0];
+    TORCH_CHECK(ctx->saved_data.count("grads") == 1, torch::autograd::ERR_BACKWARD_TWICE);
     auto written = ctx->saved_data["grads"].toTensorVector();
     TORCH_CHECK(written[0].defined(), "fastaevb: SGVB loss gradients were not written in forward");
     if (!upstream_is_one(grad_out)) {
       for (Tensor& g : written)
         if (g.defined()) g = g * grad_out;
+    } else if (!torch::autograd::get_current_graph_task_keep_graph()) {
+      // The graph is freed after this call: hand the tensors over, so that AccumulateGrad, seeing
+      // no other reference, adopts them as .grad instead of copying (a whole decoder output).
+      ctx->saved_data.erase("grads");
     }
     return {written[0], Tensor(), written[1], written[2], written[3],
             Tensor(),   Tensor(), Tensor(),   Tensor(),   Tensor()};

@@ -34,17 +34,28 @@ def upstream_is_one(grad_out: Tensor) -> bool:
 
 
 def _take_grads(ctx, grad_out: Tensor) -> tuple[Tensor, ...]:
-    """The gradients written in forward, times ``grad_out`` (as they are for ``loss.backward()``:
-    the next backward node reads them without a copy)."""
-    if upstream_is_one(grad_out):
-        return ctx.grads
-    return calls.scaled_grads(ctx.grads, grad_out)
+    """The gradients written in forward, times ``grad_out``. For ``loss.backward()`` they are handed
+    over as they are when the graph is freed after this backward (``.grad`` adopts them, no copy),
+    and as copies when it is retained: a ``.grad`` that adopted them would otherwise be added into
+    in place by the next backward, which hands the same tensors out again."""
+    if ctx.grads is None:
+        raise RuntimeError(
+            "Trying to backward through the graph a second time: the fused loss's gradients were handed "
+            "over by the first backward. Specify retain_graph=True to backward through it again."
+        )
+    if not upstream_is_one(grad_out):
+        return calls.scaled_grads(ctx.grads, grad_out)
+    if torch._C._autograd._get_current_graph_task_keep_graph():
+        return tuple(g.clone() for g in ctx.grads)
+    grads, ctx.grads = ctx.grads, None
+    return grads
 
 
 class ReducedFunction(torch.autograd.Function):
-    """``forward_call(*tensors, reduce, scale, with_grad) -> (out, *grads)`` with autograd;
-    ``backward_call(grad_out, *tensors, reduce, scale)`` recomputes the gradients when they were
-    not written in forward. ``differentiable``: the positions in ``tensors`` they belong to."""
+    """``forward_call(*tensors, reduce, scale, with_grad, *flags) -> (out, *grads)`` with autograd;
+    ``backward_call(grad_out, *tensors, reduce, scale, *flags)`` recomputes the gradients when they
+    were not written in forward. ``differentiable``: the positions in ``tensors`` they belong to
+    (a gradient nobody asked for is an empty placeholder and is never handed out)."""
 
     @staticmethod
     def forward(
