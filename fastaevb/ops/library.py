@@ -11,6 +11,9 @@ with the rest of the step. The CPU backends (C++, numba) are registered with
 decomposition is narrowed here to tensors the Triton backend runs compiled (CUDA, not the
 interpreter): on CPU the op stays one opaque node, as before. The fake kernels are the ops' own
 (``ops.custom``), registered after this: the body is not run on fake tensors.
+
+Registering a triton_op imports ``triton`` where it is installed (torch looks for kernels in the
+body; about 0.2 s at ``import fastaevb``); fastaevb's own kernels still load on first use.
 """
 
 from __future__ import annotations
