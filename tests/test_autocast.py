@@ -133,8 +133,8 @@ def test_cuda_autocast_dispatch_on_fake_tensors():
         logits = torch.empty(4, 6, device="cuda", dtype=torch.float16)
         target = torch.empty(4, 6, device="cuda", dtype=torch.float16)
         assert TF.binary_cross_entropy_with_logits(logits, target).dtype == torch.float32
-        out, grad = torch.ops.fastaevb.bernoulli_logits_ll(logits, target, "total", -1.0, True)
-        assert out.dtype == torch.float32 and grad.dtype == torch.float32
+        kl, grad_mu, grad_logvar = torch.ops.fastaevb.gaussian_kl(logits, target, "total", 1.0, True)
+        assert kl.dtype == grad_mu.dtype == grad_logvar.dtype == torch.float32  # inputs cast first
         with fastaevb.ops.use_custom_ops():  # functional's own cast, through the op's fake kernel
             assert F.binary_cross_entropy_with_logits(logits, target).dtype == torch.float32
             assert F.gaussian_kl(logits, target).dtype == torch.float32
