@@ -2,6 +2,8 @@
 // -F.binary_cross_entropy), forward and backward, in one pass over (R, D): the row sums, the
 // out-of-range counts and, for a scalar result, the gradient come out of the same loop.
 // Compiled for every SIMD target by Highway; the best one is picked at run time.
+#include <type_traits>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "bernoulli.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -14,32 +16,45 @@ HWY_BEFORE_NAMESPACE();
 namespace fastaevb {
 namespace HWY_NAMESPACE {
 
-// ll and dll/d(input) of either parameterization; the unused one is dead code after inlining.
-template <bool kProbs, class D>
-HWY_INLINE LLGrad<D> Term(D d, V<D> in, V<D> x) {
-  if constexpr (kProbs)
-    return {BernoulliProbsLL(d, in, x), BernoulliProbsGrad(d, in, x)};
-  else
-    return BernoulliLogits(d, in, x);
+// ll, dll/d(input) and dll/dx of one vector: the plain forms, or the drop-ins' pos-weighted
+// one (kPos, q the pos_weight); dx is only computed when kTargetGrad (else a dead placeholder).
+template <bool kProbs, bool kPos, bool kTargetGrad, class D>
+HWY_INLINE LLGrads<D> Terms(D d, V<D> in, V<D> x, V<D> q) {
+  if constexpr (kPos) {
+    return BernoulliLogitsPosWeight(d, in, x, q);
+  } else if constexpr (kProbs) {
+    V<D> dx = in;
+    if constexpr (kTargetGrad) dx = BernoulliProbsTargetGrad(d, in);
+    return {BernoulliProbsLL(d, in, x), BernoulliProbsGrad(d, in, x), dx};
+  } else {
+    const auto t = BernoulliLogits(d, in, x);
+    return {t.ll, t.dl, in};  // dll/dx = l
+  }
 }
 
-template <bool kProbs, int kMode, class T, class X>
+template <bool kProbs, int kMode, class T, class X, int kExtras>
 void RowsT(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
   using DT = hn::ScalableTag<T>;
   const DT d;
   constexpr bool kForward = kMode <= kFwdSumGrad;
+  constexpr bool kPos = (kExtras & kPosWeight) != 0, kTgt = (kExtras & kTargetGrad) != 0;
   const Rows& rows = job.rows;
   const T* in = static_cast<const T*>(job.in);
   const X* x = static_cast<const X*>(job.x);
   const T* go = static_cast<const T*>(job.grad_out);
   T* out = static_cast<T*>(job.out);
   T* grad = static_cast<T*>(job.grad);
+  T* grad_x = static_cast<T*>(job.grad_x);
+  const T* weight = static_cast<const T*>(job.weight.data);
+  const T* pos_weight = static_cast<const T*>(job.pos_weight.data);
   const T scale = static_cast<T>(job.scale);
   int64_t bad_in = 0, bad_x = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const size_t n = static_cast<size_t>(rows.length(r));
     const int64_t at = r * rows.D;
     const X* xr = x + (r % rows.B) * rows.D;
+    const T* wr = kExtras ? weight + r * job.weight.row_stride : nullptr;
+    const T* qr = kPos ? pos_weight + r * job.pos_weight.row_stride : nullptr;
     const bool check_x = kForward && r < rows.B;  // later rows re-read the same data
     V<DT> acc = hn::Zero(d);
     V<DT> up = hn::Set(d, scale);
@@ -50,14 +65,22 @@ void RowsT(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
       const auto xv = LoadTarget<kTail>(d, xr, i, count);
       if (check_x) bad_x += CountOutOfUnit(d, xv);
       if constexpr (kForward && kProbs) bad_in += CountOutOfUnit(d, v);
-      const auto t = Term<kProbs>(d, v, xv);
+      const auto q = kPos ? LoadFactor<kTail>(d, qr, job.pos_weight.col_stride, i, count) : v;
+      auto t = Terms<kProbs, kPos, kTgt>(d, v, xv, q);
+      if constexpr (kExtras != 0) {  // weight (1 when only pos_weight / the target gradient is asked for)
+        const auto w = LoadFactor<kTail>(d, wr, job.weight.col_stride, i, count);
+        t = {hn::Mul(t.ll, w), hn::Mul(t.dl, w), kTgt ? hn::Mul(t.dx, w) : t.dx};
+      }
       if constexpr (kMode == kFwdElements) StoreAt<kTail>(d, hn::Mul(up, t.ll), out + at, i, count);
       if constexpr (kMode == kFwdSum || kMode == kFwdSumGrad) acc = AddLanes<kTail>(d, acc, t.ll, count);
-      if constexpr (kMode == kFwdSumGrad || kMode == kBwdRow)
+      if constexpr (kMode == kFwdSumGrad || kMode == kBwdRow) {
         StoreAt<kTail>(d, hn::Mul(up, t.dl), grad + at, i, count);
+        if constexpr (kTgt) StoreAt<kTail>(d, hn::Mul(up, t.dx), grad_x + at, i, count);
+      }
       if constexpr (kMode == kBwdElements) {
         const auto g = hn::Mul(up, LoadAt<kTail>(d, go + at, i, count));
         StoreAt<kTail>(d, hn::Mul(g, t.dl), grad + at, i, count);
+        if constexpr (kTgt) StoreAt<kTail>(d, hn::Mul(g, t.dx), grad_x + at, i, count);
       }
     });
     if constexpr (kMode == kFwdSum || kMode == kFwdSumGrad) job.sums[r] = hn::GetLane(hn::SumOfLanes(d, acc));
@@ -66,19 +89,39 @@ void RowsT(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
   bad[1] += bad_x;
 }
 
+// The drop-ins' extras (job.extras) as template flags; only the combinations that can occur are
+// compiled: pos_weight with logits, the target gradient with float targets in modes with gradients.
+template <bool kProbs, int kMode, class T, class X>
+void RowsByExtras(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
+  constexpr bool kCanTgt = kMode != kFwdElements && kMode != kFwdSum && std::is_same_v<T, X>;
+  const int e = job.extras;
+  if (e == 0) return RowsT<kProbs, kMode, T, X, 0>(job, r0, r1, bad);
+  if constexpr (!kProbs) {
+    if (e & kPosWeight) {
+      if constexpr (kCanTgt)
+        if (e & kTargetGrad)
+          return RowsT<kProbs, kMode, T, X, kWeighted | kPosWeight | kTargetGrad>(job, r0, r1, bad);
+      return RowsT<kProbs, kMode, T, X, kWeighted | kPosWeight>(job, r0, r1, bad);
+    }
+  }
+  if constexpr (kCanTgt)
+    if (e & kTargetGrad) return RowsT<kProbs, kMode, T, X, kWeighted | kTargetGrad>(job, r0, r1, bad);
+  return RowsT<kProbs, kMode, T, X, kWeighted>(job, r0, r1, bad);
+}
+
 template <bool kProbs, class T, class X>
 void RowsByMode(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
   switch (job.mode) {
     case kFwdElements:
-      return RowsT<kProbs, kFwdElements, T, X>(job, r0, r1, bad);
+      return RowsByExtras<kProbs, kFwdElements, T, X>(job, r0, r1, bad);
     case kFwdSum:
-      return RowsT<kProbs, kFwdSum, T, X>(job, r0, r1, bad);
+      return RowsByExtras<kProbs, kFwdSum, T, X>(job, r0, r1, bad);
     case kFwdSumGrad:
-      return RowsT<kProbs, kFwdSumGrad, T, X>(job, r0, r1, bad);
+      return RowsByExtras<kProbs, kFwdSumGrad, T, X>(job, r0, r1, bad);
     case kBwdRow:
-      return RowsT<kProbs, kBwdRow, T, X>(job, r0, r1, bad);
+      return RowsByExtras<kProbs, kBwdRow, T, X>(job, r0, r1, bad);
     default:
-      return RowsT<kProbs, kBwdElements, T, X>(job, r0, r1, bad);
+      return RowsByExtras<kProbs, kBwdElements, T, X>(job, r0, r1, bad);
   }
 }
 
@@ -105,6 +148,7 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 #include <atomic>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels.h"
@@ -119,16 +163,44 @@ namespace {
 // decides how many threads a call gets.
 double ns_per_element(bool probs, int dtype) { return (probs ? 3.0 : 1.5) * (dtype == 1 ? 2.0 : 1.0); }
 
+// A factor is flat-indexable when element (r, c) sits at r * D * cs + c * cs: one value for all
+// (strides 0) or the input's own layout (D, 1). Then it survives the flat chunks of `layout`.
+bool flat_indexable(const Factor& f, int64_t R, int64_t D) {
+  return !f.data || R <= 1 || f.row_stride == D * f.col_stride;
+}
+
 // Rows of the kernels: the caller's (R, D), or flat chunks when per-row results are not needed
 // and the data is not broadcast (a few huge rows then still spread over the threads).
-Rows layout(int64_t R, int64_t B, int64_t D, int reduce) {
+Rows layout(int64_t R, int64_t B, int64_t D, int reduce, const BernoulliExtras& extras) {
   constexpr int64_t kChunk = 4096;
-  if (reduce != kRows && R == B && D > kChunk) {
+  if (reduce != kRows && R == B && D > kChunk && flat_indexable(extras.weight, R, D) &&
+      flat_indexable(extras.pos_weight, R, D)) {
     const int64_t total = R * D;
     const int64_t chunks = (total + kChunk - 1) / kChunk;
     return {chunks, chunks, kChunk, total};
   }
   return {R, B, D, R * D};
+}
+
+// The extras of `job` (laid out as `job.rows`): flags, factor views in the row layout, grad_x.
+// Any extra multiplies by a weight, 1 (a stride-0 constant) when none was given.
+void set_extras(BernoulliJob& job, const BernoulliExtras& extras, int64_t D, bool with_grad) {
+  static constexpr float kOneF = 1.0f;
+  static constexpr double kOneD = 1.0;
+  const bool target_grad = extras.grad_x != 0 && with_grad;
+  const bool any = extras.weight.data || extras.pos_weight.data || target_grad;
+  job.extras =
+      any ? kWeighted | (extras.pos_weight.data ? kPosWeight : 0) | (target_grad ? kTargetGrad : 0) : 0;
+  job.grad_x = as_ptr<void>(extras.grad_x);
+  const auto view = [&](const Factor& f, const void* absent) -> FactorRows {
+    if (!f.data) return {absent, 0, 0};
+    // Chunked rows: element (r, c) of a chunk is flat element r * chunk + c.
+    const int64_t row_stride = job.rows.D == D ? f.row_stride : job.rows.D * f.col_stride;
+    return {as_ptr<const void>(f.data), row_stride, f.col_stride};
+  };
+  const void* one = job.dtype == 0 ? static_cast<const void*>(&kOneF) : static_cast<const void*>(&kOneD);
+  job.weight = view(extras.weight, one);
+  job.pos_weight = view(extras.pos_weight, one);
 }
 
 std::pair<int64_t, int64_t> run(BernoulliJob& job, int nthreads) {
@@ -162,9 +234,9 @@ void write_reduced(addr out, const std::vector<double>& sums, int reduce, double
 
 std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, addr x, int64_t R, int64_t B,
                                     int64_t D, int reduce, double scale, bool with_grad, int dtype, int xtype,
-                                    int nthreads) {
+                                    int nthreads, const BernoulliExtras& extras) {
   BernoulliJob job{};
-  job.rows = layout(R, B, D, reduce);
+  job.rows = layout(R, B, D, reduce, extras);
   job.mode = reduce == kElements ? kFwdElements : (with_grad ? kFwdSumGrad : kFwdSum);
   job.dtype = dtype;
   job.xtype = xtype;
@@ -174,6 +246,7 @@ std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, ad
   job.x = as_ptr<const void>(x);
   job.out = as_ptr<void>(out);
   job.grad = as_ptr<void>(grad);
+  set_extras(job, extras, D, with_grad);
   std::vector<double> sums(reduce == kElements ? 0 : static_cast<size_t>(job.rows.R));
   job.sums = sums.data();
   const auto bad = run(job, nthreads);
@@ -182,9 +255,9 @@ std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, ad
 }
 
 void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, int64_t B, int64_t D,
-              int reduce, double scale, int dtype, int xtype, int nthreads) {
+              int reduce, double scale, int dtype, int xtype, int nthreads, const BernoulliExtras& extras) {
   BernoulliJob job{};
-  job.rows = layout(R, B, D, reduce);
+  job.rows = layout(R, B, D, reduce, extras);
   job.mode = reduce == kElements ? kBwdElements : kBwdRow;
   job.dtype = dtype;
   job.xtype = xtype;
@@ -195,32 +268,40 @@ void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, 
   job.grad = as_ptr<void>(grad);
   job.grad_out = as_ptr<const void>(grad_out);
   job.upstream_total = reduce == kTotal;
+  set_extras(job, extras, D, true);
   run(job, nthreads);
 }
 
 }  // namespace
 
 int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                                 int reduce, double scale, bool with_grad, int dtype, int xtype,
-                                 int nthreads) {
-  return forward(false, out, grad, logits, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads)
+                                 int reduce, double scale, bool with_grad, int dtype, int xtype, int nthreads,
+                                 const BernoulliExtras& extras) {
+  return forward(false, out, grad, logits, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads,
+                 extras)
       .second;
 }
 
 void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                               int reduce, double scale, int dtype, int xtype, int nthreads) {
-  backward(false, grad, grad_out, logits, x, R, B, D, reduce, scale, dtype, xtype, nthreads);
+                               int reduce, double scale, int dtype, int xtype, int nthreads,
+                               const BernoulliExtras& extras) {
+  backward(false, grad, grad_out, logits, x, R, B, D, reduce, scale, dtype, xtype, nthreads, extras);
 }
 
 std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x, int64_t R,
                                                     int64_t B, int64_t D, int reduce, double scale,
-                                                    bool with_grad, int dtype, int xtype, int nthreads) {
-  return forward(true, out, grad, probs, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads);
+                                                    bool with_grad, int dtype, int xtype, int nthreads,
+                                                    const BernoulliExtras& extras) {
+  if (extras.pos_weight.data) throw std::invalid_argument("fastaevb._C: pos_weight applies to logits only");
+  return forward(true, out, grad, probs, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads,
+                 extras);
 }
 
 void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R, int64_t B, int64_t D,
-                              int reduce, double scale, int dtype, int xtype, int nthreads) {
-  backward(true, grad, grad_out, probs, x, R, B, D, reduce, scale, dtype, xtype, nthreads);
+                              int reduce, double scale, int dtype, int xtype, int nthreads,
+                              const BernoulliExtras& extras) {
+  if (extras.pos_weight.data) throw std::invalid_argument("fastaevb._C: pos_weight applies to logits only");
+  backward(true, grad, grad_out, probs, x, R, B, D, reduce, scale, dtype, xtype, nthreads, extras);
 }
 
 }  // namespace fastaevb

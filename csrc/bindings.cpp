@@ -20,13 +20,15 @@ using namespace pybind11::literals;
 namespace {
 
 // The two Bernoulli parameterizations share one argument list; only the input's name differs.
+// `extras` (the BCE drop-ins' weight / pos_weight / target gradient) defaults to none.
 template <class Fwd, class Bwd>
 void bind_bernoulli(py::module_& m, const std::string& name, const char* input, Fwd fwd, Bwd bwd) {
   using guard = py::call_guard<py::gil_scoped_release>;
+  const auto none = py::arg_v("extras", fastaevb::BernoulliExtras{}, "BernoulliExtras()");
   m.def((name + "_forward").c_str(), fwd, guard(), "out"_a, "grad"_a, py::arg(input), "x"_a, "R"_a, "B"_a,
-        "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+        "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a, none);
   m.def((name + "_backward").c_str(), bwd, guard(), "grad"_a, "grad_out"_a, py::arg(input), "x"_a, "R"_a,
-        "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+        "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a, none);
 }
 
 }  // namespace
@@ -50,6 +52,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("gaussian_kl_backward", &f::gaussian_kl_backward, guard(), "grad_mu"_a, "grad_logvar"_a, "grad_out"_a,
         "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "dtype"_a, "nthreads"_a);
 
+  py::class_<f::BernoulliExtras>(m, "BernoulliExtras",
+                                 "weight / pos_weight as (address, row stride, column stride 0 or 1) "
+                                 "and the target gradient's address (0: absent), see kernels.h")
+      .def(py::init<>())
+      .def(py::init([](f::addr weight, int64_t weight_rs, int64_t weight_cs, f::addr pos_weight,
+                       int64_t pos_rs, int64_t pos_cs, f::addr grad_x) {
+             return f::BernoulliExtras{{weight, weight_rs, weight_cs}, {pos_weight, pos_rs, pos_cs}, grad_x};
+           }),
+           "weight"_a, "weight_row_stride"_a, "weight_col_stride"_a, "pos_weight"_a,
+           "pos_weight_row_stride"_a, "pos_weight_col_stride"_a, "grad_x"_a);
   bind_bernoulli(m, "bernoulli_logits", "logits", &f::bernoulli_logits_forward,
                  &f::bernoulli_logits_backward);
   bind_bernoulli(m, "bernoulli_probs", "probs", &f::bernoulli_probs_forward, &f::bernoulli_probs_backward);

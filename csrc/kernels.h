@@ -32,19 +32,35 @@ void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr
 void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar, int64_t R,
                           int64_t J, int reduce, double scale, int dtype, int nthreads);
 
+// The BCE drop-ins' optional arguments of the Bernoulli entries: weight and pos_weight (logits
+// only) broadcast over (R, D), element (r, c) at data[r * row_stride + c * col_stride] with
+// col_stride 0 or 1 (data 0: absent), in the input's float type; grad_x (R, D): when nonzero the
+// target's gradient dll/dx is written there too (forward: only with_grad).
+struct Factor {
+  addr data = 0;
+  int64_t row_stride = 0, col_stride = 0;
+};
+struct BernoulliExtras {
+  Factor weight, pos_weight;
+  addr grad_x = 0;
+};
+
 // Returns the number of out-of-range targets.
 int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                                 int reduce, double scale, bool with_grad, int dtype, int xtype,
-                                 int nthreads);
+                                 int reduce, double scale, bool with_grad, int dtype, int xtype, int nthreads,
+                                 const BernoulliExtras& extras = {});
 void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                               int reduce, double scale, int dtype, int xtype, int nthreads);
+                               int reduce, double scale, int dtype, int xtype, int nthreads,
+                               const BernoulliExtras& extras = {});
 
-// Returns (out-of-range probs, out-of-range targets).
+// Returns (out-of-range probs, out-of-range targets). extras.pos_weight must be absent.
 std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x, int64_t R,
                                                     int64_t B, int64_t D, int reduce, double scale,
-                                                    bool with_grad, int dtype, int xtype, int nthreads);
+                                                    bool with_grad, int dtype, int xtype, int nthreads,
+                                                    const BernoulliExtras& extras = {});
 void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R, int64_t B, int64_t D,
-                              int reduce, double scale, int dtype, int xtype, int nthreads);
+                              int reduce, double scale, int dtype, int xtype, int nthreads,
+                              const BernoulliExtras& extras = {});
 
 // logvar is (R, D), or one shared value when shared_logvar (then grad_logvar has 1 element).
 void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean, addr logvar, int64_t R,

@@ -27,6 +27,20 @@ struct Rows {
   }
 };
 
+// A factor broadcast over the rows: element (r, c) at data[r * row_stride + c * col_stride],
+// col_stride 0 or 1 (the BCE drop-ins' weight and pos_weight, views of the user's tensors).
+struct FactorRows {
+  const void* data;
+  int64_t row_stride, col_stride;
+};
+
+// The drop-ins' extras of a Bernoulli job (bits of BernoulliJob::extras); 0 is the plain kernel.
+enum BernoulliExtra : int {
+  kWeighted = 1,    // multiply by `weight` (a constant 1 when only the others are asked for)
+  kPosWeight = 2,   // torch's pos_weight form (logits)
+  kTargetGrad = 4,  // also write dll/dx to grad_x (modes with gradients)
+};
+
 struct BernoulliJob {
   Rows rows;
   int mode, dtype, xtype;  // xtype: 0 = the input's float type, 1 = uint8 (bool)
@@ -39,6 +53,9 @@ struct BernoulliJob {
   const void* grad_out;
   bool upstream_total;
   double* sums;
+  int extras;  // BernoulliExtra bits
+  FactorRows weight, pos_weight;
+  void* grad_x;  // (R, D) like grad
 };
 
 struct GaussianJob {

@@ -131,6 +131,13 @@ HWY_INLINE V<D> Expm1Safe(D d, V<D> x) {
   return KeepNaN<D>(x, hn::IfThenElse(hn::Ge(x, hi), hn::Set(d, HUGE_VAL), y));
 }
 
+// Lanes i.. of a factor row broadcast over (R, D) (the BCE drop-ins' weight / pos_weight):
+// contiguous when col_stride is 1, one value for the whole row when it is 0.
+template <bool kTail, class D, class T>
+HWY_INLINE V<D> LoadFactor(D d, const T* HWY_RESTRICT row, int64_t col_stride, size_t i, size_t count) {
+  return col_stride == 0 ? hn::Set(d, row[0]) : LoadAt<kTail>(d, row, i, count);
+}
+
 // max(a, lo) that returns a when a is NaN (std::max semantics, as torch's kernels).
 template <class D>
 HWY_INLINE V<D> MaxKeepNaN(D /*d*/, V<D> a, V<D> lo) {
@@ -148,14 +155,62 @@ struct LLGrad {
 };
 
 template <class D>
+HWY_INLINE V<D> ExpNegAbs(D d, V<D> l) {
+  return KeepNaN<D>(l, hn::Exp(d, hn::Neg(hn::Abs(l))));  // in (0, 1]; NaN stays NaN
+}
+
+// sigmoid(l) from e = exp(-|l|): 1 / (1 + e) for l > 0, e / (1 + e) otherwise.
+template <class D>
+HWY_INLINE V<D> SigmoidFrom(D d, V<D> l, V<D> e) {
+  const V<D> inv = hn::Div(hn::Set(d, 1), hn::Add(hn::Set(d, 1), e));
+  return hn::IfThenElse(hn::Gt(l, hn::Zero(d)), inv, hn::Mul(e, inv));
+}
+
+template <class D>
 HWY_INLINE LLGrad<D> BernoulliLogits(D d, V<D> l, V<D> x) {
   const V<D> one = hn::Set(d, 1);
-  const V<D> e = KeepNaN<D>(l, hn::Exp(d, hn::Neg(hn::Abs(l))));  // in (0, 1]; NaN stays NaN
+  const V<D> e = ExpNegAbs(d, l);
   const auto pos = hn::Gt(l, hn::Zero(d));
   const V<D> ll = hn::Sub(hn::Mul(hn::Sub(x, hn::IfThenElseZero(pos, one)), l), hn::Log1p(d, e));
-  const V<D> inv = hn::Div(one, hn::Add(one, e));
-  const V<D> sig = hn::IfThenElse(pos, inv, hn::Mul(e, inv));
-  return {ll, hn::Sub(x, sig)};
+  return {ll, hn::Sub(x, SigmoidFrom(d, l, e))};
+}
+
+// ---------------------------------------------------------------------------------------
+// The drop-ins' general forms: ll, dll/d(input) and dll/dx (the target's gradient).
+// From logits with pos_weight q, torch's binary_cross_entropy_with_logits negated, in its form:
+//   ll = (1 + (q - 1) x) logsig(l) - (1 - x) l,   dll/dl = q x - (q x + 1 - x) sigmoid(l),
+//   dll/dx = q logsig(l) - logsig(-l),   logsig(l) = min(l, 0) - log1p(exp(-|l|)) (torch's).
+// Without q, dll/dx = l; from probabilities, dll/dx = logit(p) = log(p / (1 - p)), unclamped
+// as torch's binary_cross_entropy target gradient (-inf at p = 0, inf at 1).
+// ---------------------------------------------------------------------------------------
+template <class D>
+struct LLGrads {
+  V<D> ll, dl, dx;
+};
+
+template <class D>
+HWY_INLINE LLGrads<D> BernoulliLogitsPosWeight(D d, V<D> l, V<D> x, V<D> q) {
+  const V<D> zero = hn::Zero(d), one = hn::Set(d, 1);
+  const V<D> e = ExpNegAbs(d, l);
+  const V<D> tail = hn::Log1p(d, e);
+  const V<D> neg = hn::Neg(l);
+  const V<D> log_sig = hn::Sub(hn::IfThenElse(hn::Lt(l, zero), l, zero), tail);
+  const V<D> log_sig_neg = hn::Sub(hn::IfThenElse(hn::Lt(neg, zero), neg, zero), tail);
+  const V<D> qx = hn::Mul(q, x);
+  const V<D> ll =
+      hn::Sub(hn::Mul(hn::Add(hn::Mul(hn::Sub(q, one), x), one), log_sig), hn::Mul(hn::Sub(one, x), l));
+  const V<D> dl = hn::Sub(qx, hn::Mul(hn::Sub(hn::Add(qx, one), x), SigmoidFrom(d, l, e)));
+  return {ll, dl, KeepNaN<D>(l, hn::Sub(hn::Mul(q, log_sig), log_sig_neg))};
+}
+
+template <class D>
+HWY_INLINE V<D> BernoulliProbsTargetGrad(D d, V<D> p) {
+  const V<D> zero = hn::Zero(d), one = hn::Set(d, 1);
+  const auto at0 = hn::Eq(p, zero), at1 = hn::Eq(p, one);
+  const V<D> ratio = hn::IfThenElse(hn::Or(at0, at1), one, hn::Div(p, hn::Sub(one, p)));
+  const V<D> lg = hn::IfThenElse(at0, hn::Set(d, -HUGE_VAL),
+                                 hn::IfThenElse(at1, hn::Set(d, HUGE_VAL), hn::Log(d, ratio)));
+  return KeepNaN<D>(p, lg);
 }
 
 // ---------------------------------------------------------------------------------------

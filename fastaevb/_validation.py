@@ -61,9 +61,46 @@ def same_float_dtype(reference_name: str, reference: Tensor, **others: Tensor) -
             raise TypeError(f"{name} must have the dtype of {reference_name} ({reference.dtype}), got {t.dtype}")
 
 
-def not_requiring_grad(name: str, t: Tensor) -> None:
+def not_requiring_grad(name: str, t: Tensor, why: str = "fastaevb does not differentiate with respect to it") -> None:
     if t.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"{name} must not require grad: fastaevb does not differentiate with respect to the data")
+        raise ValueError(f"{name} must not require grad: {why}")
+
+
+def differentiable(t: Tensor) -> bool:
+    """Whether autograd wants a gradient for ``t`` in this call."""
+    return t.requires_grad and torch.is_grad_enabled()
+
+
+# Why a weight argument of the BCE drop-ins does not broadcast, as users meet it.
+_FACTOR_HINTS = {
+    "weight": "weight rescales each element's loss: the input's shape, (C,) per class for input (N, C), "
+    "(N, 1) per sample, or one value",
+    "pos_weight": "pos_weight holds one weight per class for the positive targets: (C,) for input (..., C)",
+}
+
+
+def broadcast_factor(name: str, t: object, input: Tensor) -> Tensor | None:
+    """``weight`` / ``pos_weight`` of the BCE drop-ins, as torch takes them: ``None``, or a real
+    tensor on ``input``'s device that broadcasts to ``input``'s shape (torch does not
+    differentiate with respect to either)."""
+    if t is None:
+        return None
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{name} must be real (floating point, integer or bool), got {t.dtype}")
+    same_device("input", input, **{name: t})
+    try:
+        fits = torch.broadcast_shapes(t.shape, input.shape) == input.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} does not broadcast to input's shape {tuple(input.shape)}. "
+            f"Likely cause: {_FACTOR_HINTS[name]}"
+        )
+    not_requiring_grad(name, t, "torch does not differentiate binary cross-entropy with respect to it either")
+    return t
 
 
 def decoder_rows(output_name: str, output: Tensor, x_name: str, x: Tensor) -> tuple[tuple[int, ...], int]:

@@ -241,8 +241,15 @@ def _check_bernoulli(output_name: str, output: Tensor, x_name: str, x: Tensor) -
     check.floating(output_name, output)
     check.target(x_name, x)
     check.same_device(output_name, output, **{x_name: x})
-    check.not_requiring_grad(x_name, x)
     return check.decoder_rows(output_name, output, x_name, x)
+
+
+def _differentiable_target(x: Tensor, like: Tensor) -> tuple[Tensor, bool]:
+    """``(x, target_grad)``: a target that needs a gradient is brought to ``like``'s dtype here,
+    where autograd records the cast, so the kernels return its gradient in one dtype."""
+    if not check.differentiable(x):
+        return x, False
+    return (x if x.dtype == like.dtype else x.to(like.dtype)), True
 
 
 def _bernoulli(op, reference_rows, output_name: str, output: Tensor, x: Tensor, reduction: str) -> Tensor:
@@ -259,12 +266,14 @@ def _bernoulli(op, reference_rows, output_name: str, output: Tensor, x: Tensor, 
         return _reduce_reference(rows_view, reduction)
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
+    x, target_grad = _differentiable_target(x, output)
     ll = op(
         output.reshape(rows, event),
         x.reshape(x.shape[0], event),
         reduce,
         scale,
-        _wants_grad_in_forward(reduce, output),
+        _wants_grad_in_forward(reduce, output, x),
+        target_grad=target_grad,
     )
     return ll.reshape(row_shape) if reduce == "rows" else ll
 
@@ -280,7 +289,8 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor, reduction: str = "none")
         reduction: ``'none'`` one value per datapoint (shape ``(*samples, B)``), ``'sum'``, or
             ``'mean'`` over datapoints.
 
-    Gradient with respect to the logits: ``x - sigmoid(l)``.
+    Gradients: ``d/dl = x - sigmoid(l)``; ``d/dx = l`` when ``x`` requires grad (summed over
+    sample dimensions).
     """
     return _bernoulli(ops.bernoulli_logits_ll, reference.bernoulli_log_likelihood, "logits", logits, x, reduction)
 
@@ -289,8 +299,9 @@ def bernoulli_probs_log_likelihood(probs: Tensor, x: Tensor, reduction: str = "n
     """Bernoulli decoder log-likelihood from probabilities, exactly ``-F.binary_cross_entropy``:
     ``log p(x|z) = sum_d (x_d * max(log p_d, -100) + (1 - x_d) * max(log(1 - p_d), -100))``.
 
-    Shapes and ``reduction`` as :func:`bernoulli_log_likelihood`. Gradient with respect to the
-    probabilities: ``(x - p) / max(p * (1 - p), 1e-12)``, as torch's.
+    Shapes and ``reduction`` as :func:`bernoulli_log_likelihood`. Gradients as torch's:
+    ``d/dp = (x - p) / max(p * (1 - p), 1e-12)``, and ``d/dx = logit(p) = log(p / (1 - p))`` when ``x``
+    requires grad (unclamped, as torch's ``binary_cross_entropy`` target gradient).
     """
     return _bernoulli(ops.bernoulli_probs_ll, reference.bernoulli_probs_log_likelihood, "probs", probs, x, reduction)
 
@@ -300,14 +311,15 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
     ``log p(x|z) = -0.5 * sum_d (log(2*pi) + v_d + (x_d - m_d)^2 * exp(-v_d))``.
 
     Args:
-        x: ``(B, *event)`` data (not differentiated).
+        x: ``(B, *event)`` data.
         mean: ``(*samples, B, *event)`` decoder means.
         logvar: per-element log-variances of ``mean``'s shape, or one shared log-variance
             (any tensor with a single element, e.g. a learned scalar parameter).
         reduction: ``'none'`` one value per datapoint (shape ``(*samples, B)``), ``'sum'``, or
             ``'mean'`` over datapoints.
 
-    Gradients: ``d/dm = (x - m) * exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 * exp(-v))``.
+    Gradients: ``d/dm = (x - m) * exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 * exp(-v))``, and
+    ``d/dx = -(x - m) * exp(-v)`` when ``x`` requires grad (summed over sample dimensions).
     """
     reduction = check.reduction(reduction)
     if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
@@ -317,7 +329,6 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
     check.floating("logvar", logvar)
     check.same_device("mean", mean, x=x, logvar=logvar)
     check.same_float_dtype("mean", mean, logvar=logvar)
-    check.not_requiring_grad("x", x)
     shared = logvar.numel() == 1
     if not shared:
         check.same_shape("mean", mean, logvar=logvar)
@@ -332,13 +343,15 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
         return _reduce_reference(per_row, reduction)
     rows = math.prod(row_shape)
     reduce, scale = _row_reduction(reduction, rows)
+    x, target_grad = _differentiable_target(x, mean)
     ll = ops.gaussian_ll(
         x.reshape(x.shape[0], event),
         mean.reshape(rows, event),
         logvar.reshape(1) if shared else logvar.reshape(rows, event),
         reduce,
         scale,
-        _wants_grad_in_forward(reduce, mean, logvar),
+        _wants_grad_in_forward(reduce, mean, logvar, x),
+        target_grad=target_grad,
     )
     return ll.reshape(row_shape) if reduce == "rows" else ll
 
@@ -346,17 +359,28 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
 # --- drop-ins for torch.nn.functional ---------------------------------------------------------
 
 
-def _drop_in_reduction(size_average, reduce, reduction: str, **unsupported) -> str:
-    for name, value in unsupported.items():
-        if value is not None:
-            raise NotImplementedError(f"fastaevb does not support the {name} argument; leave it None")
+def _drop_in_reduction(size_average, reduce, reduction: str) -> str:
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     return check.reduction(reduction)
 
 
-def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tensor:
-    """Shared body of the two drop-ins: the Bernoulli kernels with scale -1 (or -1/numel)."""
+def _factor_rows(t: Tensor, shape: torch.Size, rows: int, event: int, dtype: torch.dtype) -> Tensor:
+    """``weight`` / ``pos_weight`` broadcast to ``shape`` as ``(rows, event)`` without a copy where the
+    broadcast allows it (one value, per element, per row or per column: strides (r, 0 or 1), which
+    the kernels read directly); any other broadcast (e.g. ``(C, 1, 1)`` over ``(N, C, H, W)``) is
+    expanded to the input's size first."""
+    wide = (t if t.dtype == dtype else t.to(dtype)).expand(shape)
+    try:
+        view = wide.view(rows, event)
+    except RuntimeError:
+        return wide.reshape(rows, event)  # a copy
+    return view if event <= 1 or view.stride(1) in (0, 1) else view.contiguous()
+
+
+def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str, **factors: Tensor | None) -> Tensor:
+    """Shared body of the two drop-ins: the Bernoulli kernels with scale -1 (or -1/numel);
+    ``factors``: ``weight`` (both) and ``pos_weight`` (with logits), each ``None`` or broadcast to ``input``."""
     if torch._C._is_any_autocast_enabled():  # torch's autocast rules for the two (ops.autocast)
         if torch_loss is F.binary_cross_entropy:
             autocast.check_bce_allowed(input)
@@ -366,13 +390,15 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
     check.same_device("input", input, target=target)
     if target.shape != input.shape:
         raise ValueError(f"target size {tuple(target.shape)} must be the same as input size {tuple(input.shape)}")
-    check.not_requiring_grad("target", target)
+    given = {name: t for name, t in factors.items() if t is not None}  # usually none: nothing to do
+    for name, t in given.items():
+        check.broadcast_factor(name, t, input)
     if _use_reference(input):
         _check_reference_range("target", target)
         if torch_loss is F.binary_cross_entropy:
             _check_reference_range("input", input)
         wide = upcast_half(input)  # sums in float32 for half inputs; elementwise losses keep the dtype
-        loss = torch_loss(wide, target.to(wide.dtype), reduction=reduction)
+        loss = torch_loss(wide, target.to(wide.dtype), reduction=reduction, **given)
         return loss.to(input.dtype) if reduction == "none" else loss
     rows = input.shape[0] if input.dim() else 1
     event = math.prod(input.shape[1:])
@@ -381,12 +407,16 @@ def _bce(op, torch_loss, input: Tensor, target: Tensor, reduction: str) -> Tenso
     else:
         numel = input.numel()
         reduce, scale = "total", -1.0 if reduction == "sum" else (-1.0 / numel if numel else math.nan)
+    target, target_grad = _differentiable_target(target, input)
+    factor_dtype = upcast_half(input).dtype  # the kernels' accumulation dtype on every device
     loss = op(
         input.reshape(rows, event),
         target.reshape(rows, event),
         reduce,
         scale,
-        _wants_grad_in_forward(reduce, input),
+        _wants_grad_in_forward(reduce, input, target),
+        target_grad=target_grad,
+        **{name: _factor_rows(t, input.shape, rows, event, factor_dtype) for name, t in given.items()},
     )
     return loss.reshape(input.shape) if reduce == "elements" else loss
 
@@ -400,15 +430,18 @@ def binary_cross_entropy(
     reduction: str = "mean",
 ) -> Tensor:
     """Drop-in for ``torch.nn.functional.binary_cross_entropy`` (same signature and reductions):
-    ``loss = -(x * max(log p, -100) + (1 - x) * max(log(1 - p), -100))``, the negated
-    Bernoulli log-likelihood of Appendix C.1, gradient ``(p - x) / max(p * (1 - p), 1e-12)``.
+    ``loss = -w * (x * max(log p, -100) + (1 - x) * max(log(1 - p), -100))``, the negated
+    Bernoulli log-likelihood of Appendix C.1 times ``weight`` w (1 when None), with torch's
+    gradients ``d/dp = w * (p - x) / max(p * (1 - p), 1e-12)`` and, when ``target`` requires grad,
+    ``d/dx = -w * logit(p)``.
 
-    ``reduction``: ``'none'`` elementwise, ``'sum'``, ``'mean'`` over all elements.
-    ``weight`` is not supported (raises ``NotImplementedError``). Probabilities or targets
-    outside [0, 1] raise ``ValueError``; NaN probabilities give NaN (torch raises instead).
+    ``reduction``: ``'none'`` elementwise, ``'sum'``, ``'mean'`` over all elements. ``weight``:
+    any real tensor that broadcasts to ``input``'s shape (not differentiated, as torch's).
+    Probabilities or targets outside [0, 1] raise ``ValueError``; NaN probabilities give NaN
+    (torch raises instead).
     """
-    reduction = _drop_in_reduction(size_average, reduce, reduction, weight=weight)
-    return _bce(ops.bernoulli_probs_ll, F.binary_cross_entropy, input, target, reduction)
+    reduction = _drop_in_reduction(size_average, reduce, reduction)
+    return _bce(ops.bernoulli_probs_ll, F.binary_cross_entropy, input, target, reduction, weight=weight)
 
 
 def binary_cross_entropy_with_logits(
@@ -421,15 +454,26 @@ def binary_cross_entropy_with_logits(
     pos_weight: Tensor | None = None,
 ) -> Tensor:
     """Drop-in for ``torch.nn.functional.binary_cross_entropy_with_logits`` (same signature and
-    reductions): ``loss = softplus(l) - x * l``, the negated Bernoulli log-likelihood of
-    Appendix C.1, gradient ``sigmoid(l) - x``.
+    reductions): ``loss = w * (softplus(l) - x * l)``, the negated Bernoulli log-likelihood of
+    Appendix C.1 times ``weight`` w, gradients ``d/dl = w * (sigmoid(l) - x)``, ``d/dx = -w * l``.
+    With ``pos_weight`` q, torch's form: ``loss = w * ((1 - x) l - (1 + (q - 1) x) logsigmoid(l))``,
+    ``d/dl = w * ((q x + 1 - x) sigmoid(l) - q x)``, ``d/dx = w * (logsigmoid(-l) - q logsigmoid(l))``.
 
-    ``reduction``: ``'none'`` elementwise, ``'sum'``, ``'mean'`` over all elements.
-    ``weight`` and ``pos_weight`` are not supported (raise ``NotImplementedError``). Targets may
-    be float, uint8 or bool; values outside [0, 1] raise ``ValueError``.
+    ``reduction``: ``'none'`` elementwise, ``'sum'``, ``'mean'`` over all elements. ``weight`` and
+    ``pos_weight`` (one value per class, broadcast over the last dimension): real tensors that
+    broadcast to ``input``'s shape, not differentiated (as torch's). Targets may be float, uint8 or
+    bool; values outside [0, 1] raise ``ValueError``.
     """
-    reduction = _drop_in_reduction(size_average, reduce, reduction, weight=weight, pos_weight=pos_weight)
-    return _bce(ops.bernoulli_logits_ll, F.binary_cross_entropy_with_logits, input, target, reduction)
+    reduction = _drop_in_reduction(size_average, reduce, reduction)
+    return _bce(
+        ops.bernoulli_logits_ll,
+        F.binary_cross_entropy_with_logits,
+        input,
+        target,
+        reduction,
+        weight=weight,
+        pos_weight=pos_weight,
+    )
 
 
 # --- the whole SGVB loss of a training step -----------------------------------------------------
@@ -517,7 +561,8 @@ def sgvb_loss(
     check.same_device("recon", recon, x=x, mu=mu)
     if tuple(mu.shape[:-1]) != (batch,):
         raise ValueError(f"mu of shape {tuple(mu.shape)} must be (B, J) with B = {batch}, the batch of x")
-    if reduction == "none" or _use_reference(recon):  # per datapoint, then reduced
+    # per datapoint, then reduced (also when x needs a gradient: the fused loss gives none)
+    if reduction == "none" or _use_reference(recon) or check.differentiable(x):
         log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_logvar, "none")
         per_datapoint = gaussian_kl(mu, logvar, "none") - log_px.reshape(samples, batch).mean(0)
         return _reduce_reference(per_datapoint, reduction)
@@ -527,7 +572,6 @@ def sgvb_loss(
         check.floating("x", x)
     else:
         check.target("x", x)
-    check.not_requiring_grad("x", x)
     _, row_scale = _row_reduction(reduction, batch)  # 1 for "sum", 1/B for "mean"
     if likelihood == "gaussian":
         check.same_float_dtype("recon", recon, mu=mu)

@@ -35,6 +35,12 @@ DATA_TILES = {
     "one": dict(BLOCK_R=1024, BLOCK_D=1, num_warps=8),  # D == 1: 1024 rows, 4 contiguous per thread
     "wide": dict(BLOCK_R=4, BLOCK_D=256, num_warps=8, maxnreg=128),  # D > 1 (uncapped: 8 B spills on sm_90)
 }
+# The BCE drop-ins' extras (weight, pos_weight, the target gradient) keep more values live per
+# element: on wide rows half the rows and warps per program, the same 4 elements per thread (so
+# float32 loads stay ld.global.v4). The wide tile spilled 8-40 B in float64 on sm_90 under its
+# 128-register cap, and this one 16 B (probabilities, uint8 targets, weight); capped at 144 it
+# spills nothing on sm_80 and sm_90 (AOT table).
+DATA_EXTRAS_TILES = {"one": DATA_TILES["one"], "wide": dict(BLOCK_R=2, BLOCK_D=256, num_warps=4, maxnreg=144)}
 # The backward of reparameterize_kl keeps L samples' worth of state per element: fewer rows per
 # program keeps it in registers (see the AOT resource table).
 # (16, 32) needs 96-167 registers and spills 8 B on sm_80; (8, 32) / (4, 64) need at most 80.
@@ -66,8 +72,9 @@ def latent_bwd_tile(width: int) -> dict:
     return LATENT_BWD_TILES[latent_tile_name(width)]
 
 
-def data_tile(width: int) -> dict:
-    return DATA_TILES[data_tile_name(width)]
+def data_tile(width: int, extras: bool = False) -> dict:
+    """``extras``: a Bernoulli launch with the BCE drop-ins' weight / pos_weight / target gradient."""
+    return (DATA_EXTRAS_TILES if extras else DATA_TILES)[data_tile_name(width)]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -107,6 +107,39 @@ def _tile_variants(tiles: dict, one_tile: str):
             yield name, consts, options, kind
 
 
+def _bernoulli_extras(probs: bool, target_grad: bool, has_kl: bool) -> list[dict]:
+    """The extras flags a Bernoulli launcher can pick (kernels/bernoulli.py): none for the fused
+    loss; pos_weight with logits; the target gradient where asked for (float targets, gradients)."""
+    if has_kl:
+        return [dict(WEIGHTED=False, POS_WEIGHT=False, TARGET_GRAD=False)]
+    return [
+        dict(WEIGHTED=w, POS_WEIGHT=q, TARGET_GRAD=t)
+        for w, q, t in itertools.product((False, True), sorted({False, not probs}), sorted({False, target_grad}))
+    ]
+
+
+def _extras_tile(tile: dict, warps: dict, name: str, extras: dict, extras_tiles: dict) -> tuple[dict, dict]:
+    """``(constexprs, options)`` of a Bernoulli launch's tile: ``extras_tiles[name]`` when any extra is on."""
+    if not any(extras.values()):
+        return tile, warps
+    chosen = extras_tiles[name]
+    blocks = {k: v for k, v in chosen.items() if k in ("BLOCK_R", "BLOCK_D")}
+    return dict(tile, **blocks), dict(num_warps=chosen["num_warps"], maxnreg=chosen.get("maxnreg", 0))
+
+
+def _bernoulli_extra_types(extras: dict, p: str, acc: str) -> dict:
+    """Argument types of the extras: given weights in the accumulator dtype, absent ones the input."""
+    return dict(
+        gx_ptr=p,
+        w_ptr=acc if extras["WEIGHTED"] else p,
+        w_sr="i64",
+        w_sd="i64",
+        q_ptr=acc if extras["POS_WEIGHT"] else p,
+        q_sr="i64",
+        q_sd="i64",
+    )
+
+
 def enumerate_specs() -> list[Spec]:
     from . import bernoulli as bn
     from . import gaussian_kl as gk
@@ -115,6 +148,7 @@ def enumerate_specs() -> list[Spec]:
     from . import reduce as rd
     from . import reparameterize_kl as rk
     from ._common import (
+        DATA_EXTRAS_TILES,
         DATA_TILES,
         FINISH_BLOCK,
         LATENT_BWD_TILES,
@@ -273,48 +307,71 @@ def enumerate_specs() -> list[Spec]:
             kl_args = dict(KR=i64, KJ=i32, kscale=f64)
             # Bernoulli (PROBS=0 logits, PROBS=1 probs): float targets of the same dtype, or uint8
             # (bool viewed). out: elements in the input dtype, rows and total partials in the
-            # accumulator dtype; HAS_KL: the fused loss (total, KL rows in the same launch)
+            # accumulator dtype; HAS_KL: the fused loss (total, KL rows in the same launch).
+            # The drop-ins' extras (never with HAS_KL): WEIGHTED, POS_WEIGHT (logits; weights in the
+            # accumulator dtype, absent ones point at the input), TARGET_GRAD (float targets, with
+            # gradients).
             for xt, probs in itertools.product((p, "*u8"), (False, True)):
                 variants = [(True, False, p, False)]
                 variants += [(False, wg, acc, kl) for wg in (False, True) for kl in (False, True)]
                 for elements, wg, out, has_kl in variants:
-                    flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg, HAS_KL=has_kl)
+                    for extras in _bernoulli_extras(probs, xt == p and wg, has_kl):
+                        flags = dict(PROBS=probs, ELEMENTS=elements, WITH_GRAD=wg, HAS_KL=has_kl, **extras)
+                        btile, bwarps = _extras_tile(tile, warps, tname, extras, DATA_EXTRAS_TILES)
+                        specs.append(
+                            _spec(
+                                bn.bernoulli_fwd_kernel,
+                                dict(
+                                    in_ptr=p,
+                                    x_ptr=xt,
+                                    out_ptr=out,
+                                    grad_ptr=p,
+                                    bad_in_ptr="*i32",
+                                    bad_x_ptr="*i32",
+                                    R=i64,
+                                    B=i64,
+                                    scale=f64,
+                                    **_bernoulli_extra_types(extras, p, acc),
+                                    kmu_ptr=p,
+                                    kv_ptr=p,
+                                    kout_ptr=acc if has_kl else p,
+                                    kgmu_ptr=p,
+                                    kgv_ptr=p,
+                                    **kl_args,
+                                ),
+                                dict(**flags, **btile),
+                                f"{tag} x={xt[1:]} out={out[1:]} " + _flags(**flags),
+                                ("D", kind),
+                                **bwarps,
+                            )
+                        )
+                for extras in _bernoulli_extras(probs, xt == p, False):
+                    btile, bwarps = _extras_tile(tile, warps, tname, extras, DATA_EXTRAS_TILES)
                     specs.append(
                         _spec(
-                            bn.bernoulli_fwd_kernel,
+                            bn.bernoulli_bwd_kernel,
                             dict(
+                                go_ptr=p,
+                                go_sr=i64,
+                                go_sd=i32,
                                 in_ptr=p,
                                 x_ptr=xt,
-                                out_ptr=out,
                                 grad_ptr=p,
-                                bad_in_ptr="*i32",
-                                bad_x_ptr="*i32",
                                 R=i64,
                                 B=i64,
                                 scale=f64,
-                                kmu_ptr=p,
-                                kv_ptr=p,
-                                kout_ptr=acc if has_kl else p,
-                                kgmu_ptr=p,
-                                kgv_ptr=p,
-                                **kl_args,
+                                **_bernoulli_extra_types(extras, p, acc),
                             ),
-                            dict(**flags, **tile),
-                            f"{tag} x={xt[1:]} out={out[1:]} " + _flags(**flags),
+                            dict(
+                                PROBS=probs,
+                                **extras,
+                                **{k: v for k, v in btile.items() if k in ("BLOCK_R", "BLOCK_D")},
+                            ),
+                            f"{tag} x={xt[1:]} " + _flags(PROBS=probs, **extras),
                             ("D", kind),
-                            **warps,
+                            **bwarps,
                         )
                     )
-                specs.append(
-                    _spec(
-                        bn.bernoulli_bwd_kernel,
-                        dict(go_ptr=p, go_sr=i64, go_sd=i32, in_ptr=p, x_ptr=xt, grad_ptr=p, R=i64, B=i64, scale=f64),
-                        dict(PROBS=probs, **{k: v for k, v in tile.items() if k in ("BLOCK_R", "BLOCK_D")}),
-                        f"{tag} x={xt[1:]} " + _flags(PROBS=probs),
-                        ("D", kind),
-                        **warps,
-                    )
-                )
             # Gaussian decoder
             for shared in (False, True):
                 for out, wg, has_kl in itertools.product((acc,), (False, True), (False, True)):

@@ -6,9 +6,16 @@ Reference (fastaevb/reference.py), elementwise, summed per row:
   probs  (PROBS=True):  ``-F.binary_cross_entropy(p, x, reduction='none')`` (each log clamped
                         at -100); probs outside [0, 1] are counted too.
 Row r of the (R, D) input uses data row r % B (x broadcast over leading sample dims).
+
+The BCE drop-ins' extras, each a constexpr (off: the plain kernel, unchanged): ``WEIGHTED``
+multiplies every value and gradient by ``weight``, ``POS_WEIGHT`` (logits) switches to torch's
+pos-weighted form, ``TARGET_GRAD`` also writes ``d ll / d x``. ``weight`` / ``pos_weight`` are read
+as (R, D) through strides (broadcast views: column stride 0 or 1).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import triton
@@ -48,7 +55,25 @@ def _term(v, x, PROBS: tl.constexpr):
         return m.bernoulli_logits(v, x)
 
 
-@triton.jit(do_not_specialize=["R", "B", "KR", "KJ"])
+@triton.jit
+def _terms(v, x, rows, cols, mask, w_ptr, w_sr, w_sd, q_ptr, q_sr, q_sd, PROBS, WEIGHTED, POS_WEIGHT, TARGET_GRAD, ACC):
+    """``(ll, d ll / d v, d ll / d x)`` with the drop-ins' extras (the last is ``v``, unused,
+    without ``TARGET_GRAD``): pos-weighted form, then times the weight."""
+    if POS_WEIGHT:
+        q = tl.load(q_ptr + rows[:, None] * q_sr + cols[None, :] * q_sd, mask=mask, other=1.0).to(ACC)
+        ll, dll, dx = m.bernoulli_logits_pos_weight(v, x, q)
+    else:
+        ll, dll = _term(v, x, PROBS)
+        dx = v  # d ll / d x = l from logits
+        if TARGET_GRAD and PROBS:
+            dx = m.logit(v)
+    if WEIGHTED:
+        w = tl.load(w_ptr + rows[:, None] * w_sr + cols[None, :] * w_sd, mask=mask, other=0.0).to(ACC)
+        ll, dll, dx = ll * w, dll * w, dx * w
+    return ll, dll, dx
+
+
+@triton.jit(do_not_specialize=["R", "B", "KR", "KJ", "w_sr", "w_sd", "q_sr", "q_sd"])
 def bernoulli_fwd_kernel(
     in_ptr,
     x_ptr,
@@ -60,6 +85,13 @@ def bernoulli_fwd_kernel(
     B: tl.int64,
     D,
     scale: tl.float64,
+    gx_ptr,
+    w_ptr,
+    w_sr: tl.int64,
+    w_sd: tl.int64,
+    q_ptr,
+    q_sr: tl.int64,
+    q_sd: tl.int64,
     kmu_ptr,
     kv_ptr,
     kout_ptr,
@@ -72,6 +104,9 @@ def bernoulli_fwd_kernel(
     ELEMENTS: tl.constexpr,
     WITH_GRAD: tl.constexpr,
     HAS_KL: tl.constexpr,
+    WEIGHTED: tl.constexpr,
+    POS_WEIGHT: tl.constexpr,
+    TARGET_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
     KBLOCK_R: tl.constexpr,
@@ -102,13 +137,17 @@ def bernoulli_fwd_kernel(
         if PROBS:  # logits: any real value is valid
             bad_in += tl.where(mask, m.out_of_unit_range(v), 0)
         bad_x += tl.where(xmask, m.out_of_unit_range(x), 0)
-        ll, dll = _term(v, x, PROBS)
+        ll, dll, dx = _terms(
+            v, x, rows, cols, mask, w_ptr, w_sr, w_sd, q_ptr, q_sr, q_sd, PROBS, WEIGHTED, POS_WEIGHT, TARGET_GRAD, ACC
+        )
         if ELEMENTS:
             tl.store(out_ptr + off, s * ll, mask=mask)
         else:
             acc += tl.where(mask, ll, 0.0)
-        if WITH_GRAD:  # gradient of the scaled total, written in the same pass
+        if WITH_GRAD:  # gradients of the scaled total, written in the same pass
             tl.store(grad_ptr + off, s * dll, mask=mask)
+            if TARGET_GRAD:
+                tl.store(gx_ptr + off, s * dx, mask=mask)
     if not ELEMENTS:
         tl.store(out_ptr + rows, s * tl.sum(acc, axis=1), mask=rmask)
     # per-row counts, no atomics: every row < R is written (no zero fill needed)
@@ -117,7 +156,7 @@ def bernoulli_fwd_kernel(
     tl.store(bad_x_ptr + rows, tl.sum(bad_x, axis=1), mask=rmask)
 
 
-@triton.jit(do_not_specialize=["go_sr", "go_sd", "R", "B"])
+@triton.jit(do_not_specialize=["go_sr", "go_sd", "R", "B", "w_sr", "w_sd", "q_sr", "q_sd"])
 def bernoulli_bwd_kernel(
     go_ptr,
     go_sr: tl.int64,
@@ -129,7 +168,17 @@ def bernoulli_bwd_kernel(
     B: tl.int64,
     D,
     scale: tl.float64,
+    gx_ptr,
+    w_ptr,
+    w_sr: tl.int64,
+    w_sd: tl.int64,
+    q_ptr,
+    q_sr: tl.int64,
+    q_sd: tl.int64,
     PROBS: tl.constexpr,
+    WEIGHTED: tl.constexpr,
+    POS_WEIGHT: tl.constexpr,
+    TARGET_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -147,15 +196,34 @@ def bernoulli_bwd_kernel(
         x = tl.load(x_ptr + xbase + cols[None, :], mask=mask, other=0).to(ACC)
         # grad_out read as (R, D) through strides: elements (D, 1), rows (1, 0), total (0, 0)
         g = tl.load(go_ptr + rows[:, None] * go_sr + cols[None, :] * go_sd, mask=mask, other=0.0).to(ACC)
-        _, dll = _term(v, x, PROBS)
+        _, dll, dx = _terms(
+            v, x, rows, cols, mask, w_ptr, w_sr, w_sd, q_ptr, q_sr, q_sd, PROBS, WEIGHTED, POS_WEIGHT, TARGET_GRAD, ACC
+        )
         tl.store(grad_ptr + off, (g * s) * dll, mask=mask)
+        if TARGET_GRAD:
+            tl.store(gx_ptr + off, (g * s) * dx, mask=mask)
 
 
-def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad, kl=None):
+def _extras_args(inp, grad_x=None, weight=None, pos_weight=None) -> tuple[tuple, dict]:
+    """Kernel arguments ``(gx, w, w_sr, w_sd, q, q_sr, q_sd)`` and flags of the drop-ins' extras;
+    absent (None, or an empty ``grad_x``) ones read nothing (``inp`` stands in for their pointers)."""
+
+    def strided(t):
+        if t is None:
+            return inp, 0, 0
+        return t, t.stride(0), t.stride(1) if t.shape[1] > 1 else 0
+
+    target_grad = grad_x is not None and grad_x.numel() > 0
+    flags = dict(WEIGHTED=weight is not None, POS_WEIGHT=pos_weight is not None, TARGET_GRAD=target_grad)
+    return (grad_x if target_grad else inp, *strided(weight), *strided(pos_weight)), flags
+
+
+def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad, kl=None, extras=None):
     """One forward launch; ``kl``: ``(mu, logvar, kl_partials, grad_mu, grad_logvar, kl_scale)``
-    for the fused loss."""
+    for the fused loss; ``extras``: :func:`_extras_args` (default: none)."""
     R, D = inp.shape
-    tile = data_tile(D)
+    extra_args, extra_flags = extras if extras is not None else _extras_args(inp)
+    tile = data_tile(D, any(extra_flags.values()))
     grid, kl_args = fused_kl_launch_args(kl, grid_rows(R, tile), inp)
     launch(
         bernoulli_fwd_kernel,
@@ -171,76 +239,76 @@ def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, wi
         x.shape[0],
         D,
         float(scale),
+        *extra_args,
         *kl_args,
         PROBS=probs,
         ELEMENTS=elements,
         WITH_GRAD=bool(with_grad),
         HAS_KL=kl is not None,
+        **extra_flags,
         **tile,
         **LOSS_KL_TILE,
     )
 
 
-def _forward(inp, x, reduce, scale, with_grad, probs: bool):
-    R, D = inp.shape
+def _forward(probs: bool, decoded, x, reduce, scale, with_grad, weight=None, pos_weight=None, target_grad=False):
+    """``(out, grad, grad_x)`` from logits, or from probabilities when ``probs``."""
+    R, D = decoded.shape
     check_width(D)
     x = target_view(x)
-    dev, dt = inp.device, inp.dtype
+    dev, dt = decoded.device, decoded.dtype
     elements, total = reduce == "elements", reduce == "total"
-    grad = torch.empty_like(inp) if with_grad else torch.empty(0, dtype=dt, device=dev)
+    grad = torch.empty_like(decoded) if with_grad else torch.empty(0, dtype=dt, device=dev)
+    grad_x = torch.empty_like(decoded) if with_grad and target_grad else torch.empty(0, dtype=dt, device=dev)
     acc = acc_dtype(dt)  # rows and totals: float32 for half inputs (elements keep the input dtype)
     if R == 0:
         if total:  # no rows: scale * 0, so a 'mean' over nothing is NaN like torch
-            return torch.full((), 0.0 * scale, dtype=acc, device=dev), grad
-        return (torch.empty_like(inp) if elements else torch.empty(0, dtype=acc, device=dev)), grad
+            return torch.full((), 0.0 * scale, dtype=acc, device=dev), grad, grad_x
+        return (torch.empty_like(decoded) if elements else torch.empty(0, dtype=acc, device=dev)), grad, grad_x
     # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-    out = torch.empty_like(inp) if elements else torch.empty(R, dtype=acc, device=dev)
+    out = torch.empty_like(decoded) if elements else torch.empty(R, dtype=acc, device=dev)
     _, bad_in, bad_x = bad_counts(R, dev)
-    _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad)
+    extras = _extras_args(decoded, grad_x, weight, pos_weight)
+    _launch_forward(decoded, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad, extras=extras)
     result = torch.empty((), dtype=acc, device=dev) if total else out
     finish(result if total else None, (out,) if total else (), bad_in if probs else None, bad_x)
-    return result, grad
+    return result, grad, grad_x
 
 
-def _backward(grad_out, inp, x, reduce, scale, probs: bool):
-    R, D = inp.shape
+def _backward(probs: bool, grad_out, decoded, x, reduce, scale, weight=None, pos_weight=None, target_grad=False):
+    """``(grad, grad_x)`` from logits, or from probabilities when ``probs``."""
+    R, D = decoded.shape
     x = target_view(x)
-    grad = torch.empty_like(inp)
+    grad = torch.empty_like(decoded)
+    grad_x = torch.empty_like(decoded) if target_grad else torch.empty(0, dtype=decoded.dtype, device=decoded.device)
     if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-        go = (grad_out if grad_out.dtype == inp.dtype else grad_out.to(inp.dtype)).contiguous()
+        go = (grad_out if grad_out.dtype == decoded.dtype else grad_out.to(decoded.dtype)).contiguous()
         sr, sd = grad_out_strides(reduce, D)
-        tile = data_tile(D)
+        extra_args, extra_flags = _extras_args(decoded, grad_x, weight, pos_weight)
+        tile = data_tile(D, any(extra_flags.values()))
         launch(
             bernoulli_bwd_kernel,
             grid_rows(R, tile),
-            inp.device,
+            decoded.device,
             go,
             sr,
             sd,
-            inp,
+            decoded,
             x,
             grad,
             R,
             x.shape[0],
             D,
             float(scale),
+            *extra_args,
             PROBS=probs,
+            **extra_flags,
             **tile,
         )
-    return grad
+    return grad, grad_x
 
 
-def bernoulli_logits_forward(logits, x, reduce, scale, with_grad):
-    return _forward(logits, x, reduce, scale, with_grad, probs=False)
-
-
-def bernoulli_logits_backward(grad_out, logits, x, reduce, scale):
-    return _backward(grad_out, logits, x, reduce, scale, probs=False)
-
-
-def bernoulli_probs_forward(probs, x, reduce, scale, with_grad):
-    return _forward(probs, x, reduce, scale, with_grad, probs=True)
-
-
-def bernoulli_probs_backward(grad_out, probs, x, reduce, scale):
-    return _backward(grad_out, probs, x, reduce, scale, probs=True)
+bernoulli_logits_forward = partial(_forward, False)
+bernoulli_logits_backward = partial(_backward, False)
+bernoulli_probs_forward = partial(_forward, True)
+bernoulli_probs_backward = partial(_backward, True)

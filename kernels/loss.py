@@ -24,7 +24,7 @@ def _separately(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll
     if likelihood == "gaussian":
         ll, gd, gdv = gl.gaussian_forward(x, decoded, decoder_logvar, "total", -ll_scale, with_grad)
     else:
-        ll, gd = (bn.bernoulli_probs_forward if likelihood == "bernoulli_probs" else bn.bernoulli_logits_forward)(
+        ll, gd, _ = (bn.bernoulli_probs_forward if likelihood == "bernoulli_probs" else bn.bernoulli_logits_forward)(
             decoded, x, "total", -ll_scale, with_grad
         )
         gdv = decoded.new_empty(0)

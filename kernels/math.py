@@ -134,6 +134,31 @@ def bernoulli_logits(l, x):
 
 
 @triton.jit
+def bernoulli_logits_pos_weight(l, x, q):
+    """torch's ``binary_cross_entropy_with_logits`` with ``pos_weight`` q, negated, in its form, and
+    its gradients, from one ``exp(-|l|)``: ``ll = (1 + (q - 1) x) logsig(l) - (1 - x) l``,
+    ``d ll / d l = q x - (q x + 1 - x) sigmoid(l)``, ``d ll / d x = q logsig(l) - logsig(-l)``,
+    with torch's ``logsig(l) = min(l, 0) - log1p(exp(-|l|))``."""
+    t = tl.exp(-tl.abs(l))
+    tail = log1p(t)
+    log_sig = tl.where(l < 0.0, l, 0.0) - tail
+    log_sig_neg = tl.where(-l < 0.0, -l, 0.0) - tail
+    inv = div(1.0, 1.0 + t)
+    sig = tl.where(l > 0.0, inv, t * inv)
+    qx = q * x
+    ll = ((q - 1.0) * x + 1.0) * log_sig - (1.0 - x) * l
+    return ll, qx - (qx + 1.0 - x) * sig, q * log_sig - log_sig_neg
+
+
+@triton.jit
+def logit(p):
+    """``log(p / (1 - p))``: ``d ll / d x`` of :func:`bernoulli_probs`, unclamped as torch's
+    ``binary_cross_entropy`` target gradient (``-inf`` at p = 0, ``inf`` at 1)."""
+    at1 = p == 1.0
+    return tl.where(at1, float("inf"), tl.log(div(p, tl.where(at1, 1.0, 1.0 - p))))
+
+
+@triton.jit
 def bernoulli_probs(p, x):
     """``-binary_cross_entropy(p, x)`` elementwise (logs clamped at -100) and its gradient
     ``(x - p) / max(p (1 - p), 1e-12)`` (1e-12 as float32, see BCE_EPS), NaN-propagating like torch's CPU kernel."""

@@ -287,24 +287,29 @@ def test_reparameterize_kl_with_explicit_eps(kernel_backend, dtype, samples, bat
     check_against_reference(ours, expected, [mu, logvar, eps], (0, 1), TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("case", ROW_CASES)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gradcheck_float64(kernel_backend, case, reduction):
+def gradcheck_case(case: str, reduction: str, device: str, also: tuple[int, ...] = ()) -> bool:
+    """float64 finite differences of a ROW_CASES op with respect to its differentiable inputs
+    (and the positions ``also``, e.g. the data)."""
     gen = torch.Generator().manual_seed(2)
-    inputs, differentiable, ours, _ = ROW_CASES[case](
-        gen, (2, 3), (4,), torch.float64, "float", device_for(kernel_backend)
-    )
+    inputs, differentiable, ours, _ = ROW_CASES[case](gen, (2, 3), (4,), torch.float64, "float", device)
     if case == "bernoulli_probs":  # finite differences need p away from the clamp at 0 and 1
         inputs[0] = inputs[0].clamp(0.05, 0.95)
-    free = [t.requires_grad_(i in differentiable) for i, t in enumerate(inputs)]
+    wrt = (*differentiable, *also)
+    free = [t.requires_grad_(i in wrt) for i, t in enumerate(inputs)]
 
     def fn(*diff):
         args = list(free)
-        for i, t in zip(differentiable, diff, strict=True):
+        for i, t in zip(wrt, diff, strict=True):
             args[i] = t
         return ours(*args, reduction=reduction)
 
-    assert torch.autograd.gradcheck(fn, [free[i] for i in differentiable])
+    return torch.autograd.gradcheck(fn, [free[i] for i in wrt])
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_float64(kernel_backend, case, reduction):
+    assert gradcheck_case(case, reduction, device_for(kernel_backend))
 
 
 def test_reduction_mean_of_empty_batch_is_nan(kernel_backend):

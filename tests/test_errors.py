@@ -38,11 +38,45 @@ METADATA_ERRORS = {
         ValueError,
         "reduction",
     ),
-    "weight": (lambda: F.binary_cross_entropy(t(3), t(3), weight=t(3)), NotImplementedError, "weight"),
-    "pos_weight": (
-        lambda: F.binary_cross_entropy_with_logits(t(3), t(3), pos_weight=t(3)),
-        NotImplementedError,
-        "pos_weight",
+    "weight not broadcastable": (
+        lambda: F.binary_cross_entropy(t(3, 4), t(3, 4), weight=t(3)),
+        ValueError,
+        r"weight of shape \(3,\) does not broadcast to input's shape \(3, 4\).*per class",
+    ),
+    "weight broadcasts beyond the input": (
+        lambda: F.binary_cross_entropy_with_logits(t(3, 4), t(3, 4), weight=t(2, 3, 4)),
+        ValueError,
+        "weight of shape .* does not broadcast to input's shape",
+    ),
+    "pos_weight not broadcastable": (
+        lambda: F.binary_cross_entropy_with_logits(t(3, 4), t(3, 4), pos_weight=t(3)),
+        ValueError,
+        r"pos_weight of shape \(3,\) does not broadcast .* one weight per class",
+    ),
+    "complex weight": (
+        lambda: F.binary_cross_entropy_with_logits(t(3), t(3), weight=t(3, dtype=torch.complex64)),
+        TypeError,
+        "weight must be real",
+    ),
+    "weight not a tensor": (
+        lambda: F.binary_cross_entropy(t(3), t(3), weight=[1.0, 2.0, 3.0]),
+        TypeError,
+        "weight must be a torch.Tensor",
+    ),
+    "pos_weight on another device": (
+        lambda: F.binary_cross_entropy_with_logits(t(3), t(3), pos_weight=t(3, device="meta")),
+        ValueError,
+        "pos_weight is on meta",
+    ),
+    "weight requiring grad": (
+        lambda: F.binary_cross_entropy(t(3), t(3), weight=t(3).requires_grad_()),
+        ValueError,
+        "weight must not require grad: torch does not differentiate",
+    ),
+    "pos_weight requiring grad": (
+        lambda: F.binary_cross_entropy_with_logits(t(3), t(3), pos_weight=t(3).requires_grad_()),
+        ValueError,
+        "pos_weight must not require grad",
     ),
     "eps shape": (lambda: F.reparameterize(t(3, 4), t(3, 4), samples=2, eps=t(3, 4)), ValueError, "eps"),
     "logvar shape": (lambda: F.reparameterize(t(3, 4), t(3, 5)), ValueError, "logvar"),
@@ -62,9 +96,17 @@ def test_metadata_errors(case):
         call()
 
 
-def test_target_requiring_grad_is_refused():
-    with pytest.raises(ValueError, match="target must not require grad"):
-        F.binary_cross_entropy(t(3), t(3).requires_grad_())
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+def test_bad_factor_raises_before_any_kernel(kernel_backend, name, monkeypatch):
+    """A weight error is raised by the argument checks: no kernel runs (nothing is computed)."""
+    from fastaevb.ops import calls
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("a kernel ran before the argument checks")
+
+    monkeypatch.setattr(calls, "kernels_for", no_kernel)
+    with pytest.raises(ValueError, match=name):
+        F.binary_cross_entropy_with_logits(t(3, 4), t(3, 4), **{name: t(5)})
 
 
 VALUE_ERRORS = {

@@ -20,6 +20,11 @@ def sample_args(device):
     mu, logvar = rand(4, 3, low=-1, grad=True), rand(4, 3, low=-1, grad=True)
     logits, probs = rand(6, 5, low=-3, high=3, grad=True), rand(6, 5, low=0.05, high=0.95, grad=True)
     x, x8 = rand(3, 5), (rand(3, 5) > 0.5).to(torch.uint8)
+    x_grad = rand(3, 5, low=0.05, high=0.95, grad=True)  # a differentiable target
+    x_full = rand(6, 5, low=0.05, high=0.95, grad=True)  # the drop-ins' target: the input's shape
+    # the drop-ins' weights: broadcast (R, D) views (per column, per row, one value) and a full one
+    weight_col, weight_row = rand(5, low=-1).expand(6, 5), rand(6, 1).expand(6, 5)
+    weight_one, weight_full, pos_weight = rand(()).expand(6, 5), rand(6, 5), rand(5, high=3).expand(6, 5)
     mean, gauss_logvar, shared = rand(6, 5, grad=True), rand(6, 5, low=-1, grad=True), rand(1, grad=True)
     seed, eps = torch.tensor(123456789), rand(2, 4, 3, low=-2, high=2)
     by_op = {
@@ -38,28 +43,44 @@ def sample_args(device):
             (rand(()), mu.detach(), logvar.detach(), "total", 0.5),
         ],
         ops.bernoulli_logits_ll: [
-            (logits, x, "rows", 1.0, False),
-            (logits, x8, "elements", -1.0, False),
-            (logits, x, "total", -0.1, True),
+            (logits, x, None, None, "rows", 1.0, False, False),
+            (logits, x8, None, None, "elements", -1.0, False, False),
+            (logits, x, None, None, "total", -0.1, True, False),
+            (logits, x_grad, None, None, "rows", 1.0, False, True),  # target gradient over 2 samples
+            (logits, x_full, weight_col, pos_weight, "elements", -1.0, False, True),
+            (logits, x_full, weight_row, None, "total", -0.5, True, True),
+            (logits, x8, weight_one, pos_weight, "total", -1.0, True, False),
+            (logits, x_full, None, pos_weight, "total", -1.0, False, True),
         ],
         ops.bernoulli_logits_ll_backward: [
-            (rand(6), logits.detach(), x, "rows", 1.0),
-            (rand(6, 5), logits.detach(), x8, "elements", -1.0),
+            (rand(6), logits.detach(), x, None, None, "rows", 1.0, False),
+            (rand(6, 5), logits.detach(), x8, None, None, "elements", -1.0, False),
+            (rand(6, 5), logits.detach(), x_full.detach(), weight_full, pos_weight, "elements", -1.0, True),
+            (rand(()), logits.detach(), x_grad.detach(), None, None, "total", 2.0, True),
         ],
         ops.bernoulli_probs_ll: [
-            (probs, x, "rows", 1.0, False),
-            (probs, x8, "elements", -1.0, False),
-            (probs, x, "total", 2.0, True),
+            (probs, x, None, None, "rows", 1.0, False, False),
+            (probs, x8, None, None, "elements", -1.0, False, False),
+            (probs, x, None, None, "total", 2.0, True, False),
+            (probs, x_full, weight_full, None, "elements", -1.0, False, True),
+            (probs, x_grad, None, None, "total", 0.5, True, True),
+            (probs, x8, weight_col, None, "rows", 1.0, False, False),
         ],
-        ops.bernoulli_probs_ll_backward: [(rand(()), probs.detach(), x, "total", 1.0)],
+        ops.bernoulli_probs_ll_backward: [
+            (rand(()), probs.detach(), x, None, None, "total", 1.0, False),
+            (rand(6), probs.detach(), x_full.detach(), weight_row, None, "rows", 1.0, True),
+        ],
         ops.gaussian_ll: [
-            (x, mean, gauss_logvar, "rows", 1.0, False),
-            (x, mean, shared, "total", 0.5, True),
-            (x, mean, shared, "rows", 1.0, False),
+            (x, mean, gauss_logvar, "rows", 1.0, False, False),
+            (x, mean, shared, "total", 0.5, True, False),
+            (x, mean, shared, "rows", 1.0, False, False),
+            (x_grad, mean, gauss_logvar, "total", -1.0, True, True),
+            (x_grad, mean, shared, "rows", 1.0, False, True),
         ],
         ops.gaussian_ll_backward: [
-            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0),
-            (rand(()), x, mean.detach(), shared.detach(), "total", 3.0),
+            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0, False),
+            (rand(()), x, mean.detach(), shared.detach(), "total", 3.0, False),
+            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0, True),
         ],
     }
     return {str(op).split("::")[-1].rstrip(")>"): (op, args) for op, args in by_op.items()}

@@ -11,6 +11,8 @@ upstream gradients are made contiguous here because autograd may hand in expande
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -157,55 +159,84 @@ def gaussian_kl_backward(
 # --------------------------------------------------------------------------------------
 
 
-def _bernoulli_forward(kernel, inp: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool):
-    """Runs ``_C.bernoulli_{logits,probs}_forward``; returns ``(out, grad, counts)``."""
-    R, D = inp.shape
-    x, xtype = _target(x, inp.dtype)
-    out = torch.empty_like(inp) if reduce == "elements" else _reduced(R, reduce, inp)
-    grad = _grad_slot(inp, with_grad)
+_NO_EXTRAS = _C.BernoulliExtras()
+
+
+def _factor(t: Tensor | None, width: int) -> tuple[int, int, int]:
+    """(address, row stride, column stride) of a broadcast (R, D) weight view; zeros when absent.
+    The column stride only matters for rows wider than one element."""
+    if t is None:
+        return 0, 0, 0
+    return t.data_ptr(), t.stride(0), t.stride(1) if width > 1 else 0
+
+
+def _extras(weight: Tensor | None, pos_weight: Tensor | None, grad_x: Tensor, width: int):
+    """The drop-ins' extras for ``_C`` (weights are kept alive by the caller's references)."""
+    if weight is None and pos_weight is None and grad_x.numel() == 0:
+        return _NO_EXTRAS
+    return _C.BernoulliExtras(*_factor(weight, width), *_factor(pos_weight, width), grad_x.data_ptr())
+
+
+def _bernoulli_forward(
+    kernel,
+    decoded: Tensor,
+    x: Tensor,
+    reduce: str,
+    scale: float,
+    with_grad: bool,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    target_grad: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``_C.bernoulli_{logits,probs}_forward`` -> ``(out, grad, grad_x)``; raises on the
+    out-of-range counts it returns (probabilities and targets, or targets alone for logits)."""
+    R, D = decoded.shape
+    x, xtype = _target(x, decoded.dtype)
+    out = torch.empty_like(decoded) if reduce == "elements" else _reduced(R, reduce, decoded)
+    grad = _grad_slot(decoded, with_grad)
+    grad_x = _grad_slot(decoded, with_grad and target_grad)
     bad = kernel(
-        out.data_ptr(), grad.data_ptr(), inp.data_ptr(), x.data_ptr(), R, x.shape[0], D,
-        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[inp.dtype], xtype,
-        _num_threads(),
+        out.data_ptr(), grad.data_ptr(), decoded.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), bool(with_grad), _DTYPE_CODE[decoded.dtype], xtype,
+        _num_threads(), _extras(weight, pos_weight, grad_x, D),
     )  # fmt: skip
-    return out, grad, bad
+    bad_in, bad_x = bad if isinstance(bad, tuple) else (0, bad)
+    check_range(bad_in, "input")
+    check_range(bad_x, "target")
+    return out, grad, grad_x
 
 
-def _bernoulli_backward(kernel, grad_out: Tensor, inp: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
+def _bernoulli_backward(
+    kernel,
+    grad_out: Tensor,
+    decoded: Tensor,
+    x: Tensor,
+    reduce: str,
+    scale: float,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    target_grad: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``_C.bernoulli_{logits,probs}_backward`` -> ``(grad, grad_x)``."""
     grad_out = grad_out.contiguous()
-    R, D = inp.shape
-    x, xtype = _target(x, inp.dtype)
-    grad = torch.empty_like(inp)
+    R, D = decoded.shape
+    x, xtype = _target(x, decoded.dtype)
+    grad = torch.empty_like(decoded)
+    grad_x = _grad_slot(decoded, target_grad)
     kernel(
-        grad.data_ptr(), grad_out.data_ptr(), inp.data_ptr(), x.data_ptr(), R, x.shape[0], D,
-        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[inp.dtype], xtype, _num_threads(),
+        grad.data_ptr(), grad_out.data_ptr(), decoded.data_ptr(), x.data_ptr(), R, x.shape[0], D,
+        _REDUCE_CODE[reduce], float(scale), _DTYPE_CODE[decoded.dtype], xtype, _num_threads(),
+        _extras(weight, pos_weight, grad_x, D),
     )  # fmt: skip
-    return grad
+    return grad, grad_x
 
 
-def bernoulli_logits_forward(
-    logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor]:
-    out, grad, bad_x = _bernoulli_forward(_C.bernoulli_logits_forward, logits, x, reduce, scale, with_grad)
-    check_range(bad_x, "target")
-    return out, grad
-
-
-def bernoulli_logits_backward(grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
-    return _bernoulli_backward(_C.bernoulli_logits_backward, grad_out, logits, x, reduce, scale)
-
-
-def bernoulli_probs_forward(
-    probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor]:
-    out, grad, (bad_p, bad_x) = _bernoulli_forward(_C.bernoulli_probs_forward, probs, x, reduce, scale, with_grad)
-    check_range(bad_p, "input")
-    check_range(bad_x, "target")
-    return out, grad
-
-
-def bernoulli_probs_backward(grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
-    return _bernoulli_backward(_C.bernoulli_probs_backward, grad_out, probs, x, reduce, scale)
+# From logits (Appendix C.1) and from probabilities (exactly -F.binary_cross_entropy): one kernel
+# family, the parameterization picked by the _C entry.
+bernoulli_logits_forward = partial(_bernoulli_forward, _C.bernoulli_logits_forward)
+bernoulli_logits_backward = partial(_bernoulli_backward, _C.bernoulli_logits_backward)
+bernoulli_probs_forward = partial(_bernoulli_forward, _C.bernoulli_probs_forward)
+bernoulli_probs_backward = partial(_bernoulli_backward, _C.bernoulli_probs_backward)
 
 
 # --------------------------------------------------------------------------------------

@@ -146,12 +146,15 @@ def reparameterize_kl(
     return eager.shaped_samples(z, kl, log_q, log_p, mu.shape, samples, log_weights, with_kl)
 
 
-def _reduced(custom_op, eager_step, *tensors: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
+def _reduced(
+    custom_op, eager_step, *tensors: Tensor | None, reduce: str, scale: float, with_grad: bool, flags: tuple = ()
+) -> Tensor:
+    """``flags``: the op's arguments after ``with_grad`` (``target_grad`` of the decoder ops)."""
     if _custom_path():
-        return custom_op(*tensors, reduce, scale, with_grad)[0]
+        return custom_op(*tensors, reduce, scale, with_grad, *flags)[0]
     forward_call, backward_call, differentiable = eager_step
     return eager.apply(
-        eager.ReducedFunction, forward_call, backward_call, differentiable, reduce, scale, with_grad, *tensors
+        eager.ReducedFunction, forward_call, backward_call, differentiable, reduce, scale, with_grad, flags, *tensors
     )
 
 
@@ -160,22 +163,70 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad
     return _reduced(custom.gaussian_kl, eager.GAUSSIAN_KL, mu, logvar, reduce=reduce, scale=scale, with_grad=with_grad)
 
 
-def bernoulli_logits_ll(logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
-    """Appendix C.1 from logits: ``scale * log p(x|z)`` per element, row or in total."""
+def bernoulli_logits_ll(
+    logits: Tensor,
+    x: Tensor,
+    reduce: str,
+    scale: float,
+    with_grad: bool,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    target_grad: bool = False,
+) -> Tensor:
+    """Appendix C.1 from logits: ``scale * log p(x|z)`` per element, row or in total; ``weight`` /
+    ``pos_weight``: ``None`` or ``(R, D)`` (broadcast views), torch's BCE-with-logits factors;
+    ``target_grad``: ``x`` is differentiated too."""
     return _reduced(
-        custom.bernoulli_logits_ll, eager.BERNOULLI_LOGITS, logits, x, reduce=reduce, scale=scale, with_grad=with_grad
+        custom.bernoulli_logits_ll,
+        eager.BERNOULLI_LOGITS,
+        logits,
+        x,
+        weight,
+        pos_weight,
+        reduce=reduce,
+        scale=scale,
+        with_grad=with_grad,
+        flags=(target_grad,),
     )
 
 
-def bernoulli_probs_ll(probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
-    """Appendix C.1 from probabilities (``-F.binary_cross_entropy``): per element, row or in total."""
+def bernoulli_probs_ll(
+    probs: Tensor,
+    x: Tensor,
+    reduce: str,
+    scale: float,
+    with_grad: bool,
+    weight: Tensor | None = None,
+    target_grad: bool = False,
+) -> Tensor:
+    """Appendix C.1 from probabilities (``-F.binary_cross_entropy``): per element, row or in total;
+    ``weight`` and ``target_grad`` as :func:`bernoulli_logits_ll`."""
     return _reduced(
-        custom.bernoulli_probs_ll, eager.BERNOULLI_PROBS, probs, x, reduce=reduce, scale=scale, with_grad=with_grad
+        custom.bernoulli_probs_ll,
+        eager.BERNOULLI_PROBS,
+        probs,
+        x,
+        weight,
+        None,
+        reduce=reduce,
+        scale=scale,
+        with_grad=with_grad,
+        flags=(target_grad,),
     )
 
 
-def gaussian_ll(x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
-    """Appendix C.2: ``scale * log p(x|z)`` per row or in total."""
+def gaussian_ll(
+    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool, target_grad: bool = False
+) -> Tensor:
+    """Appendix C.2: ``scale * log p(x|z)`` per row or in total; ``target_grad``: ``x`` is differentiated too."""
     return _reduced(
-        custom.gaussian_ll, eager.GAUSSIAN_LL, x, mean, logvar, reduce=reduce, scale=scale, with_grad=with_grad
+        custom.gaussian_ll,
+        eager.GAUSSIAN_LL,
+        x,
+        mean,
+        logvar,
+        reduce=reduce,
+        scale=scale,
+        with_grad=with_grad,
+        flags=(target_grad,),
     )

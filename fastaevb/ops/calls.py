@@ -45,6 +45,25 @@ def prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.contiguous() if t.dtype == torch.uint8 else prepared(t, dtype)  # type: ignore[return-value]
 
 
+def prepared_factor(t: Tensor | None, like: torch.dtype) -> Tensor | None:
+    """A BCE ``weight`` / ``pos_weight``, ``(R, D)`` and often a broadcast view (column stride 0 or 1,
+    see ``functional``): kept as it is (no copy), in the value dtype of inputs of dtype ``like``,
+    which is every backend's accumulation dtype."""
+    if t is None:
+        return None
+    dtype = value_dtype(like)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def per_datum(grad_x: Tensor, x: Tensor) -> Tensor:
+    """The target gradient per decoder row ``(R, D)`` summed over the samples that share data row
+    ``r % B``, in ``x``'s shape ``(B, D)`` (as it is when ``R == B``, or the empty placeholder ``(0,)``
+    when no gradient was computed)."""
+    if grad_x.dim() == 1 or grad_x.shape[0] == x.shape[0]:
+        return grad_x
+    return grad_x.view(-1, *x.shape).sum(0)
+
+
 def restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
@@ -149,48 +168,89 @@ def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: s
 
 
 def bernoulli_forward(
-    entry: str, decoded: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool
+    entry: str,
+    decoded: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduce: str,
+    scale: float,
+    with_grad: bool,
+    target_grad: bool,
 ) -> tuple[Tensor, ...]:
-    """``entry``: ``'bernoulli_logits'`` or ``'bernoulli_probs'``."""
+    """``entry``: ``'bernoulli_logits'`` or ``'bernoulli_probs'``. Returns ``(out, grad_decoded,
+    grad_target)``; ``grad_target`` (``target``'s shape) only with ``with_grad`` and ``target_grad``."""
     kernels = kernels_for(decoded.device)
     dtype = compute_dtype(kernels, decoded.dtype)
-    outputs = getattr(kernels, f"{entry}_forward")(
-        prepared(decoded, dtype), prepared_target(target, dtype), reduce, scale, with_grad
+    out, grad, grad_x = getattr(kernels, f"{entry}_forward")(
+        prepared(decoded, dtype),
+        prepared_target(target, dtype),
+        reduce,
+        scale,
+        with_grad,
+        prepared_factor(weight, decoded.dtype),
+        prepared_factor(pos_weight, decoded.dtype),
+        target_grad,
     )
-    return restored_outputs(outputs, decoded.dtype, reduce)
+    return restored_outputs((out, grad, per_datum(grad_x, target)), decoded.dtype, reduce)
 
 
 def bernoulli_backward(
-    entry: str, grad_out: Tensor, decoded: Tensor, target: Tensor, reduce: str, scale: float
-) -> tuple[Tensor]:
+    entry: str,
+    grad_out: Tensor,
+    decoded: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduce: str,
+    scale: float,
+    target_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(grad_decoded, grad_target)``; ``grad_target`` is empty without ``target_grad``."""
     kernels = kernels_for(decoded.device)
     dtype = compute_dtype(kernels, decoded.dtype)
-    grad = getattr(kernels, f"{entry}_backward")(
-        prepared(grad_out, dtype), prepared(decoded, dtype), prepared_target(target, dtype), reduce, scale
+    grad, grad_x = getattr(kernels, f"{entry}_backward")(
+        prepared(grad_out, dtype),
+        prepared(decoded, dtype),
+        prepared_target(target, dtype),
+        reduce,
+        scale,
+        prepared_factor(weight, decoded.dtype),
+        prepared_factor(pos_weight, decoded.dtype),
+        target_grad,
     )
-    return restored((grad,), decoded.dtype)  # type: ignore[return-value]
+    return restored((grad, per_datum(grad_x, target)), decoded.dtype)  # type: ignore[return-value]
+
+
+def _gaussian_x_grad(grad_mean: Tensor, x: Tensor, target_grad: bool) -> Tensor:
+    """``d/dx = -(x - m) exp(-v) = -d/dm`` elementwise, summed over the samples of each data row."""
+    if not target_grad or grad_mean.dim() == 1:  # not asked for, or no gradients computed
+        return grad_mean.new_empty(0)
+    return per_datum(grad_mean, x).neg()
 
 
 def gaussian_ll_forward(
-    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
+    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool, target_grad: bool
 ) -> tuple[Tensor, ...]:
+    """``(out, grad_mean, grad_logvar, grad_x)``; ``grad_x`` only with ``with_grad`` and ``target_grad``."""
     kernels = kernels_for(mean.device)
     dtype = compute_dtype(kernels, mean.dtype)
     outputs = kernels.gaussian_forward(
         prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale, with_grad
     )
-    return restored_outputs(outputs, mean.dtype, reduce)
+    return restored_outputs((*outputs, _gaussian_x_grad(outputs[1], x, target_grad)), mean.dtype, reduce)
 
 
 def gaussian_ll_backward(
-    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
+    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, target_grad: bool
 ) -> tuple[Tensor, ...]:
+    """``(grad_mean, grad_logvar, grad_x)``; ``grad_x`` is empty without ``target_grad``."""
     kernels = kernels_for(mean.device)
     dtype = compute_dtype(kernels, mean.dtype)
     grads = kernels.gaussian_backward(
         prepared(grad_out, dtype), prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale
     )
-    return restored(grads, mean.dtype)
+    return restored((*grads, _gaussian_x_grad(grads[0], x, target_grad)), mean.dtype)
 
 
 # --- the whole SGVB loss of one step: KL + decoder log-likelihood -------------------------------
@@ -232,11 +292,13 @@ def sgvb_loss_forward(
     kl, grad_mu, grad_logvar = gaussian_kl_forward(mu, logvar, "total", kl_scale, with_grad)
     if likelihood == "gaussian":
         assert decoder_logvar is not None
-        ll, grad_decoded, grad_decoder_logvar = gaussian_ll_forward(
-            x, decoded, decoder_logvar, "total", -ll_scale, with_grad
+        ll, grad_decoded, grad_decoder_logvar, _ = gaussian_ll_forward(
+            x, decoded, decoder_logvar, "total", -ll_scale, with_grad, False
         )
     else:
-        ll, grad_decoded = bernoulli_forward(likelihood, decoded, x, "total", -ll_scale, with_grad)
+        ll, grad_decoded, _ = bernoulli_forward(
+            likelihood, decoded, x, None, None, "total", -ll_scale, with_grad, False
+        )
         grad_decoder_logvar = decoded.new_empty(0)
     return kl.add_(ll), grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
 
@@ -256,10 +318,10 @@ def sgvb_loss_backward(
     grad_mu, grad_logvar = gaussian_kl_backward(grad_out, mu, logvar, "total", kl_scale)
     if likelihood == "gaussian":
         assert decoder_logvar is not None
-        grad_decoded, grad_decoder_logvar = gaussian_ll_backward(
-            grad_out, x, decoded, decoder_logvar, "total", -ll_scale
+        grad_decoded, grad_decoder_logvar, _ = gaussian_ll_backward(
+            grad_out, x, decoded, decoder_logvar, "total", -ll_scale, False
         )
     else:
-        (grad_decoded,) = bernoulli_backward(likelihood, grad_out, decoded, x, "total", -ll_scale)
+        grad_decoded, _ = bernoulli_backward(likelihood, grad_out, decoded, x, None, None, "total", -ll_scale, False)
         grad_decoder_logvar = decoded.new_empty(0)
     return grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar

@@ -42,19 +42,21 @@ def _grad_like(t: Tensor, with_grad: bool) -> Tensor:
     return t.new_empty(t.shape if with_grad else (0,))
 
 
-def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...]) -> None:
-    """Autograd for ops shaped ``op(*tensors, reduce, scale, with_grad) -> (out, *grads)``.
+def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...], flags: int = 0) -> None:
+    """Autograd for ops shaped ``op(*tensors, reduce, scale, with_grad, *flags) -> (out, *grads)``.
 
     ``differentiable`` are the positions of the tensors whose gradients ``grads`` (and
-    ``backward_op(grad_out, *tensors, reduce, scale)``) return, in that order.
+    ``backward_op(grad_out, *tensors, reduce, scale, *flags)``) return, in that order; ``flags``
+    counts the trailing arguments after ``with_grad`` (``target_grad`` of the decoder ops).
     """
 
     def setup_context(ctx, inputs, output):
-        *tensors, reduce, scale, with_grad = inputs
+        *tensors, reduce, scale, with_grad = inputs[: len(inputs) - flags]
         grads_in_forward = output[1:]
         ctx.mark_non_differentiable(*grads_in_forward)
         ctx.set_materialize_grads(False)  # else autograd fills zeros shaped like those gradients
         ctx.reduce, ctx.scale, ctx.with_grad = reduce, scale, with_grad
+        ctx.flags = inputs[len(inputs) - flags :]
         ctx.save_for_backward(*(grads_in_forward if with_grad else tensors))
 
     def backward(ctx, grad_out, *_):
@@ -65,7 +67,7 @@ def _register_reduced_autograd(op, backward_op, differentiable: tuple[int, ...])
         grads = (
             calls.scaled_grads(saved, grad_out)
             if ctx.with_grad
-            else backward_op(grad_out, *saved, ctx.reduce, ctx.scale)
+            else backward_op(grad_out, *saved, ctx.reduce, ctx.scale, *ctx.flags)
         )
         for position, grad in zip(differentiable, grads, strict=True):
             if ctx.needs_input_grad[position]:
@@ -295,53 +297,93 @@ _register_reduced_autograd(gaussian_kl, gaussian_kl_backward, differentiable=(0,
 # --- Bernoulli decoder (from logits, from probabilities) --------------------------------------
 
 
+def _target_grad_like(decoded: Tensor, target: Tensor, wanted: bool) -> Tensor:
+    """The target gradient: ``target``'s shape in ``decoded``'s dtype (``functional`` casts a
+    differentiable target to it), or an empty placeholder."""
+    return decoded.new_empty(target.shape if wanted else (0,))
+
+
 def _define_bernoulli_op(name: str, entry: str, forward_doc: str, backward_doc: str):
     """Define ``fastaevb::{name}`` and its backward op over the backends' ``{entry}_forward`` /
-    ``{entry}_backward``: the two Bernoulli forms differ only in their formula."""
+    ``{entry}_backward``: the two Bernoulli forms differ only in their formula. ``weight`` /
+    ``pos_weight`` (None or ``(R, D)``, torch's BCE factors; ``pos_weight`` with logits only) and
+    ``target_grad`` (``target`` is differentiated too) are the drop-ins' arguments."""
 
     @library.op(name)
-    def forward(decoded: Tensor, target: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, Tensor]:
-        return calls.bernoulli_forward(entry, decoded, target, reduce, scale, with_grad)  # type: ignore[return-value]
+    def forward(
+        decoded: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        pos_weight: Tensor | None,
+        reduce: str,
+        scale: float,
+        with_grad: bool,
+        target_grad: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return calls.bernoulli_forward(  # type: ignore[return-value]
+            entry, decoded, target, weight, pos_weight, reduce, scale, with_grad, target_grad
+        )
 
     @forward.register_fake
-    def _(decoded, target, reduce, scale, with_grad):
-        return _reduced_like(decoded, reduce), _grad_like(decoded, with_grad)
+    def _(decoded, target, weight, pos_weight, reduce, scale, with_grad, target_grad):
+        return (
+            _reduced_like(decoded, reduce),
+            _grad_like(decoded, with_grad),
+            _target_grad_like(decoded, target, with_grad and target_grad),
+        )
 
     @library.op(f"{name}_backward")
-    def backward(grad_out: Tensor, decoded: Tensor, target: Tensor, reduce: str, scale: float) -> Tensor:
-        return calls.bernoulli_backward(entry, grad_out, decoded, target, reduce, scale)[0]
+    def backward(
+        grad_out: Tensor,
+        decoded: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        pos_weight: Tensor | None,
+        reduce: str,
+        scale: float,
+        target_grad: bool,
+    ) -> tuple[Tensor, Tensor]:
+        return calls.bernoulli_backward(
+            entry, grad_out, decoded, target, weight, pos_weight, reduce, scale, target_grad
+        )
 
     @backward.register_fake
-    def _(grad_out, decoded, target, reduce, scale):
-        return torch.empty_like(decoded)
+    def _(grad_out, decoded, target, weight, pos_weight, reduce, scale, target_grad):
+        return torch.empty_like(decoded), _target_grad_like(decoded, target, target_grad)
 
     forward.__doc__, backward.__doc__ = forward_doc, backward_doc
-    _register_reduced_autograd(forward, lambda *args: (backward(*args),), differentiable=(0,))
+    _register_reduced_autograd(forward, backward, differentiable=(0, 1), flags=1)
     return forward, backward
 
 
 bernoulli_logits_ll, bernoulli_logits_ll_backward = _define_bernoulli_op(
     "bernoulli_logits_ll",
     "bernoulli_logits",
-    """Appendix C.1 from logits: ``scale * sum_d (x_d*l_d - softplus(l_d))``; gradient
-    ``scale * (x - sigmoid(l))``.
+    """Appendix C.1 from logits: ``scale * sum_d (x_d*l_d - softplus(l_d))``; gradients
+    ``scale * (x - sigmoid(l))`` and, with ``target_grad``, ``d/dx = scale * l``. With ``weight`` w
+    and ``pos_weight`` q, torch's BCE-with-logits negated: ``w * ((1 + (q - 1) x) logsigmoid(l) -
+    (1 - x) l)``, ``d/dl = w * (q x - (q x + 1 - x) sigmoid(l))``, ``d/dx = w * (q logsigmoid(l) -
+    logsigmoid(-l))`` (no ``pos_weight``: the plain form times w).
 
     ``target`` (float in [0, 1], uint8 or bool) is ``(B, D)`` for logits ``(R, D)``; row r uses
-    target row ``r % B``. Targets outside [0, 1] are flagged by the kernel and raise ValueError.
+    target row ``r % B`` (its gradient sums those rows). Targets outside [0, 1] are flagged by the
+    kernel and raise ValueError.
     """,
-    """``grad_out * scale * (x - sigmoid(l))``.""",
+    """``grad_out * scale * (d/dl, d/dx)`` of :func:`bernoulli_logits_ll` (``d/dx`` empty without ``target_grad``).""",
 )
 
 bernoulli_probs_ll, bernoulli_probs_ll_backward = _define_bernoulli_op(
     "bernoulli_probs_ll",
     "bernoulli_probs",
-    """Appendix C.1 from probabilities, as ``-F.binary_cross_entropy``: ``scale * sum_d (x*max(log p, -100)
-    + (1-x)*max(log(1-p), -100))``; gradient ``scale * (x - p) / max(p*(1-p), 1e-12)``.
+    """Appendix C.1 from probabilities, as ``-F.binary_cross_entropy``: ``scale * sum_d w_d (x*max(log p, -100)
+    + (1-x)*max(log(1-p), -100))`` (w: ``weight``, 1 when None; ``pos_weight`` must be None); gradients
+    ``scale * w * (x - p) / max(p*(1-p), 1e-12)`` and, with ``target_grad``, torch's unclamped
+    ``d/dx = scale * w * logit(p)``.
 
     Shapes as ``bernoulli_logits_ll``. Probabilities or targets outside [0, 1] are flagged by the
     kernel and raise ValueError.
     """,
-    """``grad_out * scale * (x - p) / max(p*(1-p), 1e-12)``.""",
+    """``grad_out * scale * (d/dp, d/dx)`` of :func:`bernoulli_probs_ll` (``d/dx`` empty without ``target_grad``).""",
 )
 
 
@@ -350,35 +392,46 @@ bernoulli_probs_ll, bernoulli_probs_ll_backward = _define_bernoulli_op(
 
 @library.op("gaussian_ll")
 def gaussian_ll(
-    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool, target_grad: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Appendix C.2: ``scale * -0.5 * sum_d (log(2*pi) + v_d + (x_d - m_d)^2 * exp(-v_d))``.
 
     ``logvar`` is ``mean``'s shape or ``(1,)`` (one shared log-variance). Gradients:
-    ``d/dm = (x - m) exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 exp(-v))`` (summed when shared).
+    ``d/dm = (x - m) exp(-v)``, ``d/dv = -0.5 * (1 - (x - m)^2 exp(-v))`` (summed when shared) and,
+    with ``target_grad``, ``d/dx = -(x - m) exp(-v)`` (summed over the rows sharing a data row).
     """
-    return calls.gaussian_ll_forward(x, mean, logvar, reduce, scale, with_grad)  # type: ignore[return-value]
+    return calls.gaussian_ll_forward(  # type: ignore[return-value]
+        x, mean, logvar, reduce, scale, with_grad, target_grad
+    )
 
 
 @gaussian_ll.register_fake
-def _(x, mean, logvar, reduce, scale, with_grad):
-    return _reduced_like(mean, reduce), _grad_like(mean, with_grad), _grad_like(logvar, with_grad)
+def _(x, mean, logvar, reduce, scale, with_grad, target_grad):
+    return (
+        _reduced_like(mean, reduce),
+        _grad_like(mean, with_grad),
+        _grad_like(logvar, with_grad),
+        _target_grad_like(mean, x, with_grad and target_grad),
+    )
 
 
 @library.op("gaussian_ll_backward")
 def gaussian_ll_backward(
-    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
-) -> tuple[Tensor, Tensor]:
-    """``grad_out * scale * (d/dmean, d/dlogvar)`` of :func:`gaussian_ll`."""
-    return calls.gaussian_ll_backward(grad_out, x, mean, logvar, reduce, scale)  # type: ignore[return-value]
+    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, target_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``grad_out * scale * (d/dmean, d/dlogvar, d/dx)`` of :func:`gaussian_ll` (``d/dx`` empty
+    without ``target_grad``)."""
+    return calls.gaussian_ll_backward(  # type: ignore[return-value]
+        grad_out, x, mean, logvar, reduce, scale, target_grad
+    )
 
 
 @gaussian_ll_backward.register_fake
-def _(grad_out, x, mean, logvar, reduce, scale):
-    return torch.empty_like(mean), torch.empty_like(logvar)
+def _(grad_out, x, mean, logvar, reduce, scale, target_grad):
+    return torch.empty_like(mean), torch.empty_like(logvar), _target_grad_like(mean, x, target_grad)
 
 
-_register_reduced_autograd(gaussian_ll, gaussian_ll_backward, differentiable=(1, 2))
+_register_reduced_autograd(gaussian_ll, gaussian_ll_backward, differentiable=(1, 2, 0), flags=1)
 
 
 # float32 under torch.autocast, as torch's losses (the policy table is in ops.autocast)

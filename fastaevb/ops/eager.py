@@ -66,11 +66,12 @@ class ReducedFunction(torch.autograd.Function):
         reduce: str,
         scale: float,
         with_grad: bool,
-        *tensors: Tensor,
+        flags: tuple,
+        *tensors: Tensor | None,
     ) -> Tensor:
-        out, *grads = forward_call(*tensors, reduce, scale, with_grad)
+        out, *grads = forward_call(*tensors, reduce, scale, with_grad, *flags)
         ctx.backward_call, ctx.differentiable = backward_call, differentiable
-        ctx.reduce, ctx.scale, ctx.with_grad = reduce, scale, with_grad
+        ctx.reduce, ctx.scale, ctx.with_grad, ctx.flags = reduce, scale, with_grad, flags
         ctx.grads = tuple(grads) if with_grad else None
         if not with_grad:
             ctx.save_for_backward(*tensors)
@@ -82,26 +83,27 @@ class ReducedFunction(torch.autograd.Function):
         if ctx.with_grad:
             grads = _take_grads(ctx, grad_out)
         else:
-            grads = ctx.backward_call(grad_out, *ctx.saved_tensors, ctx.reduce, ctx.scale)
+            grads = ctx.backward_call(grad_out, *ctx.saved_tensors, ctx.reduce, ctx.scale, *ctx.flags)
         for position, grad in zip(ctx.differentiable, grads, strict=True):
-            if ctx.needs_input_grad[6 + position]:
-                result[6 + position] = grad
+            if ctx.needs_input_grad[7 + position]:
+                result[7 + position] = grad
         return tuple(result)
 
 
-# The reduced steps as (forward call, backward call, differentiable positions).
+# The reduced steps as (forward call, backward call, differentiable positions). Bernoulli tensors:
+# (decoded, target, weight, pos_weight); Gaussian: (x, mean, logvar), gradients (mean, logvar, x).
 GAUSSIAN_KL = (calls.gaussian_kl_forward, calls.gaussian_kl_backward, (0, 1))
 BERNOULLI_LOGITS = (
     partial(calls.bernoulli_forward, "bernoulli_logits"),
     partial(calls.bernoulli_backward, "bernoulli_logits"),
-    (0,),
+    (0, 1),
 )
 BERNOULLI_PROBS = (
     partial(calls.bernoulli_forward, "bernoulli_probs"),
     partial(calls.bernoulli_backward, "bernoulli_probs"),
-    (0,),
+    (0, 1),
 )
-GAUSSIAN_LL = (calls.gaussian_ll_forward, calls.gaussian_ll_backward, (1, 2))
+GAUSSIAN_LL = (calls.gaussian_ll_forward, calls.gaussian_ll_backward, (1, 2, 0))
 
 
 def shaped_samples(

@@ -14,6 +14,7 @@ environment compiles it (seconds).
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numba
 import numpy as np
@@ -27,6 +28,7 @@ DTYPES = (torch.float32, torch.float64)
 
 _REDUCE = {"elements": K.ELEMENTS, "rows": K.ROWS, "total": K.TOTAL}
 _EMPTY = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np.float64)}
+_EMPTY_ROWS = {torch.float32: np.empty((0, 0), np.float32), torch.float64: np.empty((0, 0), np.float64)}
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 _thread_state = threading.local()
 
@@ -184,52 +186,80 @@ def gaussian_kl_backward(
 # --- Bernoulli decoder ------------------------------------------------------------------------
 
 
-def _bernoulli_forward(decoded: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool, probs: bool):
+def _factor(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
+    """A broadcast (R, D) weight as a strided numpy view (no copy), or an empty stand-in."""
+    return (_EMPTY_ROWS[dtype], False) if t is None else (_a(t), True)
+
+
+def _bernoulli_forward(
+    probs: bool,
+    decoded: Tensor,
+    x: Tensor,
+    reduce: str,
+    scale: float,
+    with_grad: bool,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    target_grad: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(out, grad, grad_x)`` from logits, or from probabilities when ``probs``."""
     out, grad = _reduced(decoded, reduce), _grad(decoded, with_grad)
+    grad_x = _grad(decoded, with_grad and target_grad)
     _threads()
     bad_in, bad_x = K.bernoulli_forward(
         _flat(out),
         _flat(grad),
+        _flat(grad_x),
         _a(decoded),
         _target(x, decoded.dtype),
+        *_factor(weight, decoded.dtype),
+        *_factor(pos_weight, decoded.dtype),
         _REDUCE[reduce],
         float(scale),
         bool(with_grad),
+        bool(target_grad),
         probs,
     )
     if probs:
         check_range(bad_in, "input")
     check_range(bad_x, "target")
-    return out, grad
+    return out, grad, grad_x
 
 
-def _bernoulli_backward(grad_out: Tensor, decoded: Tensor, x: Tensor, reduce: str, scale: float, probs: bool):
-    grad = torch.empty_like(decoded)
+def _bernoulli_backward(
+    probs: bool,
+    grad_out: Tensor,
+    decoded: Tensor,
+    x: Tensor,
+    reduce: str,
+    scale: float,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    target_grad: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``(grad, grad_x)`` from logits, or from probabilities when ``probs``."""
+    grad, grad_x = torch.empty_like(decoded), _grad(decoded, target_grad)
     _threads()
     K.bernoulli_backward(
-        _a(grad), _flat(grad_out), _a(decoded), _target(x, decoded.dtype), _REDUCE[reduce], float(scale), probs
+        _a(grad),
+        _flat(grad_x),
+        _flat(grad_out),
+        _a(decoded),
+        _target(x, decoded.dtype),
+        *_factor(weight, decoded.dtype),
+        *_factor(pos_weight, decoded.dtype),
+        _REDUCE[reduce],
+        float(scale),
+        bool(target_grad),
+        probs,
     )
-    return grad
+    return grad, grad_x
 
 
-def bernoulli_logits_forward(
-    logits: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor]:
-    return _bernoulli_forward(logits, x, reduce, scale, with_grad, probs=False)
-
-
-def bernoulli_logits_backward(grad_out: Tensor, logits: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
-    return _bernoulli_backward(grad_out, logits, x, reduce, scale, probs=False)
-
-
-def bernoulli_probs_forward(
-    probs: Tensor, x: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor]:
-    return _bernoulli_forward(probs, x, reduce, scale, with_grad, probs=True)
-
-
-def bernoulli_probs_backward(grad_out: Tensor, probs: Tensor, x: Tensor, reduce: str, scale: float) -> Tensor:
-    return _bernoulli_backward(grad_out, probs, x, reduce, scale, probs=True)
+bernoulli_logits_forward = partial(_bernoulli_forward, False)
+bernoulli_logits_backward = partial(_bernoulli_backward, False)
+bernoulli_probs_forward = partial(_bernoulli_forward, True)
+bernoulli_probs_backward = partial(_bernoulli_backward, True)
 
 
 # --- Gaussian decoder -------------------------------------------------------------------------

@@ -26,8 +26,10 @@ from numba import prange
 from .jit import kernel
 from .math import (
     as_type,
+    bernoulli_logits_pos_weight_term,
     bernoulli_logits_term,
     bernoulli_probs_grad,
+    bernoulli_probs_target_grad,
     bernoulli_probs_term,
     gaussian_row,
     gaussian_shared_grad_logvar,
@@ -223,30 +225,42 @@ def gaussian_kl_backward(grad_mu, grad_logvar, grad_out, mu, logvar, reduce, sca
 
 
 # --- Bernoulli decoder (from logits, or from probabilities with ``probs``) ---------------------
+# The drop-ins' extras: ``weight`` (w) multiplies each element's value and gradients,
+# ``pos_weight`` (q, logits only) switches to torch's pos-weighted form, ``target_grad`` also
+# writes dll/dx. Absent, they cost a loop-invariant branch each (numba hoists them).
 
 
 @kernel(inline="always")
-def _bernoulli_ll(v, x, probs):
+def _bernoulli_ll(v, x, q, has_pos, probs):
+    if has_pos:
+        return bernoulli_logits_pos_weight_term(v, x, q)[0]
     return bernoulli_probs_term(v, x) if probs else bernoulli_logits_term(v, x)[0]
 
 
 @kernel(inline="always")
-def _bernoulli_ll_grad(v, x, probs):
-    """``(ll, dll/dv)``; from logits both come from one exp(-|l|)."""
+def _bernoulli_grads(v, x, q, has_pos, probs, target_grad):
+    """``(dll/dv, dll/dx)`` (dll/dx 0 unless ``target_grad``); from logits both come from one exp(-|l|)."""
+    if has_pos:
+        _, dl, dx = bernoulli_logits_pos_weight_term(v, x, q)
+        return dl, dx
     if probs:
-        return bernoulli_probs_term(v, x), bernoulli_probs_grad(v, x)
-    return bernoulli_logits_term(v, x)
+        return bernoulli_probs_grad(v, x), bernoulli_probs_target_grad(v) if target_grad else as_type(0.0, v)
+    return bernoulli_logits_term(v, x)[1], v  # dll/dx = l
 
 
 @kernel(inline="always")
-def _bernoulli_grad(v, x, probs):
-    return bernoulli_probs_grad(v, x) if probs else bernoulli_logits_term(v, x)[1]
+def _factor(f, has, r, c, like):
+    """Element (r, c) of a broadcast weight, or 1 when absent."""
+    return f[r, c] if has else as_type(1.0, like)
 
 
 @kernel(parallel=True)
-def bernoulli_forward(out, grad, decoded, x, reduce, scale, with_grad, probs):
-    """out (R*D,) / (R,) / (1,); grad (R*D,) when with_grad. ``decoded`` holds logits, or
-    probabilities (``-F.binary_cross_entropy``) when ``probs``. Returns (out-of-range
+def bernoulli_forward(
+    out, grad, grad_x, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, with_grad, target_grad, probs
+):
+    """out (R*D,) / (R,) / (1,); grad (R*D,) when with_grad, grad_x (R*D,) when also target_grad.
+    ``decoded`` holds logits, or probabilities (``-F.binary_cross_entropy``) when ``probs``;
+    weight / pos_weight (R, D) (broadcast views) when ``has_*``. Returns (out-of-range
     probabilities, always 0 for logits; out-of-range targets, each data row counted once, on its
     first use r < B)."""
     rows, cols = decoded.shape
@@ -270,11 +284,16 @@ def bernoulli_forward(out, grad, decoded, x, reduce, scale, with_grad, probs):
             if first:
                 row_bad_x += out_of_range(xv)
             xf = as_type(xv, decoded)
+            q = _factor(pos_weight, has_pos, r, c, v)
+            ll = _bernoulli_ll(v, xf, q, has_pos, probs)
+            w = _factor(weight, has_weight, r, c, v)
+            if has_weight:
+                ll *= w
             if with_grad:
-                ll, dl = _bernoulli_ll_grad(v, xf, probs)
-                grad[r * cols + c] = v_scale * dl
-            else:
-                ll = _bernoulli_ll(v, xf, probs)
+                dl, dx = _bernoulli_grads(v, xf, q, has_pos, probs, target_grad)
+                grad[r * cols + c] = v_scale * (dl * w if has_weight else dl)
+                if target_grad:
+                    grad_x[r * cols + c] = v_scale * (dx * w if has_weight else dx)
             s += ll
             if reduce == ELEMENTS:
                 out[r * cols + c] = v_scale * ll
@@ -287,16 +306,26 @@ def bernoulli_forward(out, grad, decoded, x, reduce, scale, with_grad, probs):
 
 
 @kernel(parallel=True)
-def bernoulli_backward(grad, grad_out, decoded, x, reduce, scale, probs):
-    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * dll/dv: ``x - sigmoid(l)`` from
-    logits, ``(x - p) / max(p (1 - p), 1e-12)`` from probabilities."""
+def bernoulli_backward(
+    grad, grad_x, grad_out, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, target_grad, probs
+):
+    """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * w * dll/dv: ``x - sigmoid(l)``
+    from logits, ``(x - p) / max(p (1 - p), 1e-12)`` from probabilities (pos-weighted: see
+    ``math``); grad_x (R*D,) likewise with dll/dx when ``target_grad``."""
     rows, cols = decoded.shape
     batch = x.shape[0]
     for r in prange(rows):
         b = r % batch
         for c in range(cols):
-            dl = _bernoulli_grad(decoded[r, c], as_type(x[b, c], decoded), probs)
-            grad[r, c] = _grad_weight(grad_out, reduce, scale, r, cols, c) * dl
+            v = decoded[r, c]
+            q = _factor(pos_weight, has_pos, r, c, v)
+            dl, dx = _bernoulli_grads(v, as_type(x[b, c], decoded), q, has_pos, probs, target_grad)
+            g = _grad_weight(grad_out, reduce, scale, r, cols, c)
+            if has_weight:
+                g *= weight[r, c]
+            grad[r, c] = g * dl
+            if target_grad:
+                grad_x[r * cols + c] = g * dx
 
 
 # --- Gaussian decoder -------------------------------------------------------------------------

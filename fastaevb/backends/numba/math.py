@@ -104,6 +104,34 @@ def bernoulli_probs_term(p, x):
     return x * log_p - (x - as_type(1.0, p)) * log_1mp
 
 
+@njit(cache=True, inline="always")
+def bernoulli_logits_pos_weight_term(l, x, q):
+    """``(ll, dll/dl, dll/dx)`` of torch's ``binary_cross_entropy_with_logits`` with ``pos_weight`` q,
+    negated, in torch's form: ``ll = (1 + (q - 1) x) logsig(l) - (1 - x) l``,
+    ``dll/dl = q x - (q x + 1 - x) sigmoid(l)``, ``dll/dx = q logsig(l) - logsig(-l)``, with torch's
+    ``logsig(l) = min(l, 0) - log1p(exp(-|l|))``; one ``exp(-|l|)`` for all of them."""
+    zero = as_type(0.0, l)
+    one = as_type(1.0, l)
+    e = math.exp(-abs(l))
+    softplus_tail = math.log1p(e)
+    log_sig = (l if l < zero else zero) - softplus_tail
+    log_sig_neg = (-l if -l < zero else zero) - softplus_tail
+    inv = one / (one + e)
+    sig = inv if l > zero else e * inv
+    qx = q * x
+    ll = ((q - one) * x + one) * log_sig - (one - x) * l
+    return ll, qx - (qx + one - x) * sig, q * log_sig - log_sig_neg
+
+
+@njit(cache=True, inline="always")
+def bernoulli_probs_target_grad(p):
+    """``dll/dx = logit(p) = log(p / (1 - p))`` of :func:`bernoulli_probs_term`, unclamped as torch's
+    ``binary_cross_entropy`` target gradient (``-inf`` at 0, ``inf`` at 1)."""
+    if p == as_type(1.0, p):
+        return as_type(math.inf, p)
+    return math.log(p / (as_type(1.0, p) - p))
+
+
 # ATen's binary_cross_entropy_backward clamps with `constexpr float EPSILON = 1e-12`: float32
 # 1e-12 (9.99999996e-13) even for float64 inputs. Kept bit-identical.
 _BCE_EPSILON = float(np.float32(1e-12))
