@@ -6,6 +6,10 @@ A workload is one loss step as a training script writes it: the reparameterized 
 (KL of Appendix B + decoder log-likelihood of Appendix C). Without a decoder network between
 them, z enters the objective as ``z.sum()`` in every implementation alike, so reparameterize's
 backward is timed too. Sizes are the paper's (Sec. 5): D = 784 (MNIST), 560 (Frey Face), J = 20.
+
+The ``drop-in BCE`` workloads time ``binary_cross_entropy_with_logits`` alone, as torch's and as
+fastaevb's drop-in: plain (the path without weights or target gradients), with per-pixel
+``weight`` and ``pos_weight``, and with soft targets that require grad.
 """
 
 from __future__ import annotations
@@ -72,6 +76,20 @@ def fastaevb_step(likelihood):
     return step
 
 
+# --- the drop-in BCE over a decoder output alone (issue: weights and target gradients) ------------
+# weight and pos_weight per pixel (column), as class-imbalance weights are; fixed for the run.
+_FACTORS = torch.Generator().manual_seed(1)
+PIXEL_WEIGHT = 0.5 + torch.rand(784, generator=_FACTORS)
+POS_WEIGHT = 0.5 + torch.rand(784, generator=_FACTORS)
+
+
+def drop_in_bce(functional, **factors):
+    def step(recon, x, mu, logvar):
+        return functional.binary_cross_entropy_with_logits(recon, x, reduction="sum", **factors)
+
+    return step
+
+
 def eager_reparameterize_only(recon, x, mu, logvar):
     return eager_reparameterize(mu, logvar).sum()
 
@@ -90,7 +108,7 @@ class Workload:
     pixels: int
     latent: int
     samples: int
-    kind: str  # "logits" | "probs" | "gaussian" | "reparameterize"
+    kind: str  # "logits" | "probs" | "gaussian" | "reparameterize" | "bce" | "bce_weighted" | "bce_target_grad"
 
     @property
     def elements(self) -> int:
@@ -106,8 +124,10 @@ class Workload:
         if self.kind == "reparameterize":
             return latents
         data = 4 * self.batch * self.pixels
-        per_element = {"logits": 1, "probs": 1, "gaussian": 2}[self.kind]  # decoder outputs read
+        per_element = {"gaussian": 2}.get(self.kind, 1)  # decoder outputs read
         decoder = 4 * self.elements * per_element * (2 if backward else 1)  # + their gradients
+        if self.kind.startswith("bce"):  # no latents; the target's gradient is written too
+            return data + decoder + (data if backward and self.kind == "bce_target_grad" else 0)
         return latents + data + decoder
 
     def inputs(self, seed: int = 0):
@@ -123,6 +143,8 @@ class Workload:
                 torch.sigmoid(recon.detach()).requires_grad_(),
                 (0.1 * torch.randn(shape, generator=gen)).requires_grad_(),
             )
+        if self.kind == "bce_target_grad":  # soft targets produced by another network
+            x.requires_grad_()
         mu = torch.randn(self.batch, self.latent, generator=gen).requires_grad_()
         logvar = (0.1 * torch.randn(self.batch, self.latent, generator=gen)).requires_grad_()
         return recon, x, mu, logvar
@@ -131,6 +153,9 @@ class Workload:
         """eager code, and the fastaevb step per CPU backend (``compiled`` is made by the caller)."""
         if self.kind == "reparameterize":
             return {"eager": eager_reparameterize_only, "fastaevb": fastaevb_reparameterize_only}
+        if self.kind.startswith("bce"):
+            factors = {"weight": PIXEL_WEIGHT, "pos_weight": POS_WEIGHT} if self.kind == "bce_weighted" else {}
+            return {"eager": drop_in_bce(torch_F, **factors), "fastaevb": drop_in_bce(FF, **factors)}
         eager = {"logits": eager_logits_loss, "probs": eager_probs_loss, "gaussian": eager_gaussian_loss}[self.kind]
         likelihood = {"logits": "bernoulli", "probs": "bernoulli_probs", "gaussian": "gaussian"}[self.kind]
         return {"eager": eager_step(eager), "fastaevb": fastaevb_step(likelihood)}
@@ -146,6 +171,9 @@ WORKLOADS = [
     Workload("Gaussian D=560 B=100", 100, 560, 20, 1, "gaussian"),
     Workload("Gaussian D=560 B=8192", 8192, 560, 20, 1, "gaussian"),
     Workload("reparameterize alone", 100, 784, 20, 1, "reparameterize"),
+    Workload("drop-in BCE logits B=8192", 8192, 784, 20, 1, "bce"),
+    Workload("drop-in BCE logits B=8192, weight + pos_weight", 8192, 784, 20, 1, "bce_weighted"),
+    Workload("drop-in BCE logits B=8192, soft targets with grad", 8192, 784, 20, 1, "bce_target_grad"),
 ]
 
 
