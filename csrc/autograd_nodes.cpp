@@ -3,7 +3,7 @@
 // kernels.h. A Python autograd.Function costs tens of microseconds per step in Python (the node,
 // its backward call, argument handling); these nodes cost a few, which is what a small step is
 // made of (docs/performance.md). The math stays in the kernels; this file only allocates,
-// flattens and wires gradients. Python (fastaevb/ops) has validated every argument before.
+// calls them and wires gradients. Python (fastaevb/ops) has validated every argument before.
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/graph_task.h>

@@ -232,21 +232,28 @@ void write_reduced(addr out, const std::vector<double>& sums, int reduce, double
   });
 }
 
-std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, addr x, int64_t R, int64_t B,
-                                    int64_t D, int reduce, double scale, bool with_grad, int dtype, int xtype,
-                                    int nthreads, const BernoulliExtras& extras) {
+// The fields forward and backward share: layout, types, scale, input, target, gradient, extras.
+BernoulliJob make_job(bool probs, addr grad, addr in, addr x, int64_t R, int64_t B, int64_t D, int reduce,
+                      double scale, int dtype, int xtype, const BernoulliExtras& extras, bool with_grad) {
   BernoulliJob job{};
   job.rows = layout(R, B, D, reduce, extras);
-  job.mode = reduce == kElements ? kFwdElements : (with_grad ? kFwdSumGrad : kFwdSum);
   job.dtype = dtype;
   job.xtype = xtype;
   job.probs = probs;
   job.scale = scale;
   job.in = as_ptr<const void>(in);
   job.x = as_ptr<const void>(x);
-  job.out = as_ptr<void>(out);
   job.grad = as_ptr<void>(grad);
   set_extras(job, extras, D, with_grad);
+  return job;
+}
+
+std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, addr x, int64_t R, int64_t B,
+                                    int64_t D, int reduce, double scale, bool with_grad, int dtype, int xtype,
+                                    int nthreads, const BernoulliExtras& extras) {
+  BernoulliJob job = make_job(probs, grad, in, x, R, B, D, reduce, scale, dtype, xtype, extras, with_grad);
+  job.mode = reduce == kElements ? kFwdElements : (with_grad ? kFwdSumGrad : kFwdSum);
+  job.out = as_ptr<void>(out);
   std::vector<double> sums(reduce == kElements ? 0 : static_cast<size_t>(job.rows.R));
   job.sums = sums.data();
   const auto bad = run(job, nthreads);
@@ -256,19 +263,10 @@ std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, ad
 
 void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, int64_t B, int64_t D,
               int reduce, double scale, int dtype, int xtype, int nthreads, const BernoulliExtras& extras) {
-  BernoulliJob job{};
-  job.rows = layout(R, B, D, reduce, extras);
+  BernoulliJob job = make_job(probs, grad, in, x, R, B, D, reduce, scale, dtype, xtype, extras, true);
   job.mode = reduce == kElements ? kBwdElements : kBwdRow;
-  job.dtype = dtype;
-  job.xtype = xtype;
-  job.probs = probs;
-  job.scale = scale;
-  job.in = as_ptr<const void>(in);
-  job.x = as_ptr<const void>(x);
-  job.grad = as_ptr<void>(grad);
   job.grad_out = as_ptr<const void>(grad_out);
   job.upstream_total = reduce == kTotal;
-  set_extras(job, extras, D, true);
   run(job, nthreads);
 }
 

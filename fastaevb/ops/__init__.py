@@ -69,12 +69,14 @@ def _custom_path() -> bool:
     return bool(_force_custom) or torch.compiler.is_compiling()
 
 
-def _native_node(name: str, device: torch.device):
-    """The backend's C++ autograd entry ``name`` for ``device``, or None (no such entry, forced
-    Python path, or a functorch transform, which C++ nodes do not support)."""
+def _native(name: str, device: torch.device, *args) -> Tensor | None:
+    """The backend's C++ autograd entry ``name`` for ``device`` called on ``args``, or None: no such
+    entry, inputs it does not take, the forced Python path, or a functorch transform (which C++
+    nodes do not support)."""
     if _force_python or torch._C._are_functorch_transforms_active():
         return None
-    return getattr(calls.kernels_for(device), name, None)
+    entry = getattr(calls.kernels_for(device), name, None)
+    return None if entry is None else entry(*args)
 
 
 def sgvb_loss(
@@ -95,12 +97,10 @@ def sgvb_loss(
     ``x`` is ``(B, ...)``, rows of D values; ``decoded`` holds ``R * D`` values, ``R % B == 0``, in a
     layout ``functional`` validated (flattened to ``(R, D)`` rows here)."""
     if not _custom_path():
-        node = _native_node("autograd_sgvb_loss", decoded.device)
-        loss = (
-            None
-            if node is None
-            else node(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
-        )
+        loss = _native(
+            "autograd_sgvb_loss", decoded.device, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale,
+            ll_scale, with_grad,
+        )  # fmt: skip
         if loss is not None:
             return loss
         return eager.apply(
@@ -114,8 +114,7 @@ def sgvb_loss(
 def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int) -> Tensor:
     """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output."""
     if not _custom_path():
-        node = _native_node("autograd_reparameterize", mu.device)
-        z = None if node is None else node(mu, logvar, seed, eps, samples)
+        z = _native("autograd_reparameterize", mu.device, mu, logvar, seed, eps, samples)
         if z is not None:
             return z
         return eager.apply(eager.ReparameterizeFunction, mu, logvar, seed, eps, samples)
