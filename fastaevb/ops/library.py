@@ -12,12 +12,16 @@ decomposition is narrowed here to tensors the Triton backend runs compiled (CUDA
 interpreter): on CPU the op stays one opaque node, as before. The fake kernels are the ops' own
 (``ops.custom``), registered after this: the body is not run on fake tensors.
 
-Registering a triton_op imports ``triton`` where it is installed (torch looks for kernels in the
-body; about 0.2 s at ``import fastaevb``); fastaevb's own kernels still load on first use.
+Registering a triton_op makes torch scan the body's source for kernels, which imports ``triton``
+and ``torch._inductor`` (about 1 s at ``import fastaevb``). So the ops are triton_ops only where
+Inductor can compile Triton kernels (Triton installed and a CUDA device), or where asked with
+``FASTAEVB_TRITON_OPS=1`` (tracing on fake CUDA tensors: ``tests/fake_cuda_trace.py``); elsewhere
+they are plain ``torch.library.custom_op``s, the same opaque node on CPU.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -25,6 +29,10 @@ from torch._library.custom_ops import CustomOpDef
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 
 from .. import backends
+
+TRITON_OPS = backends._AVAILABLE["triton"] and (
+    os.environ.get("FASTAEVB_TRITON_OPS") == "1" or torch.cuda.is_available()
+)
 
 
 def _on_compiled_triton(args) -> bool:
@@ -46,8 +54,11 @@ def op(name: str) -> Callable:
 
     def define(fn: Callable) -> CustomOpDef:
         qualname = f"fastaevb::{name}"
-        result: CustomOpDef = torch.library.triton_op(qualname, fn, mutates_args=())  # type: ignore[assignment]
+        register = torch.library.triton_op if TRITON_OPS else torch.library.custom_op
+        result: CustomOpDef = register(qualname, fn, mutates_args=())  # type: ignore[assignment]
         result.register_kernel("cpu")(fn)
+        if not TRITON_OPS:
+            return result
         # torch's decomposition (private attribute: its rule for FunctionalTensorMode), kept for CUDA
         decompose = result._torch_dispatch_fns[FunctionalTensorMode]
 
