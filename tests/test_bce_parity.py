@@ -284,13 +284,41 @@ def test_log_likelihood_target_gradients(kernel_backend, case, dtype, shape, red
     )
     if strided:
         inputs = [non_contiguous(t) for t in inputs]
+    target = TARGET_CASES[case]
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
         lambda *a: reduce_rows(reference_rows(*a), reduction),
         inputs,
-        (*differentiable, TARGET_CASES[case]),
+        (*differentiable, target) if not samples else differentiable,
         TOLERANCES[dtype],
     )
+    if samples:
+        check_target_gradient_summed_over_samples(ours, reference_rows, inputs, target, reduction, dtype)
+
+
+def check_target_gradient_summed_over_samples(ours, reference_rows, inputs, target, reduction, dtype):
+    """x is shared by the L samples, so its gradient is a sum of one gradient per sample. Each term
+    carries one element's error (``TOLERANCES``), so the sum's error is bounded by rtol times the sum
+    of the terms' magnitudes plus atol per term, not by rtol times the sum, which cancellation can
+    make small. The terms come from the float64 reference with one x leaf per sample."""
+    tol = TOLERANCES[dtype]
+    ours_in = [t.detach().requires_grad_(i == target) for i, t in enumerate(inputs)]
+    out = ours(*ours_in, reduction=reduction)
+    cotangent = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    (got,) = torch.autograd.grad(out, [ours_in[target]], cotangent.to(out))
+    ref_in = [t.detach().cpu().double() for t in inputs]
+    full = ref_in[1 - target].shape  # the decoder output: (L, B, ...)
+    leaves = [ref_in[target].clone().requires_grad_() for _ in range(full[0])]
+    rows = []
+    for sample, leaf in enumerate(leaves):
+        args = [t[sample] if t.shape == full else t for t in ref_in]  # this sample's decoder rows
+        args[target] = leaf
+        rows.append(reference_rows(*args))
+    terms = torch.stack(torch.autograd.grad(reduce_rows(torch.stack(rows), reduction), leaves, cotangent))
+    bound = tol["rtol"] * terms.abs().sum(0) + tol["atol"] * len(leaves)
+    error = (got.detach().cpu().double() - terms.sum(0)).abs()
+    assert got.dtype == inputs[target].dtype
+    assert bool((error <= bound).all()), f"x's gradient exceeds the bound by {(error - bound).max().item():.3g}"
 
 
 @pytest.mark.parametrize("case", TARGET_CASES)
