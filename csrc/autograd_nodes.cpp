@@ -11,8 +11,13 @@
 #include <torch/python.h>
 
 #include <array>
+#include <cstdlib>
 #include <optional>
 #include <tuple>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "kernels.h"
 
@@ -34,6 +39,27 @@ int threads() { return at::get_num_threads(); }
 // written in forward are then the answer as they are, with no multiply.
 bool upstream_is_one(const Tensor& grad_out) {
   return grad_out.numel() == 1 && !grad_out.requires_grad() && grad_out.item<double>() == 1.0;
+}
+
+// An uninitialized tensor like `like` for a gradient the kernel is about to write whole. Past
+// glibc's largest mmap threshold (32 MB) every allocation is a fresh mapping, and faulting it in
+// 4 KB pages costs more than the kernel (B=65536: about 50 of 100 ms per step); such buffers are
+// 2 MB aligned and backed by transparent huge pages where the kernel allows it (THP "madvise" or
+// "always"). Smaller ones come from torch's allocator, whose memory glibc reuses.
+Tensor empty_gradient_like(const Tensor& like) {
+#ifdef __linux__
+  constexpr size_t kHugePage = size_t{2} << 20, kMmapThresholdMax = size_t{32} << 20;
+  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
+  if (bytes >= kMmapThresholdMax) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    if (void* p = std::aligned_alloc(kHugePage, rounded)) {
+      madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP the pages are 4 KB, as before
+      return torch::from_blob(
+          p, like.sizes(), [](void* q) { std::free(q); }, like.options());
+    }
+  }
+#endif
+  return at::empty_like(like, at::MemoryFormat::Contiguous);
 }
 
 }  // namespace
@@ -90,8 +116,8 @@ struct SGVBLoss : torch::autograd::Function<SGVBLoss> {
     Tensor out = at::empty({}, decoded.options());
     Tensor grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar;
     if (with_grad) {
-      grad_decoded = at::empty_like(dec);
-      grad_decoder_logvar = gaussian ? at::empty_like(dlv) : Tensor();
+      grad_decoded = empty_gradient_like(dec);
+      grad_decoder_logvar = gaussian ? empty_gradient_like(dlv) : Tensor();
       grad_mu = at::empty_like(m);
       grad_logvar = at::empty_like(v);
     }
@@ -111,13 +137,18 @@ struct SGVBLoss : torch::autograd::Function<SGVBLoss> {
     TORCH_CHECK(ctx->saved_data.count("grads") == 1, torch::autograd::ERR_BACKWARD_TWICE);
     auto written = ctx->saved_data["grads"].toTensorVector();
     TORCH_CHECK(written[0].defined(), "fastaevb: SGVB loss gradients were not written in forward");
-    if (!upstream_is_one(grad_out)) {
+    const bool one = upstream_is_one(grad_out);
+    if (!torch::autograd::get_current_graph_task_keep_graph() && !grad_out.requires_grad()) {
+      // The graph is freed after this call: hand the tensors over, so that AccumulateGrad, seeing
+      // no other reference, adopts them as .grad instead of copying (a whole decoder output); a
+      // scaled loss ((N/M) * loss in Algorithm 1) scales them in place, with no new tensors.
+      ctx->saved_data.erase("grads");
+      if (!one)
+        for (Tensor& g : written)
+          if (g.defined()) g.mul_(grad_out);
+    } else if (!one) {  // a retained graph keeps its tensors for the next backward (create_graph too)
       for (Tensor& g : written)
         if (g.defined()) g = g * grad_out;
-    } else if (!torch::autograd::get_current_graph_task_keep_graph()) {
-      // The graph is freed after this call: hand the tensors over, so that AccumulateGrad, seeing
-      // no other reference, adopts them as .grad instead of copying (a whole decoder output).
-      ctx->saved_data.erase("grads");
     }
     return {written[0], Tensor(), written[1], written[2], written[3],
             Tensor(),   Tensor(), Tensor(),   Tensor(),   Tensor()};

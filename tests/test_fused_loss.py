@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 import fastaevb
 from conftest import device_for
-from fastaevb import reference
+from fastaevb import ops, reference
 
 LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian"]
 
@@ -87,13 +89,17 @@ def test_gradcheck_float64(kernel_backend, likelihood, decoder_logvar):
     assert torch.autograd.gradcheck(loss, free)
 
 
-def test_gradients_survive_retain_graph(kernel_backend):
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_gradients_survive_retain_graph(kernel_backend, scale):
     """The gradients written in forward are handed out again for every retained backward (and the
-    .grad they became is not the buffer handed out the next time)."""
+    .grad they became is not the buffer handed out the next time); a scaled loss scales them
+    afresh each time, in place only on the last, graph-freeing backward."""
     recon, x, mu, logvar = (t.to(device_for(kernel_backend)) for t in inputs("bernoulli"))
-    loss = fastaevb.SGVBLoss("bernoulli")(recon, x, mu, logvar)
+    loss = scale * fastaevb.SGVBLoss("bernoulli")(recon, x, mu, logvar)
+    unscaled = torch.autograd.grad(fastaevb.SGVBLoss("bernoulli")(recon, x, mu, logvar), recon)[0]
     loss.backward(retain_graph=True)
     first = recon.grad.clone()
+    torch.testing.assert_close(first, scale * unscaled)
     loss.backward(retain_graph=True)
     loss.backward()
     torch.testing.assert_close(recon.grad, 3 * first)
@@ -139,3 +145,30 @@ def test_out_of_range_messages_name_the_likely_cause(backend_name):
             fastaevb.SGVBLoss("bernoulli")(torch.randn(4, 6), pixels, mu, logvar)
         with pytest.raises(ValueError, match=r"input \(probs\).*SGVBLoss\('bernoulli'\)"):
             fastaevb.SGVBLoss("bernoulli_probs")(3 * torch.randn(4, 6), torch.rand(4, 6), mu, logvar)
+
+
+@pytest.mark.skipif(
+    not (fastaevb.build_info()["autograd_nodes"] and sys.platform.startswith("linux")),
+    reason="huge-page gradient buffers: the C++ autograd nodes on Linux",
+)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_gradients_past_32_mb_match_the_python_path(likelihood):
+    """Decoder gradients of 32 MB and more are written into 2 MB-aligned huge-page buffers by the C++
+    node (csrc/autograd_nodes.cpp): the same values as the Python path's, and a .grad that later
+    steps can accumulate into like any other."""
+    rows, pixels = 8448, 1000  # 33.8 MB of float32 gradient
+    gen = torch.Generator().manual_seed(0)
+    recon = torch.rand(rows, pixels, generator=gen).requires_grad_()
+    x = torch.rand(rows, pixels, generator=gen)
+    mu, logvar = torch.zeros(rows, 2, requires_grad=True), torch.zeros(rows, 2, requires_grad=True)
+    loss_fn = fastaevb.SGVBLoss(likelihood)
+    with fastaevb.use_backend("cpp"), ops.use_python_autograd():
+        want = torch.autograd.grad(loss_fn(recon, x, mu, logvar), recon)[0]
+    with fastaevb.use_backend("cpp"):
+        loss = loss_fn(recon, x, mu, logvar)
+        assert "CppNode" in loss.grad_fn.name()
+        loss.backward()
+        assert recon.grad.data_ptr() % (2 << 20) == 0  # the huge-page buffer was handed over
+        torch.testing.assert_close(recon.grad, want, rtol=0, atol=0)
+        loss_fn(recon, x, mu, logvar).backward()  # accumulates into it
+    torch.testing.assert_close(recon.grad, 2 * want, rtol=0, atol=0)

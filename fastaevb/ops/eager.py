@@ -34,20 +34,22 @@ def upstream_is_one(grad_out: Tensor) -> bool:
 
 
 def _take_grads(ctx, grad_out: Tensor) -> tuple[Tensor, ...]:
-    """The gradients written in forward, times ``grad_out``. For ``loss.backward()`` they are handed
-    over as they are when the graph is freed after this backward (``.grad`` adopts them, no copy),
-    and as copies when it is retained: a ``.grad`` that adopted them would otherwise be added into
-    in place by the next backward, which hands the same tensors out again."""
+    """The gradients written in forward, times ``grad_out``. When the graph is freed after this
+    backward they are handed over (``.grad`` adopts them, no copy), scaled in place when
+    ``grad_out`` is not 1 (a scaled loss); when it is retained they are copies: a ``.grad`` that
+    adopted them would otherwise be added into in place by the next backward, which hands the same
+    tensors out again."""
     if ctx.grads is None:
         raise RuntimeError(
             "Trying to backward through the graph a second time: the fused loss's gradients were handed "
             "over by the first backward. Specify retain_graph=True to backward through it again."
         )
-    if not upstream_is_one(grad_out):
-        return calls.scaled_grads(ctx.grads, grad_out)
-    if torch._C._autograd._get_current_graph_task_keep_graph():
-        return tuple(g.clone() for g in ctx.grads)
+    one = upstream_is_one(grad_out)
+    if torch._C._autograd._get_current_graph_task_keep_graph() or grad_out.requires_grad:
+        return tuple(g.clone() for g in ctx.grads) if one else calls.scaled_grads(ctx.grads, grad_out)
     grads, ctx.grads = ctx.grads, None
+    if not one:
+        torch._foreach_mul_(list(grads), grad_out)
     return grads
 
 
