@@ -138,7 +138,7 @@ EXPECTED_BERNOULLI = [
     "triton.reparameterize_kl_fwd_kernel",  # z (no KL: the loss computes it)
     "triton.bernoulli_fwd_kernel",  # decoder rows and KL rows, gradients written in the same pass
     "triton.finish_kernel",  # fixed-order sum of both row sets, range check reported on the device
-    "aten._foreach_mul",  # gradients times the upstream gradient: one launch for all of them
+    "aten._foreach_mul_",  # gradients times the upstream gradient, in place: one launch for all of them
     "triton.reparameterize_kl_bwd_kernel",  # dz -> dmu, dlogvar (eps regenerated)
 ]
 # The autograd engine adds the two gradients each of mu and logvar receive (from the loss and from z).
