@@ -2,7 +2,8 @@
 # The test command: set up (idempotent) with the test extras (triton for the interpreter and the
 # sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark, ruff, mypy), check style and types,
 # run the whole test suite (extra arguments go to it), the no-compiler install path, then the
-# benchmark suite in quick mode (a few rounds, so it never rots) and its report.
+# benchmark suite in quick mode (a few rounds, so it never rots), its report and a short run of
+# bench/interleave.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FASTAEVB_EXTRAS="train,test" bash scripts/setup.sh
@@ -16,4 +17,5 @@ bash scripts/test_no_compiler.sh
 out=$(mktemp -d)
 FASTAEVB_BENCH_QUICK=1 .venv/bin/pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json"
 .venv/bin/python bench/report.py "$out/bench.json" --png "$out/bench.png" >/dev/null
-echo "benchmark report (quick mode): OK"
+.venv/bin/python bench/interleave.py --rounds 2 --steps 2 >/dev/null
+echo "benchmark report and interleaved training steps (quick mode): OK"
