@@ -35,6 +35,19 @@ def device_for(backend: str) -> str:
     return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
+def assert_sum_of_terms(got: torch.Tensor, terms: torch.Tensor, tol: dict, what: str) -> None:
+    """``got`` is a gradient the kernel sums from several terms (``terms``, float64, stacked on dim
+    0): each term carries one element's error (``tol``), so the sum's error is bounded by rtol
+    times the sum of the terms' magnitudes plus atol per term, not by rtol times the sum, which
+    cancellation can make small. Equal infinities match."""
+    got64, want = got.detach().cpu().double(), terms.sum(0)
+    bound = tol["rtol"] * terms.abs().sum(0) + tol["atol"] * len(terms)
+    error = (got64 - want).abs()
+    assert bool(((got64 == want) | (error <= bound)).all()), (
+        f"{what} exceeds the bound by {(error - bound).max().item():.3g}"
+    )
+
+
 # Each kernel backend on its eager call path (C++ autograd nodes for cpp's reparameterize and
 # sgvb_loss where built, else autograd.Function); cpp once more on the Python autograd.Function
 # path when it has C++ nodes; and the torch.library custom-op path (what torch.compile runs) once

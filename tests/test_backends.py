@@ -23,7 +23,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import device_for
+from conftest import assert_sum_of_terms, device_for
 from fastaevb import functional as F
 from fastaevb import reference
 
@@ -275,16 +275,44 @@ def test_reparameterize_kl_with_explicit_eps(kernel_backend, dtype, samples, bat
     if strided:
         mu, logvar = non_contiguous(mu), non_contiguous(logvar)
 
-    def ours(mu, logvar, eps):
-        outputs = F.reparameterize_kl(mu, logvar, samples=samples, eps=eps, return_log_weights=True)
-        return torch.cat([o.reshape(-1) for o in outputs])
+    tol = TOLERANCES[dtype]
+    ours_mu, ours_logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
+    outputs = F.reparameterize_kl(ours_mu, ours_logvar, samples=samples, eps=eps, return_log_weights=True)
+    out = torch.cat([o.reshape(-1) for o in outputs])
+    m, v, e = (to_reference(t) for t in (mu, logvar, eps))
+    z = reference.reparameterize(m, v, e)
+    expected = (z, reference.gaussian_kl(m, v), reference.log_q(v, e), reference.log_p(z))
+    torch.testing.assert_close(out.double(), torch.cat([o.reshape(-1) for o in expected]), **tol)
+    # one cotangent, rounded to our dtype first so both sides see the same one
+    cotangent = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
+    cotangent = cotangent.to(dtype).double()
+    grads = torch.autograd.grad(out, (ours_mu, ours_logvar), cotangent.to(out))
+    terms = reparameterize_kl_gradient_terms(m, v, e.reshape(samples, *m.shape), cotangent)
+    for name, got, term in zip(("mu", "logvar"), grads, terms, strict=True):
+        assert got.dtype == dtype, "gradients keep the input dtype"
+        assert_sum_of_terms(got, term, tol, f"the gradient of {name}")
 
-    def expected(mu, logvar, eps):
-        z = reference.reparameterize(mu, logvar, eps)
-        outputs = (z, reference.gaussian_kl(mu, logvar), reference.log_q(logvar, eps), reference.log_p(z))
-        return torch.cat([o.reshape(-1) for o in outputs])
 
-    check_against_reference(ours, expected, [mu, logvar, eps], (0, 1), TOLERANCES[dtype])
+def reparameterize_kl_gradient_terms(mu, logvar, eps, cotangent):
+    """The float64 reference's gradients of mu and logvar for ``cotangent`` of the concatenated
+    ``(z, kl, log_q, log_p)``, as separate terms: the KL's, and per sample z's, log_q's and
+    log_p's, stacked on dim 0. They sum to the gradient; the kernels add them (over the samples in
+    float32 for float32 inputs), so ``assert_sum_of_terms`` bounds the error."""
+    samples, rows = eps.shape[0], mu.shape[0]
+    c_z, c_kl, c_q, c_p = cotangent.split([eps.numel(), rows, samples * rows, samples * rows])
+    c_z, c_q, c_p = c_z.reshape(eps.shape), c_q.reshape(samples, rows), c_p.reshape(samples, rows)
+    pieces = [lambda m, v: (reference.gaussian_kl(m, v) * c_kl).sum()]
+    for s in range(samples):
+        pieces += [
+            lambda m, v, s=s: (reference.reparameterize(m, v, eps[s]) * c_z[s]).sum(),
+            lambda m, v, s=s: (reference.log_q(v, eps[s]) * c_q[s]).sum(),
+            lambda m, v, s=s: (reference.log_p(reference.reparameterize(m, v, eps[s])) * c_p[s]).sum(),
+        ]
+    terms = []
+    for piece in pieces:
+        m, v = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
+        terms.append(torch.autograd.grad(piece(m, v), (m, v), allow_unused=True, materialize_grads=True))
+    return torch.stack([t[0] for t in terms]), torch.stack([t[1] for t in terms])
 
 
 def gradcheck_case(case: str, reduction: str, device: str, also: tuple[int, ...] = ()) -> bool:
