@@ -120,10 +120,15 @@ def compiled_step():
     return step
 
 
-def fastaevb_step():
-    trainer = Trainer(
+def paper_trainer() -> Trainer:
+    """The application's trainer for the paper's MNIST model (its data unused: batches come in)."""
+    return Trainer(
         ModelConfig("bernoulli", D, H, J), RunConfig(batch_size=M, lr=LR, weight_decay=WEIGHT_DECAY), torch.zeros(N, D)
     )
+
+
+def fastaevb_step():
+    trainer = paper_trainer()
     noise = torch.Generator().manual_seed(0)
 
     def step(x):
@@ -146,9 +151,7 @@ class FreeLoss(torch.autograd.Function):
 
 
 def free_loss_step():
-    trainer = Trainer(
-        ModelConfig("bernoulli", D, H, J), RunConfig(batch_size=M, lr=LR, weight_decay=WEIGHT_DECAY), torch.zeros(N, D)
-    )
+    trainer = paper_trainer()
     model, optimizer = trainer.model, trainer.optimizer
 
     def step(x):

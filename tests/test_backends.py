@@ -100,9 +100,12 @@ def to_reference(t: torch.Tensor) -> torch.Tensor:
     return t.detach().double() if t.dtype.is_floating_point else t
 
 
-def check_against_reference(ours, expected_fn, inputs, differentiable, tol, grad_tol=None):
+def check_against_reference(ours, expected_fn, inputs, differentiable, tol, grad_tol=None, grad_terms=None):
     """Compare values (within ``tol``), then vector-Jacobian products for one random cotangent
-    (within ``grad_tol``, default ``tol``)."""
+    (within ``grad_tol``, default ``tol``). ``grad_terms(reference_inputs, cotangent)``, where a
+    gradient is a sum the kernel accumulates (over samples, over outputs), gives the float64 terms
+    of those inputs' gradients, ``{position: terms stacked on dim 0}``: their gradients are checked
+    against the bound of a sum (``assert_sum_of_terms``) instead."""
     ours_in = [
         t.detach().requires_grad_(i in differentiable) if t.dtype.is_floating_point else t for i, t in enumerate(inputs)
     ]
@@ -119,8 +122,12 @@ def check_against_reference(ours, expected_fn, inputs, differentiable, tol, grad
     wrt = [i for i in differentiable]
     grads = torch.autograd.grad(out, [ours_in[i] for i in wrt], cotangent.to(out), allow_unused=True)
     expected_grads = torch.autograd.grad(expected, [ref_in[i] for i in wrt], cotangent, allow_unused=True)
+    terms = grad_terms(ref_in, cotangent) if grad_terms else {}
     for i, got, want in zip(wrt, grads, expected_grads, strict=True):
         assert got.dtype == ours_in[i].dtype, "gradients keep the input dtype"
+        if i in terms:
+            assert_sum_of_terms(got, terms[i], grad_tol or tol, f"the gradient of input {i}")
+            continue
         torch.testing.assert_close(
             got.double(), want, **(grad_tol or tol), msg=lambda m, i=i: f"gradient of input {i}: {m}"
         )
@@ -275,22 +282,20 @@ def test_reparameterize_kl_with_explicit_eps(kernel_backend, dtype, samples, bat
     if strided:
         mu, logvar = non_contiguous(mu), non_contiguous(logvar)
 
-    tol = TOLERANCES[dtype]
-    ours_mu, ours_logvar = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
-    outputs = F.reparameterize_kl(ours_mu, ours_logvar, samples=samples, eps=eps, return_log_weights=True)
-    out = torch.cat([o.reshape(-1) for o in outputs])
-    m, v, e = (to_reference(t) for t in (mu, logvar, eps))
-    z = reference.reparameterize(m, v, e)
-    expected = (z, reference.gaussian_kl(m, v), reference.log_q(v, e), reference.log_p(z))
-    torch.testing.assert_close(out.double(), torch.cat([o.reshape(-1) for o in expected]), **tol)
-    # one cotangent, rounded to our dtype first so both sides see the same one
-    cotangent = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(123))
-    cotangent = cotangent.to(dtype).double()
-    grads = torch.autograd.grad(out, (ours_mu, ours_logvar), cotangent.to(out))
-    terms = reparameterize_kl_gradient_terms(m, v, e.reshape(samples, *m.shape), cotangent)
-    for name, got, term in zip(("mu", "logvar"), grads, terms, strict=True):
-        assert got.dtype == dtype, "gradients keep the input dtype"
-        assert_sum_of_terms(got, term, tol, f"the gradient of {name}")
+    def ours(mu, logvar, eps):
+        outputs = F.reparameterize_kl(mu, logvar, samples=samples, eps=eps, return_log_weights=True)
+        return torch.cat([o.reshape(-1) for o in outputs])
+
+    def expected(mu, logvar, eps):
+        z = reference.reparameterize(mu, logvar, eps)
+        outputs = (z, reference.gaussian_kl(mu, logvar), reference.log_q(logvar, eps), reference.log_p(z))
+        return torch.cat([o.reshape(-1) for o in outputs])
+
+    def terms(ref_in, cotangent):
+        m, v, e = ref_in
+        return dict(enumerate(reparameterize_kl_gradient_terms(m, v, e.reshape(samples, *m.shape), cotangent)))
+
+    check_against_reference(ours, expected, [mu, logvar, eps], (0, 1), TOLERANCES[dtype], grad_terms=terms)
 
 
 def reparameterize_kl_gradient_terms(mu, logvar, eps, cotangent):
@@ -308,6 +313,7 @@ def reparameterize_kl_gradient_terms(mu, logvar, eps, cotangent):
             lambda m, v, s=s: (reference.log_q(v, eps[s]) * c_q[s]).sum(),
             lambda m, v, s=s: (reference.log_p(reference.reparameterize(m, v, eps[s])) * c_p[s]).sum(),
         ]
+    eps = eps.detach()
     terms = []
     for piece in pieces:
         m, v = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
