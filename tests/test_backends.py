@@ -17,6 +17,7 @@ Tolerances (on row sums and on elementwise gradients), chosen from the arithmeti
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -79,6 +80,15 @@ def gaussian_case(gen, lead, event, dtype, target_kind, device, shared=False):
 
 def gaussian_shared_case(*args):
     return gaussian_case(*args, shared=True)
+
+
+def shared_logvar_terms(reference_fn, ref_in, cotangent):
+    """The shared log-variance's gradient sums one term per element (and cancels: each is
+    -0.5 (1 - (x - m)^2 exp(-v)) times the cotangent): the float64 terms, for ``grad_terms``."""
+    x, mean, logvar = ref_in
+    wide = logvar.detach().expand(mean.shape).clone().requires_grad_()
+    (per_element,) = torch.autograd.grad(reference_fn(x, mean, wide), wide, cotangent)
+    return {2: per_element.reshape(-1, 1)}
 
 
 def gaussian_kl_case(gen, lead, event, dtype, target_kind, device):
@@ -157,12 +167,14 @@ def test_matches_float64_reference(kernel_backend, case, dtype, shape, reduction
     )
     if strided:
         inputs = [non_contiguous(t) if t.dtype.is_floating_point else t for t in inputs]
+    expected = lambda *a: reduce_rows(reference_rows(*a), reduction)  # noqa: E731
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
-        lambda *a: reduce_rows(reference_rows(*a), reduction),
+        expected,
         inputs,
         differentiable,
         TOLERANCES[dtype],
+        grad_terms=partial(shared_logvar_terms, expected) if case == "gaussian_shared_logvar" else None,
     )
 
 
