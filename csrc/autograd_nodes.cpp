@@ -11,14 +11,10 @@
 #include <torch/python.h>
 
 #include <array>
-#include <cstdlib>
 #include <optional>
 #include <tuple>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
+#include "gradient_cache.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -39,27 +35,6 @@ int threads() { return at::get_num_threads(); }
 // written in forward are then the answer as they are, with no multiply.
 bool upstream_is_one(const Tensor& grad_out) {
   return grad_out.numel() == 1 && !grad_out.requires_grad() && grad_out.item<double>() == 1.0;
-}
-
-// An uninitialized tensor like `like` for a gradient the kernel is about to write whole. Past
-// glibc's largest mmap threshold (32 MB) every allocation is a fresh mapping, and faulting it in
-// 4 KB pages costs more than the kernel (B=65536: about 50 of 100 ms per step); such buffers are
-// 2 MB aligned and backed by transparent huge pages where the kernel allows it (THP "madvise" or
-// "always"). Smaller ones come from torch's allocator, whose memory glibc reuses.
-Tensor empty_gradient_like(const Tensor& like) {
-#ifdef __linux__
-  constexpr size_t kHugePage = size_t{2} << 20, kMmapThresholdMax = size_t{32} << 20;
-  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
-  if (bytes >= kMmapThresholdMax) {
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    if (void* p = std::aligned_alloc(kHugePage, rounded)) {
-      madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP the pages are 4 KB, as before
-      return torch::from_blob(
-          p, like.sizes(), [](void* q) { std::free(q); }, like.options());
-    }
-  }
-#endif
-  return at::empty_like(like, at::MemoryFormat::Contiguous);
 }
 
 }  // namespace
@@ -116,8 +91,8 @@ struct SGVBLoss : torch::autograd::Function<SGVBLoss> {
     Tensor out = at::empty({}, decoded.options());
     Tensor grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar;
     if (with_grad) {
-      grad_decoded = empty_gradient_like(dec);
-      grad_decoder_logvar = gaussian ? empty_gradient_like(dlv) : Tensor();
+      grad_decoded = GradientCache::instance().empty_like(dec);
+      grad_decoder_logvar = gaussian ? GradientCache::instance().empty_like(dlv) : Tensor();
       grad_mu = at::empty_like(m);
       grad_logvar = at::empty_like(v);
     }
@@ -182,4 +157,10 @@ PYBIND11_MODULE(_autograd, m) {
       },
       "decoded"_a, "x"_a, "decoder_logvar"_a, "mu"_a, "logvar"_a, "likelihood"_a, "kl_scale"_a, "ll_scale"_a,
       "with_grad"_a);
+  m.def(
+      "empty_cache", [] { fastaevb::GradientCache::instance().empty(); },
+      "Release the decoder-gradient buffers kept for the next step (csrc/gradient_cache.h).");
+  m.def(
+      "cached_gradient_bytes", [] { return fastaevb::GradientCache::instance().idle_bytes(); },
+      "Bytes held in idle decoder-gradient buffers.");
 }

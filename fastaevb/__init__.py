@@ -7,7 +7,7 @@ imported when their backend first runs.
 
 from . import functional, ops, reference
 from ._info import backend_for, build_info
-from .backends import available_backends, use_backend
+from .backends import available_backends, empty_cache, use_backend
 from .nn import SGVBLoss
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "use_backend",
     "build_info",
     "backend_for",
+    "empty_cache",
 ]
 __version__ = "0.1.0"

@@ -128,3 +128,14 @@ def kernels(name: str) -> ModuleType:
     if module is None:
         module = _loaded[name] = importlib.import_module(_MODULES[name])
     return module
+
+
+def empty_cache() -> None:
+    """Release the decoder-gradient buffers the C++ loss node keeps for the next step
+    (``csrc/gradient_cache.h``): at most four, of the sizes the last steps used. Like
+    ``torch.cuda.empty_cache``, only for giving the memory back to the system between phases of
+    a program; the next step allocates again."""
+    if "cpp" in available_backends():
+        autograd_nodes = getattr(kernels("cpp"), "_autograd", None)
+        if autograd_nodes is not None:
+            autograd_nodes.empty_cache()

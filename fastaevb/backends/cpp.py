@@ -319,8 +319,14 @@ def sgvb_loss_forward(
 
 
 def _native_dtypes(*tensors: Tensor | None) -> bool:
+    # a loop, not all() over a generator: this runs twice per training step
     dtype = tensors[0].dtype  # type: ignore[union-attr]
-    return dtype in DTYPES and all(t is None or t.dtype == dtype for t in tensors)
+    if dtype not in DTYPES:
+        return False
+    for t in tensors:
+        if t is not None and t.dtype != dtype:
+            return False
+    return True
 
 
 def autograd_reparameterize(
