@@ -11,6 +11,7 @@
 #include <torch/python.h>
 
 #include <array>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 
@@ -30,6 +31,13 @@ using torch::autograd::variable_list;
 addr ptr(const Tensor& t) { return t.defined() ? reinterpret_cast<addr>(t.data_ptr()) : 0; }
 int dtype_code(const Tensor& t) { return t.scalar_type() == at::kDouble ? 1 : 0; }
 int threads() { return at::get_num_threads(); }
+
+// torch.randint(0, kSeedBound, ()) on the CPU, as fastaevb.ops.seeds.draw makes it (SEED_BOUND
+// there): the same op on torch's default generator, so the same seed for the same manual_seed.
+constexpr int64_t kSeedBound = INT64_MAX;  // 2**63 - 1
+int64_t draw_seed() {
+  return at::randint(0, kSeedBound, {}, at::TensorOptions().dtype(at::kLong)).item<int64_t>();
+}
 
 // True when a scalar loss's upstream gradient is exactly 1 (loss.backward()): the gradients
 // written in forward are then the answer as they are, with no multiply.
@@ -138,10 +146,11 @@ PYBIND11_MODULE(_autograd, m) {
   m.doc() = "fastaevb C++ autograd nodes over the fused CPU kernels. Called through fastaevb.backends.cpp.";
   m.def(
       "reparameterize",
-      [](const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& eps, int64_t seed,
-         int64_t samples) {
+      [](const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& eps,
+         std::optional<int64_t> seed, int64_t samples) {
         py::gil_scoped_release no_gil;
-        return fastaevb::Reparameterize::apply(mu, logvar, eps, seed, samples);
+        if (!seed && !eps) seed = fastaevb::draw_seed();
+        return fastaevb::Reparameterize::apply(mu, logvar, eps, seed.value_or(0), samples);
       },
       "mu"_a, "logvar"_a, "eps"_a, "seed"_a, "samples"_a);
   m.def(

@@ -28,7 +28,7 @@ from torch import Tensor
 from . import _errors, backends, ops, reference
 from . import _validation as check
 from ._dtypes import upcast_half
-from .ops import autocast
+from .ops import autocast, seeds
 from .reference import importance_weighted_bound
 
 __all__ = [
@@ -43,8 +43,6 @@ __all__ = [
     "importance_weighted_bound",
     "sgvb_loss",
 ]
-
-_SEED_BOUND = 2**63 - 1
 
 
 def _use_reference(t: Tensor) -> bool:
@@ -76,19 +74,6 @@ def _check_reference_range(name: str, t: Tensor) -> None:
         _errors.check_range(int((t > 1).sum()), name)
     elif t.dtype.is_floating_point:
         _errors.check_range(int(((t < 0) | (t > 1)).sum()), name)
-
-
-def _draw_seed(generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """A 63-bit Philox seed, drawn when the op runs: from torch's CPU generator (or ``generator``)
-    for CPU tensors; for CUDA tensors on their device from the CUDA generator (or a CUDA
-    ``generator``), where it stays: no host sync, and a captured CUDA graph (or
-    ``torch.compile(mode="reduce-overhead")``) replays the draw, so every replay gets fresh noise."""
-    if generator is None:
-        if like.is_cuda:
-            return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device=like.device)
-        return torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device="cpu")
-    seed = torch.randint(0, _SEED_BOUND, (), dtype=torch.int64, device=generator.device, generator=generator)
-    return seed if like.is_cuda else seed.cpu()
 
 
 # --- sampling and KL --------------------------------------------------------------------------
@@ -184,9 +169,11 @@ def _sample(
             return z, kl
         return z, kl, reference.log_q(logvar32, eps32), reference.log_p(z32)
 
-    seed = _draw_seed(generator, mu) if eps is None else None
     if not (with_kl or return_log_weights):
+        # torch's default CPU generator: ops draws the seed where the call runs (the C++ node itself)
+        seed = None if eps is not None or (generator is None and not mu.is_cuda) else seeds.draw(generator, mu)
         return (ops.reparameterize(mu, logvar, seed, eps, samples),)
+    seed = seeds.draw(generator, mu) if eps is None else None
     z, kl, log_q, log_p = ops.reparameterize_kl(mu, logvar, seed, eps, samples, return_log_weights, with_kl)
     return (z, kl, log_q, log_p) if return_log_weights else (z, kl)
 
@@ -494,6 +481,38 @@ def _decoder_log_likelihood(
     return gaussian_log_likelihood(x.to(recon.dtype), recon, logvar, reduction)
 
 
+def _training_step_samples(recon: object, x: object, mu: object, logvar: object) -> int:
+    """L, when the Bernoulli loss of :func:`sgvb_loss` gets the common call of a training step:
+    decoder outputs ``(B, D)`` for data of B rows of D values (any event shape), or ``(L, B, D)``
+    for data ``(B, D)``; latents ``(B, J)``; floating-point outputs and latents, targets of a
+    Bernoulli target dtype; one device; no autocast, no target gradient, a fused backend. Every
+    check of the general path passes such a call, so it is tested in one expression (this runs
+    every step, and the checks cost a tenth of a paper-size step); anything else gives 0 and goes
+    through the checks, which name what is wrong."""
+    if not (
+        isinstance(recon, Tensor)
+        and isinstance(x, Tensor)
+        and isinstance(mu, Tensor)
+        and isinstance(logvar, Tensor)
+        and recon.dtype.is_floating_point
+        and (x.dtype.is_floating_point or x.dtype in check.TARGET_DTYPES)
+        and mu.dtype == logvar.dtype
+        and mu.dtype.is_floating_point
+        and mu.dim() == 2
+        and x.dim() >= 2
+        and mu.shape == logvar.shape
+        and mu.shape[0] == x.shape[0]
+        and recon.device == x.device == mu.device == logvar.device
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and not torch._C._is_any_autocast_enabled()
+        and not _use_reference(recon)
+    ):
+        return 0
+    if recon.dim() == 2:
+        return 1 if recon.shape[0] == x.shape[0] and recon.numel() == x.numel() else 0
+    return recon.shape[0] if recon.dim() == 3 and recon.shape[1:] == x.shape else 0
+
+
 def sgvb_loss(
     recon: Tensor,
     x: Tensor,
@@ -537,6 +556,15 @@ def sgvb_loss(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     reduction = check.reduction(reduction)
+    bernoulli_step = likelihood != "gaussian" and estimator == "analytic" and reduction != "none"
+    if bernoulli_step and decoder_logvar is None and mu is not None and logvar is not None:
+        samples = _training_step_samples(recon, x, mu, logvar)
+        if samples:  # the common call, which every check below passes
+            _, row_scale = _row_reduction(reduction, x.shape[0])  # 1 for "sum", 1/B for "mean"
+            with_grad = torch.is_grad_enabled() and (recon.requires_grad or mu.requires_grad or logvar.requires_grad)
+            return ops.sgvb_loss(
+                recon, x, None, mu, logvar, _KERNEL_LIKELIHOOD[likelihood], row_scale, row_scale / samples, with_grad
+            )
     if torch._C._is_any_autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
         recon, x, mu, logvar, decoder_logvar, log_q, log_p = autocast.to_float32(  # type: ignore[assignment]
             recon, x, mu, logvar, decoder_logvar, log_q, log_p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ import fastaevb
 from conftest import KERNEL_BACKENDS, device_for
 from fastaevb import functional as F
 from fastaevb import ops
+from fastaevb.ops import seeds
 
 SEEDS = [0, 1, 42, 2**31 - 1, 2**31, 2**32 + 7, 2**62 + 12345, 2**63 - 1]
 OFFSETS = torch.cat(
@@ -111,3 +114,19 @@ def test_explicit_eps_gives_torch_randn_parity(kernel_backend):
     torch.testing.assert_close(F.reparameterize(mu, logvar, eps=eps), mu + eps * torch.exp(0.5 * logvar))
     with fastaevb.use_backend("torch"):
         torch.testing.assert_close(F.reparameterize(mu, logvar, eps=eps), mu + eps * torch.exp(0.5 * logvar))
+
+
+@pytest.mark.parametrize("path", ["eager", "python_autograd", "custom_op"])
+def test_every_call_path_draws_the_seed_from_torchs_generator(kernel_backend, path):
+    """The seed ``reparameterize`` draws (by the C++ node itself on the cpp backend) is
+    ``ops.seeds.draw``'s: after the same ``torch.manual_seed`` every call path gives the same z."""
+    device = device_for(kernel_backend)
+    mu = torch.zeros(4, 6, device=device, requires_grad=True)
+    logvar = torch.zeros(4, 6, device=device, requires_grad=True)
+    torch.manual_seed(11)
+    want = ops.reparameterize(mu, logvar, seeds.draw(None, mu), None, 1)
+    contexts = {"eager": contextlib.nullcontext, "python_autograd": ops.use_python_autograd}
+    with contexts.get(path, ops.use_custom_ops)():
+        torch.manual_seed(11)
+        got = F.reparameterize(mu, logvar)
+    assert torch.equal(got, want)

@@ -23,7 +23,7 @@ if "triton" not in fastaevb.available_backends():
     pytest.skip("the triton backend is not available", allow_module_level=True)
 
 from fastaevb import backends
-from fastaevb.ops import calls, eager
+from fastaevb.ops import calls, eager, seeds
 
 kernels = backends.kernels("triton")
 common = kernels._common
@@ -299,9 +299,9 @@ def test_tiles_fit_the_width():
 
 def test_draw_seed_stays_on_the_device_of_the_tensor():
     like = torch.zeros(1)
-    seed = F._draw_seed(None, like)
+    seed = seeds.draw(None, like)
     assert seed.device.type == "cpu" and seed.dtype == torch.int64
-    seed = F._draw_seed(torch.Generator().manual_seed(0), like)
+    seed = seeds.draw(torch.Generator().manual_seed(0), like)
     assert seed.device.type == "cpu"
 
 
@@ -311,8 +311,8 @@ def test_draw_seed_stays_on_the_device_of_the_tensor():
 @needs_cuda
 def test_cuda_seed_is_drawn_on_the_device():
     like = torch.zeros(1, device="cuda")
-    assert F._draw_seed(None, like).is_cuda
-    assert F._draw_seed(torch.Generator(device="cuda").manual_seed(0), like).is_cuda
+    assert seeds.draw(None, like).is_cuda
+    assert seeds.draw(torch.Generator(device="cuda").manual_seed(0), like).is_cuda
 
 
 @needs_cuda

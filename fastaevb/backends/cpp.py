@@ -332,10 +332,11 @@ def _native_dtypes(*tensors: Tensor | None) -> bool:
 def autograd_reparameterize(
     mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int
 ) -> Tensor | None:
-    """z of eq. (4) as one C++ autograd node (``ops.reparameterize``'s arguments)."""
+    """z of eq. (4) as one C++ autograd node (``ops.reparameterize``'s arguments; without seed and
+    eps the node draws the seed from torch's default generator)."""
     if _autograd is None or mu.numel() == 0 or not _native_dtypes(mu, logvar, eps):
         return None
-    return _autograd.reparameterize(mu, logvar, eps, 0 if seed is None else int(seed), samples)
+    return _autograd.reparameterize(mu, logvar, eps, None if seed is None else int(seed), samples)
 
 
 def autograd_sgvb_loss(

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from . import calls, custom, eager
+from . import calls, custom, eager, seeds
 
 __all__ = [
     "sgvb_loss",
@@ -112,11 +112,16 @@ def sgvb_loss(
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int) -> Tensor:
-    """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output."""
+    """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output. With neither ``seed`` nor
+    ``eps``, the seed is drawn from torch's default generator (``seeds.draw``) here, or by the C++
+    node, which draws the same value without a Python call."""
     if not _custom_path():
         z = _native("autograd_reparameterize", mu.device, mu, logvar, seed, eps, samples)
         if z is not None:
             return z
+    if seed is None and eps is None:
+        seed = seeds.draw(None, mu)
+    if not _custom_path():
         return eager.apply(eager.ReparameterizeFunction, mu, logvar, seed, eps, samples)
     return reparameterize_kl(mu, logvar, seed, eps, samples, False, False)[0]
 
