@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from functools import partial
 
 import pytest
 import torch
@@ -31,6 +30,7 @@ from test_backends import (
     non_contiguous,
     reduce_rows,
     shapes,
+    shared_logvar_terms,
 )
 
 from conftest import device_for
@@ -286,13 +286,21 @@ def test_log_likelihood_target_gradients(kernel_backend, case, dtype, shape, red
     if strided:
         inputs = [non_contiguous(t) for t in inputs]
     target = TARGET_CASES[case]
+    expected = lambda *a: reduce_rows(reference_rows(*a), reduction)  # noqa: E731
+
+    def summed_gradient_terms(ref_in, cotangent):  # of x over the samples, of a shared log-variance
+        terms = target_gradient_terms(reference_rows, target, reduction, ref_in, cotangent) if samples else {}
+        if case == "gaussian_shared_logvar":
+            terms |= shared_logvar_terms(expected, ref_in, cotangent)
+        return terms
+
     check_against_reference(
         lambda *a: ours(*a, reduction=reduction),
-        lambda *a: reduce_rows(reference_rows(*a), reduction),
+        expected,
         inputs,
         (*differentiable, target),
         TOLERANCES[dtype],
-        grad_terms=partial(target_gradient_terms, reference_rows, target, reduction) if samples else None,
+        grad_terms=summed_gradient_terms,
     )
 
 
