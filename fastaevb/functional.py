@@ -154,7 +154,8 @@ def _sample(
     return_log_weights: bool,
     with_kl: bool,
 ) -> tuple[Tensor, ...]:
-    """Shared body of :func:`reparameterize_kl` and :func:`reparameterize` (which wants no KL)."""
+    """Body of :func:`reparameterize_kl`, and of :func:`reparameterize` (which wants no KL) on the
+    reference path."""
     _check_latents(mu, logvar, samples, eps)
     sample_shape = () if samples == 1 else (samples,)
     if _use_reference(mu):
@@ -169,10 +170,6 @@ def _sample(
             return z, kl
         return z, kl, reference.log_q(logvar32, eps32), reference.log_p(z32)
 
-    if not (with_kl or return_log_weights):
-        # torch's default CPU generator: ops draws the seed where the call runs (the C++ node itself)
-        seed = None if eps is not None or (generator is None and not mu.is_cuda) else seeds.draw(generator, mu)
-        return (ops.reparameterize(mu, logvar, seed, eps, samples),)
     seed = seeds.draw(generator, mu) if eps is None else None
     z, kl, log_q, log_p = ops.reparameterize_kl(mu, logvar, seed, eps, samples, return_log_weights, with_kl)
     return (z, kl, log_q, log_p) if return_log_weights else (z, kl)
@@ -191,7 +188,12 @@ def reparameterize(
     Gradients: ``dz/dmu = 1``, ``dz/dlogvar = 0.5 * eps * exp(0.5 * logvar)``. Computes no KL
     (use :func:`reparameterize_kl` for both in one pass).
     """
-    return _sample(mu, logvar, samples, eps, generator, return_log_weights=False, with_kl=False)[0]
+    _check_latents(mu, logvar, samples, eps)
+    if _use_reference(mu):
+        return _sample(mu, logvar, samples, eps, generator, return_log_weights=False, with_kl=False)[0]
+    # with torch's default CPU generator, ops draws the seed where the call runs (the C++ node itself)
+    seed = None if eps is not None or (generator is None and not mu.is_cuda) else seeds.draw(generator, mu)
+    return ops.reparameterize(mu, logvar, seed, eps, samples)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:

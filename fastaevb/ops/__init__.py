@@ -69,14 +69,13 @@ def _custom_path() -> bool:
     return bool(_force_custom) or torch.compiler.is_compiling()
 
 
-def _native(name: str, device: torch.device, *args) -> Tensor | None:
-    """The backend's C++ autograd entry ``name`` for ``device`` called on ``args``, or None: no such
-    entry, inputs it does not take, the forced Python path, or a functorch transform (which C++
-    nodes do not support)."""
-    if _force_python or torch._C._are_functorch_transforms_active():
+def _native_entry(name: str, device: torch.device):
+    """The backend's C++ autograd entry ``name`` for ``device`` (which returns None for inputs it
+    does not take), or None: no such entry, the custom-op or forced Python path, or a functorch
+    transform (which C++ nodes do not support). Called by the two calls of a step's loss lines."""
+    if _force_custom or _force_python or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None
-    entry = getattr(calls.kernels_for(device), name, None)
-    return None if entry is None else entry(*args)
+    return getattr(calls.kernels_for(device), name, None)
 
 
 def sgvb_loss(
@@ -96,13 +95,12 @@ def sgvb_loss(
 
     ``x`` is ``(B, ...)``, rows of D values; ``decoded`` holds ``R * D`` values, ``R % B == 0``, in a
     layout ``functional`` validated (flattened to ``(R, D)`` rows here)."""
-    if not _custom_path():
-        loss = _native(
-            "autograd_sgvb_loss", decoded.device, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale,
-            ll_scale, with_grad,
-        )  # fmt: skip
+    native = _native_entry("autograd_sgvb_loss", decoded.device)
+    if native is not None:
+        loss = native(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
         if loss is not None:
             return loss
+    if not _custom_path():
         return eager.apply(
             eager.SGVBLossFunction, likelihood, kl_scale, ll_scale, with_grad, decoded, x, decoder_logvar, mu, logvar
         )
@@ -115,8 +113,9 @@ def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor 
     """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output. With neither ``seed`` nor
     ``eps``, the seed is drawn from torch's default generator (``seeds.draw``) here, or by the C++
     node, which draws the same value without a Python call."""
-    if not _custom_path():
-        z = _native("autograd_reparameterize", mu.device, mu, logvar, seed, eps, samples)
+    native = _native_entry("autograd_reparameterize", mu.device)
+    if native is not None:
+        z = native(mu, logvar, seed, eps, samples)
         if z is not None:
             return z
     if seed is None and eps is None:
