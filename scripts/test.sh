@@ -2,8 +2,8 @@
 # The test command: set up (idempotent) with the test extras (triton for the interpreter and the
 # sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark, ruff, mypy), check style and types,
 # run the whole test suite (extra arguments go to it), the no-compiler install path, then the
-# benchmark suite in quick mode (a few rounds, so it never rots), its report and a short run of
-# bench/interleave.py.
+# benchmark suite in quick mode (a few rounds, so it never rots), its report and short runs of
+# bench/interleave.py and bench/step_phases.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FASTAEVB_EXTRAS="train,test" bash scripts/setup.sh
@@ -18,4 +18,5 @@ out=$(mktemp -d)
 FASTAEVB_BENCH_QUICK=1 .venv/bin/pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json"
 .venv/bin/python bench/report.py "$out/bench.json" --png "$out/bench.png" >/dev/null
 .venv/bin/python bench/interleave.py --rounds 2 --steps 2 >/dev/null
-echo "benchmark report and interleaved training steps (quick mode): OK"
+.venv/bin/python bench/step_phases.py --rounds 1 --steps 5 >/dev/null
+echo "benchmark report, interleaved training steps and step phases (quick mode): OK"
