@@ -489,8 +489,8 @@ def _training_step_samples(recon: object, x: object, mu: object, logvar: object)
     for data ``(B, D)``; latents ``(B, J)``; floating-point outputs and latents, targets of a
     Bernoulli target dtype; one device; no autocast, no target gradient, a fused backend. Every
     check of the general path passes such a call, so it is tested in one expression (this runs
-    every step, and the checks cost a tenth of a paper-size step); anything else gives 0 and goes
-    through the checks, which name what is wrong."""
+    every step; the checks one by one cost about 8 us of a 0.2 ms paper-size step, measured in
+    place); anything else gives 0 and goes through the checks, which name what is wrong."""
     if not (
         isinstance(recon, Tensor)
         and isinstance(x, Tensor)
