@@ -4,6 +4,9 @@
 #include <cstdlib>
 #include <new>
 
+#ifdef _WIN32
+#include <malloc.h>
+#endif
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -20,9 +23,22 @@ size_t block_bytes(size_t bytes) {
   return (bytes + unit - 1) / unit * unit;
 }
 
+// MSVC has no std::aligned_alloc; its aligned blocks go back through _aligned_free.
+void release(void* block) {
+#ifdef _WIN32
+  _aligned_free(block);
+#else
+  std::free(block);
+#endif
+}
+
 void* allocate(size_t bytes) {
   const size_t alignment = bytes >= kHugePage ? kHugePage : kPage;
+#ifdef _WIN32
+  void* block = _aligned_malloc(bytes, alignment);
+#else
   void* block = std::aligned_alloc(alignment, bytes);
+#endif
   if (block == nullptr) throw std::bad_alloc();
 #ifdef __linux__
   // Advice only: where transparent huge pages are off the pages are 4 KB.
@@ -70,7 +86,7 @@ void GradientCache::give_back(void* block, size_t bytes) {
       idle_.erase(idle_.begin());
     }
   }
-  std::free(released);
+  if (released != nullptr) release(released);
 }
 
 void GradientCache::empty() {
@@ -79,7 +95,7 @@ void GradientCache::empty() {
     std::lock_guard<std::mutex> lock(mutex_);
     idle.swap(idle_);
   }
-  for (const auto& entry : idle) std::free(entry.second);
+  for (const auto& entry : idle) release(entry.second);
 }
 
 size_t GradientCache::idle_bytes() {
