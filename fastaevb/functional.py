@@ -79,21 +79,23 @@ def _check_reference_range(name: str, t: Tensor) -> None:
 # --- sampling and KL --------------------------------------------------------------------------
 
 
-def _check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Tensor | None) -> None:
-    # The common case in one expression (this runs every step); anything else goes through the
-    # checks below, which name what is wrong.
-    if (
-        eps is None
-        and type(samples) is int
-        and samples == 1
-        and isinstance(mu, Tensor)
+def _common_latents(mu: object, logvar: object) -> bool:
+    """The latents of a training step, which every check of :func:`_check_latents` passes: tensors
+    of one floating-point dtype, one shape (at least 1-D) and one device. Tested in one expression
+    because it runs every step; anything else goes through the checks, which name what is wrong."""
+    return (
+        isinstance(mu, Tensor)
         and isinstance(logvar, Tensor)
         and mu.dtype == logvar.dtype
         and mu.dtype.is_floating_point
         and mu.shape == logvar.shape
         and mu.dim() > 0
         and mu.device == logvar.device
-    ):
+    )
+
+
+def _check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Tensor | None) -> None:
+    if eps is None and type(samples) is int and samples == 1 and _common_latents(mu, logvar):
         return
     check.floating("mu", mu)
     check.floating("logvar", logvar)
@@ -494,17 +496,13 @@ def _training_step_samples(recon: object, x: object, mu: object, logvar: object)
     if not (
         isinstance(recon, Tensor)
         and isinstance(x, Tensor)
-        and isinstance(mu, Tensor)
-        and isinstance(logvar, Tensor)
+        and _common_latents(mu, logvar)
         and recon.dtype.is_floating_point
         and (x.dtype.is_floating_point or x.dtype in check.TARGET_DTYPES)
-        and mu.dtype == logvar.dtype
-        and mu.dtype.is_floating_point
-        and mu.dim() == 2
+        and mu.dim() == 2  # type: ignore[attr-defined]
         and x.dim() >= 2
-        and mu.shape == logvar.shape
-        and mu.shape[0] == x.shape[0]
-        and recon.device == x.device == mu.device == logvar.device
+        and mu.shape[0] == x.shape[0]  # type: ignore[attr-defined]
+        and recon.device == x.device == mu.device  # type: ignore[attr-defined]
         and not (x.requires_grad and torch.is_grad_enabled())
         and not torch._C._is_any_autocast_enabled()
         and not _use_reference(recon)

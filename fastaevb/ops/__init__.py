@@ -73,7 +73,7 @@ def _native_entry(name: str, device: torch.device):
     """The backend's C++ autograd entry ``name`` for ``device`` (which returns None for inputs it
     does not take), or None: no such entry, the custom-op or forced Python path, or a functorch
     transform (which C++ nodes do not support). Called by the two calls of a step's loss lines."""
-    if _force_custom or _force_python or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if _force_python or _custom_path() or torch._C._are_functorch_transforms_active():
         return None
     return getattr(calls.kernels_for(device), name, None)
 
