@@ -207,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import CHECKPOINT_NAME, RunConfig, Schedule, Trainer
 
     ctx = dist_utils.setup(args.device)
+    trainer: Trainer | None = None
     try:
         main = ctx.is_main
         for name in ("steps", "log_every", "eval_every", "checkpoint_every"):
@@ -271,6 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test_elbo={bound.mean:.4f} (+- {bound.stderr:.4f}, n={bound.count})")
         return 0
     finally:
+        if trainer is not None:
+            trainer.release_distributed()
         dist_utils.teardown(ctx)
 
 

@@ -15,6 +15,7 @@ run is the same for any number of processes. Data order comes from
 from __future__ import annotations
 
 import csv
+import gc
 import math
 import os
 import signal
@@ -232,6 +233,15 @@ class Trainer:
         return loss.detach()
 
     # --- the loop --------------------------------------------------------------------------------
+
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper before the process group is destroyed. Its reducer holds the last
+        collectives' work and their tensors; freed by Gloo's worker threads while the interpreter
+        shuts down, they can abort the process (SIGABRT, "terminate called without an active
+        exception"; pytorch/pytorch PR 179291), so they are freed here, while Python is alive."""
+        if self.module is not self.objective:
+            self.module = self.objective
+            gc.collect()  # DDP's hooks hold reference cycles
 
     def test_bound(self, test_x: Tensor) -> Estimate:
         self.model.eval()
