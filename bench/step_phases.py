@@ -38,7 +38,7 @@ def step_of(workload, path: str):
     nodes = code = None
     if path == "nodes":
         cpp = fastaevb.backends.kernels("cpp")
-        nodes, code = cpp._autograd, cpp._C.LIKELIHOODS["bernoulli_logits" if likelihood == "bernoulli" else likelihood]
+        nodes, code = cpp._autograd, cpp._C.LIKELIHOODS[likelihood]
     clock = time.perf_counter
 
     def step() -> list[float]:

@@ -5,9 +5,10 @@ as weight decay, the estimator scaled by N/M.
 Workloads (``benchmark.group``) and implementations (``extra_info['implementation']``):
 
 ``train_step``
-    ``eager``: plain PyTorch as the classic VAE example writes it (sigmoid decoder,
-    ``F.binary_cross_entropy`` + the KLD formula, ``mu + randn_like(std) * std``), Adagrad as
-    constructed by default (on CPU the single-tensor loop, not fused / foreach).
+    ``eager``: plain PyTorch as the classic VAE example writes it (``fastaevb.aevb.classic`` with the
+    paper's sizes and tanh units: sigmoid decoder, ``F.binary_cross_entropy`` + the KLD formula,
+    ``mu + randn_like(std) * std``), Adagrad as constructed by default (on CPU the single-tensor
+    loop, not fused / foreach).
     ``compiled``: the best stock setup: ``torch.compile`` of model and loss, fused Adagrad.
     ``fastaevb``: ``fastaevb.aevb.train.Trainer.sgvb_step`` (the application's own step:
     ``SGVBLoss('bernoulli')`` on logits, fused ``reparameterize`` with the trainer's explicit eps,
@@ -32,11 +33,10 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as torch_F
-from torch import nn
 
 import fastaevb
 from fastaevb import functional as FF
+from fastaevb.aevb.classic import ClassicVAE, loss_function
 from fastaevb.aevb.models import ModelConfig
 from fastaevb.aevb.train import RunConfig, Trainer
 
@@ -46,69 +46,20 @@ QUICK = os.environ.get("FASTAEVB_BENCH_QUICK") == "1"
 ROUNDS, ITERATIONS = (3, 2) if QUICK else (50, 5)
 
 
-class ClassicVAE(nn.Module):
-    """The classic PyTorch VAE example's structure with the paper's sizes and tanh units."""
-
-    def __init__(self, logits: bool = False) -> None:
-        super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(D, H), nn.Linear(H, J), nn.Linear(H, J)
-        self.fc3, self.fc4 = nn.Linear(J, H), nn.Linear(H, D)
-        self.logits = logits
-        for p in self.parameters():
-            nn.init.normal_(p, 0.0, 0.01)
-
-    def encode(self, x):
-        h1 = torch.tanh(self.fc1(x))
-        return self.fc21(h1), self.fc22(h1)
-
-    def reparameterize(self, mu, logvar):
-        std = torch.exp(0.5 * logvar)
-        eps = torch.randn_like(std)
-        return mu + eps * std
-
-    def decode(self, z):
-        out = self.fc4(torch.tanh(self.fc3(z)))
-        return out if self.logits else torch.sigmoid(out)
-
-    def forward(self, x):
-        mu, logvar = self.encode(x.view(-1, D))
-        z = self.reparameterize(mu, logvar)
-        return self.decode(z), mu, logvar
-
-
-def loss_function(recon_x, x, mu, logvar):
-    BCE = torch_F.binary_cross_entropy(recon_x, x.view(-1, D), reduction="sum")
-    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    return BCE + KLD
-
-
 def batch() -> torch.Tensor:
     return (torch.rand(M, D, generator=torch.Generator().manual_seed(0)) < 0.3).float()
 
 
-def eager_step():
-    model = ClassicVAE()
-    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+def classic_step(model: ClassicVAE, loss_fn, fused: bool | None = None, compiled: bool = False):
+    """The classic example's step: forward, the loss scaled by N/M, zero_grad, backward, Adagrad."""
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=fused)
 
-    def step(x):
-        recon, mu, logvar = model(x)
-        loss = loss_function(recon, x, mu, logvar) * (N / M)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return step
-
-
-def compiled_step():
-    model = ClassicVAE()
-    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-
-    @torch.compile
     def compute_loss(x):
         recon, mu, logvar = model(x)
-        return loss_function(recon, x, mu, logvar) * (N / M)
+        return loss_fn(recon, x, mu, logvar) * (N / M)
+
+    if compiled:
+        compute_loss = torch.compile(compute_loss)
 
     def step(x):
         loss = compute_loss(x)
@@ -118,6 +69,14 @@ def compiled_step():
         return loss
 
     return step
+
+
+def eager_step():
+    return classic_step(ClassicVAE.with_paper_units(D, H, J), loss_function)
+
+
+def compiled_step():
+    return classic_step(ClassicVAE.with_paper_units(D, H, J), loss_function, fused=True, compiled=True)
 
 
 def paper_trainer() -> Trainer:
@@ -166,20 +125,9 @@ def free_loss_step():
 
 
 def swapped_step():
-    model = ClassicVAE(logits=True)
-    optimizer = torch.optim.Adagrad(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    sgvb = fastaevb.SGVBLoss("bernoulli")
+    model = ClassicVAE.with_paper_units(D, H, J, logits=True)
     model.reparameterize = lambda mu, logvar: FF.reparameterize(mu, logvar)
-
-    def step(x):
-        recon, mu, logvar = model(x)
-        loss = sgvb(recon, x, mu, logvar) * (N / M)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return step
+    return classic_step(model, fastaevb.SGVBLoss("bernoulli"))
 
 
 CASES = {

@@ -1,5 +1,5 @@
 // pybind11 module fastaevb._C: thin bindings of the kernels in kernels.h. Tensors are passed
-// as raw addresses (torch's data_ptr()) by fastaevb/_cpp.py, so this module does not link
+// as raw addresses (torch's data_ptr()) by fastaevb/backends/cpp.py, so this module does not link
 // libtorch. Every binding releases the GIL.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,8 +9,9 @@
 
 #include "hwy/targets.h"
 #include "kernels.h"
+#include "parallel.h"
 
-namespace py = pybind11;
+    namespace py = pybind11;
 using namespace pybind11::literals;
 
 #ifndef FASTAEVB_NATIVE_BUILD
@@ -26,9 +27,9 @@ void bind_bernoulli(py::module_& m, const std::string& name, const char* input, 
   using guard = py::call_guard<py::gil_scoped_release>;
   const auto none = py::arg_v("extras", fastaevb::BernoulliExtras{}, "BernoulliExtras()");
   m.def((name + "_forward").c_str(), fwd, guard(), "out"_a, "grad"_a, py::arg(input), "x"_a, "R"_a, "B"_a,
-        "D"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a, none);
+        "D"_a, "reduction"_a, "scale"_a, "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a, none);
   m.def((name + "_backward").c_str(), bwd, guard(), "grad"_a, "grad_out"_a, py::arg(input), "x"_a, "R"_a,
-        "B"_a, "D"_a, "reduce"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a, none);
+        "B"_a, "D"_a, "reduction"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a, none);
 }
 
 }  // namespace
@@ -48,9 +49,9 @@ PYBIND11_MODULE(_C, m) {
         "R"_a, "J"_a, "dtype"_a, "nthreads"_a);
 
   m.def("gaussian_kl_forward", &f::gaussian_kl_forward, guard(), "out"_a, "grad_mu"_a, "grad_logvar"_a,
-        "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
+        "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduction"_a, "scale"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
   m.def("gaussian_kl_backward", &f::gaussian_kl_backward, guard(), "grad_mu"_a, "grad_logvar"_a, "grad_out"_a,
-        "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduce"_a, "scale"_a, "dtype"_a, "nthreads"_a);
+        "mu"_a, "logvar"_a, "R"_a, "J"_a, "reduction"_a, "scale"_a, "dtype"_a, "nthreads"_a);
 
   py::class_<f::BernoulliExtras>(m, "BernoulliExtras",
                                  "weight / pos_weight as (address, row stride, column stride 0 or 1) "
@@ -62,28 +63,29 @@ PYBIND11_MODULE(_C, m) {
            }),
            "weight"_a, "weight_row_stride"_a, "weight_col_stride"_a, "pos_weight"_a,
            "pos_weight_row_stride"_a, "pos_weight_col_stride"_a, "grad_x"_a);
-  bind_bernoulli(m, "bernoulli_logits", "logits", &f::bernoulli_logits_forward,
-                 &f::bernoulli_logits_backward);
-  bind_bernoulli(m, "bernoulli_probs", "probs", &f::bernoulli_probs_forward, &f::bernoulli_probs_backward);
+  bind_bernoulli(m, "bernoulli_log_likelihood", "logits", &f::bernoulli_log_likelihood_forward,
+                 &f::bernoulli_log_likelihood_backward);
+  bind_bernoulli(m, "bernoulli_probs_log_likelihood", "probs", &f::bernoulli_probs_log_likelihood_forward,
+                 &f::bernoulli_probs_log_likelihood_backward);
 
-  m.def("gaussian_forward", &f::gaussian_forward, guard(), "out"_a, "grad_mean"_a, "grad_logvar"_a, "x"_a,
-        "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a, "reduce"_a, "scale"_a, "with_grad"_a,
-        "dtype"_a, "nthreads"_a);
-  m.def("gaussian_backward", &f::gaussian_backward, guard(), "grad_mean"_a, "grad_logvar"_a, "grad_out"_a,
-        "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a, "reduce"_a, "scale"_a, "dtype"_a,
-        "nthreads"_a);
+  m.def("gaussian_log_likelihood_forward", &f::gaussian_log_likelihood_forward, guard(), "out"_a,
+        "grad_mean"_a, "grad_logvar"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
+        "reduction"_a, "scale"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
+  m.def("gaussian_log_likelihood_backward", &f::gaussian_log_likelihood_backward, guard(), "grad_mean"_a,
+        "grad_logvar"_a, "grad_out"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
+        "reduction"_a, "scale"_a, "dtype"_a, "nthreads"_a);
 
   m.def("sgvb_loss_forward", &f::sgvb_loss_forward, guard(), "out"_a, "grad_decoded"_a,
         "grad_decoder_logvar"_a, "grad_mu"_a, "grad_logvar"_a, "decoded"_a, "x"_a, "decoder_logvar"_a, "mu"_a,
         "logvar"_a, "R"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared_logvar"_a, "kl_scale"_a, "ll_scale"_a,
         "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
-  m.attr("LIKELIHOODS") = py::dict("bernoulli_logits"_a = static_cast<int>(f::kLikelihoodLogits),
+  m.attr("LIKELIHOODS") = py::dict("bernoulli"_a = static_cast<int>(f::kLikelihoodBernoulli),
                                    "bernoulli_probs"_a = static_cast<int>(f::kLikelihoodProbs),
                                    "gaussian"_a = static_cast<int>(f::kLikelihoodGaussian));
 
-  m.attr("REDUCE_ELEMENTS") = 0;
-  m.attr("REDUCE_ROWS") = 1;
-  m.attr("REDUCE_TOTAL") = 2;
+  m.attr("REDUCTIONS") =
+      py::dict("none"_a = static_cast<int>(f::kReductionNone), "rows"_a = static_cast<int>(f::kReductionRows),
+               "sum"_a = static_cast<int>(f::kReductionSum));
 #ifdef _OPENMP
   m.attr("openmp") = _OPENMP;
 #else

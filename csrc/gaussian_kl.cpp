@@ -78,7 +78,7 @@ void run(const KLJob& job, int nthreads) {
 }  // namespace
 
 void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr logvar, int64_t R, int64_t J,
-                         int reduce, double scale, bool with_grad, int dtype, int nthreads) {
+                         int reduction, double scale, bool with_grad, int dtype, int nthreads) {
   std::vector<double> sums(static_cast<size_t>(R));
   KLJob job{};
   job.rows = {R, R, J, R * J};
@@ -97,18 +97,18 @@ void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr
     T* o = as_ptr<T>(out);
     double total = 0.0;
     for (int64_t r = 0; r < R; ++r) {
-      if (reduce == kRows)
+      if (reduction == kReductionRows)
         o[r] = static_cast<T>(scale * 0.5 * sums[r]);
       else
         total += sums[r];
     }
-    if (reduce == kTotal) o[0] = static_cast<T>(scale * 0.5 * total);
+    if (reduction == kReductionSum) o[0] = static_cast<T>(scale * 0.5 * total);
     return 0;
   });
 }
 
 void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar, int64_t R,
-                          int64_t J, int reduce, double scale, int dtype, int nthreads) {
+                          int64_t J, int reduction, double scale, int dtype, int nthreads) {
   KLJob job{};
   job.rows = {R, R, J, R * J};
   job.mode = kBwdRow;
@@ -119,7 +119,7 @@ void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu
   job.grad_mu = as_ptr<void>(grad_mu);
   job.grad_logvar = as_ptr<void>(grad_logvar);
   job.grad_out = as_ptr<const void>(grad_out);
-  job.upstream_total = reduce == kTotal;
+  job.upstream_total = reduction == kReductionSum;
   run(job, nthreads);
 }
 

@@ -133,9 +133,9 @@ double shared_logvar_grad(const std::vector<double>& sum_sq, double inv_var, int
 }
 }  // namespace
 
-void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean, addr logvar, int64_t R,
-                      int64_t B, int64_t D, bool shared_logvar, int reduce, double scale, bool with_grad,
-                      int dtype, int nthreads) {
+void gaussian_log_likelihood_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean,
+                                     addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
+                                     int reduction, double scale, bool with_grad, int dtype, int nthreads) {
   GaussianJob job = make_job(with_grad ? kFwdSumGrad : kFwdSum, x, mean, logvar, grad_mean, grad_logvar, R, B,
                              D, shared_logvar, scale, dtype);
   std::vector<double> sums(static_cast<size_t>(R));
@@ -149,12 +149,12 @@ void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr m
     for (int64_t r = 0; r < R; ++r) {
       const double row =
           shared_logvar ? -0.5 * (D * (kLog2Pi + v) + sums[r] * job.inv_var) : -0.5 * (D * kLog2Pi + sums[r]);
-      if (reduce == kRows)
+      if (reduction == kReductionRows)
         o[r] = static_cast<T>(scale * row);
       else
         total += row;
     }
-    if (reduce == kTotal) o[0] = static_cast<T>(scale * total);
+    if (reduction == kReductionSum) o[0] = static_cast<T>(scale * total);
     if (shared_logvar && with_grad)
       as_ptr<T>(grad_logvar)[0] =
           static_cast<T>(shared_logvar_grad(sums, job.inv_var, D, [scale](int64_t) { return scale; }));
@@ -162,14 +162,14 @@ void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr m
   });
 }
 
-void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean, addr logvar,
-                       int64_t R, int64_t B, int64_t D, bool shared_logvar, int reduce, double scale,
-                       int dtype, int nthreads) {
+void gaussian_log_likelihood_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean,
+                                      addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
+                                      int reduction, double scale, int dtype, int nthreads) {
   // With a shared log-variance the pass also returns the row sums of squares its gradient needs.
   GaussianJob job =
       make_job(kBwdRow, x, mean, logvar, grad_mean, grad_logvar, R, B, D, shared_logvar, scale, dtype);
   job.grad_out = as_ptr<const void>(grad_out);
-  job.upstream_total = reduce == kTotal;
+  job.upstream_total = reduction == kReductionSum;
   std::vector<double> sums(shared_logvar ? static_cast<size_t>(R) : 0);
   job.sums = sums.data();
   run(job, nthreads);
@@ -178,7 +178,7 @@ void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, 
     using T = decltype(t);
     const T* go = as_ptr<const T>(grad_out);
     as_ptr<T>(grad_logvar)[0] = static_cast<T>(shared_logvar_grad(sums, job.inv_var, D, [&](int64_t r) {
-      return static_cast<double>(go[reduce == kTotal ? 0 : r]) * scale;
+      return static_cast<double>(go[reduction == kReductionSum ? 0 : r]) * scale;
     }));
     return 0;
   });

@@ -1,11 +1,11 @@
-// Entry points of the fused CPU kernels, one .cpp per step (bernoulli.cpp holds both
-// parameterizations), bound in bindings.cpp.
+// Entry points of the fused CPU kernels, one .cpp per op named as the op (ops/table.py;
+// bernoulli_log_likelihood.cpp holds both parameterizations), bound in bindings.cpp.
 //
 // Every tensor arrives as a raw address (torch's data_ptr()) of a contiguous buffer,
-// allocated by fastaevb/_cpp.py. A pointer of 0 means "absent" (None / not requested).
-// dtype: 0 = float32, 1 = float64; xtype: 0 = float like the input, 1 = uint8/bool.
-// reduce: 0 = elements, 1 = rows, 2 = total. Shapes follow docs/backends.md:
-// decoder outputs are (R, D), data is (B, D), row r reads data row r % B.
+// allocated by fastaevb/ops/calls.py and handed over by fastaevb/backends/cpp.py. A pointer of 0 means
+// "absent" (None / not requested). dtype: 0 = float32, 1 = float64; xtype: 0 = float like the input, 1 =
+// uint8/bool. reduction: 0 = none (elementwise), 1 = rows, 2 = sum (parallel.h). Shapes follow
+// docs/backends.md: decoder outputs are (R, D), data is (B, D), row r reads data row r % B.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +28,9 @@ void reparameterize_kl_backward(addr grad_mu, addr grad_logvar, addr grad_z, add
                                 int64_t R, int64_t J, int dtype, int nthreads);
 
 void gaussian_kl_forward(addr out, addr grad_mu, addr grad_logvar, addr mu, addr logvar, int64_t R, int64_t J,
-                         int reduce, double scale, bool with_grad, int dtype, int nthreads);
+                         int reduction, double scale, bool with_grad, int dtype, int nthreads);
 void gaussian_kl_backward(addr grad_mu, addr grad_logvar, addr grad_out, addr mu, addr logvar, int64_t R,
-                          int64_t J, int reduce, double scale, int dtype, int nthreads);
+                          int64_t J, int reduction, double scale, int dtype, int nthreads);
 
 // The BCE drop-ins' optional arguments of the Bernoulli entries: weight and pos_weight (logits
 // only) broadcast over (R, D), element (r, c) at data[r * row_stride + c * col_stride] with
@@ -46,35 +46,34 @@ struct BernoulliExtras {
 };
 
 // Returns the number of out-of-range targets.
-int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                                 int reduce, double scale, bool with_grad, int dtype, int xtype, int nthreads,
-                                 const BernoulliExtras& extras = {});
-void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                               int reduce, double scale, int dtype, int xtype, int nthreads,
-                               const BernoulliExtras& extras = {});
+int64_t bernoulli_log_likelihood_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B,
+                                         int64_t D, int reduction, double scale, bool with_grad, int dtype,
+                                         int xtype, int nthreads, const BernoulliExtras& extras = {});
+void bernoulli_log_likelihood_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B,
+                                       int64_t D, int reduction, double scale, int dtype, int xtype,
+                                       int nthreads, const BernoulliExtras& extras = {});
 
 // Returns (out-of-range probs, out-of-range targets). extras.pos_weight must be absent.
-std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x, int64_t R,
-                                                    int64_t B, int64_t D, int reduce, double scale,
-                                                    bool with_grad, int dtype, int xtype, int nthreads,
-                                                    const BernoulliExtras& extras = {});
-void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R, int64_t B, int64_t D,
-                              int reduce, double scale, int dtype, int xtype, int nthreads,
-                              const BernoulliExtras& extras = {});
+std::pair<int64_t, int64_t> bernoulli_probs_log_likelihood_forward(
+    addr out, addr grad, addr probs, addr x, int64_t R, int64_t B, int64_t D, int reduction, double scale,
+    bool with_grad, int dtype, int xtype, int nthreads, const BernoulliExtras& extras = {});
+void bernoulli_probs_log_likelihood_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R,
+                                             int64_t B, int64_t D, int reduction, double scale, int dtype,
+                                             int xtype, int nthreads, const BernoulliExtras& extras = {});
 
 // logvar is (R, D), or one shared value when shared_logvar (then grad_logvar has 1 element).
-void gaussian_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean, addr logvar, int64_t R,
-                      int64_t B, int64_t D, bool shared_logvar, int reduce, double scale, bool with_grad,
-                      int dtype, int nthreads);
-void gaussian_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean, addr logvar,
-                       int64_t R, int64_t B, int64_t D, bool shared_logvar, int reduce, double scale,
-                       int dtype, int nthreads);
+void gaussian_log_likelihood_forward(addr out, addr grad_mean, addr grad_logvar, addr x, addr mean,
+                                     addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
+                                     int reduction, double scale, bool with_grad, int dtype, int nthreads);
+void gaussian_log_likelihood_backward(addr grad_mean, addr grad_logvar, addr grad_out, addr x, addr mean,
+                                      addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
+                                      int reduction, double scale, int dtype, int nthreads);
 
 // The whole loss of a step: kl_scale * sum KL - ll_scale * sum log p(x|z), mu/logvar (B, J),
-// decoder output (R, D); likelihood: kLikelihoodLogits, kLikelihoodProbs or kLikelihoodGaussian
+// decoder output (R, D); likelihood: kLikelihoodBernoulli, kLikelihoodProbs or kLikelihoodGaussian
 // (decoder_logvar (R, D), or one value when shared_logvar). Gradients written when with_grad.
 // Returns (out-of-range decoder inputs, out-of-range targets).
-enum Likelihood : int { kLikelihoodLogits = 0, kLikelihoodProbs = 1, kLikelihoodGaussian = 2 };
+enum Likelihood : int { kLikelihoodBernoulli = 0, kLikelihoodProbs = 1, kLikelihoodGaussian = 2 };
 std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr grad_decoder_logvar,
                                               addr grad_mu, addr grad_logvar, addr decoded, addr x,
                                               addr decoder_logvar, addr mu, addr logvar, int64_t R, int64_t B,

@@ -11,7 +11,7 @@
 
 namespace fastaevb {
 
-enum Reduce : int { kElements = 0, kRows = 1, kTotal = 2 };
+enum Reduction : int { kReductionNone = 0, kReductionRows = 1, kReductionSum = 2 };
 
 // Waking the OpenMP team and joining it costs about 10 us here (2-core Zen 3, libgomp), so a
 // thread is added only for every kNsPerThread of estimated work: with 2 threads a step is never

@@ -1,6 +1,6 @@
 // The whole SGVB loss of one training step in one call (eq. 10 negated):
 //   out = kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r | z_r),
-// the analytic KL (gaussian_kl.cpp) and the decoder log-likelihood (bernoulli.cpp or
+// the analytic KL (gaussian_kl.cpp) and the decoder log-likelihood (bernoulli_log_likelihood.cpp or
 // gaussian_log_likelihood.cpp) run back to back, each with its own thread count, and the two
 // totals are added here: one crossing of the Python boundary instead of two.
 #include "kernels.h"
@@ -18,18 +18,19 @@ std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr 
     using T = decltype(t);
     T kl = 0, ll = 0;  // the two scaled totals
     const addr kl_out = reinterpret_cast<addr>(&kl), ll_out = reinterpret_cast<addr>(&ll);
-    gaussian_kl_forward(kl_out, grad_mu, grad_logvar, mu, logvar, B, J, kTotal, kl_scale, with_grad, dtype,
-                        nthreads);
+    gaussian_kl_forward(kl_out, grad_mu, grad_logvar, mu, logvar, B, J, kReductionSum, kl_scale, with_grad,
+                        dtype, nthreads);
     std::pair<int64_t, int64_t> bad{0, 0};
-    if (likelihood == kLikelihoodLogits) {
-      bad.second = bernoulli_logits_forward(ll_out, grad_decoded, decoded, x, R, B, D, kTotal, -ll_scale,
-                                            with_grad, dtype, xtype, nthreads);
+    if (likelihood == kLikelihoodBernoulli) {
+      bad.second = bernoulli_log_likelihood_forward(ll_out, grad_decoded, decoded, x, R, B, D, kReductionSum,
+                                                    -ll_scale, with_grad, dtype, xtype, nthreads);
     } else if (likelihood == kLikelihoodProbs) {
-      bad = bernoulli_probs_forward(ll_out, grad_decoded, decoded, x, R, B, D, kTotal, -ll_scale, with_grad,
-                                    dtype, xtype, nthreads);
+      bad = bernoulli_probs_log_likelihood_forward(ll_out, grad_decoded, decoded, x, R, B, D, kReductionSum,
+                                                   -ll_scale, with_grad, dtype, xtype, nthreads);
     } else {
-      gaussian_forward(ll_out, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, R, B, D,
-                       shared_logvar, kTotal, -ll_scale, with_grad, dtype, nthreads);
+      gaussian_log_likelihood_forward(ll_out, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar,
+                                      R, B, D, shared_logvar, kReductionSum, -ll_scale, with_grad, dtype,
+                                      nthreads);
     }
     as_ptr<T>(out)[0] = kl + ll;
     return bad;

@@ -3,7 +3,8 @@ swapped for fastaevb in one line: run both side by side and compare the numbers 
 
     python examples/classic_vae.py --epochs 1 --limit 6000 [--loss torch|fastaevb|both] [--logits]
 
-The model, optimizer and data order are the example's. Both variants draw the same noise
+The model, loss (both from ``fastaevb.aevb.classic``, written once for the example, the tests and
+the benchmarks), optimizer and data order are the example's. Both variants draw the same noise
 (``eps=torch.randn_like(std)`` from the same seed), so their losses agree to float32 rounding;
 ``--fused-noise`` lets fastaevb draw eps inside its kernel instead (a different random stream).
 ``--logits`` drops the decoder's final sigmoid and uses the logits forms (``F.binary_cross_entropy_with_logits``
@@ -17,35 +18,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn, optim
+from torch import optim
 
 import fastaevb
 from fastaevb import functional as FF
+from fastaevb.aevb.classic import ClassicVAE, loss_function
 from fastaevb.aevb.data import load_split
-
-
-class VAE(nn.Module):
-    """The example's model: 784-400-20-400-784, ReLU, sigmoid decoder."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
-        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
-
-    def encode(self, x):
-        h1 = F.relu(self.fc1(x))
-        return self.fc21(h1), self.fc22(h1)
-
-    def decode(self, z, logits=False):
-        out = self.fc4(F.relu(self.fc3(z)))
-        return out if logits else torch.sigmoid(out)
-
-
-def loss_function(recon_x, x, mu, logvar):
-    """The example's loss, verbatim."""
-    BCE = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
-    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    return BCE + KLD
 
 
 def logits_loss_function(recon_logits, x, mu, logvar):
@@ -69,7 +47,7 @@ def train(
     images: torch.Tensor, loss: str, logits: bool, fused_noise: bool, epochs: int, seed: int
 ) -> tuple[list[float], float]:
     torch.manual_seed(seed)
-    model = VAE()
+    model = ClassicVAE(logits=logits)  # 784-400-20-400-784, ReLU, sigmoid decoder (dropped for --logits)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = LOSSES[loss, logits]
     means, start = [], time.perf_counter()
@@ -83,9 +61,8 @@ def train(
             if loss == "fastaevb" and fused_noise:
                 z = FF.reparameterize(mu, logvar)
             else:
-                std = torch.exp(0.5 * logvar)
-                z = mu + torch.randn_like(std) * std
-            value = loss_fn(model.decode(z, logits), data, mu, logvar)
+                z = model.reparameterize(mu, logvar)
+            value = loss_fn(model.decode(z), data, mu, logvar)
             value.backward()
             total += value.item()
             optimizer.step()

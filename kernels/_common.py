@@ -1,4 +1,5 @@
-"""Launcher helpers shared by the per-step files: tile tables, launch, seed and zero buffers.
+"""Launcher helpers shared by the per-step files: tile tables, launch, seed and zero buffers,
+output slots (docs/backends.md: outputs are given; an empty ``(0,)`` one is not wanted).
 
 Nothing here inspects tensor values on the host: every launcher of the Triton backend is free
 of device-to-host synchronization on CUDA (the range check reports through a device-side
@@ -12,9 +13,15 @@ import functools
 
 import torch
 
+from .._torch_private import is_functional_tracing
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+REDUCTIONS = ("none", "rows", "sum")  # elementwise (Bernoulli ops only), one value per row, 0-d total
+
 # --- tiles ---------------------------------------------------------------------------------------
 # Tiles are picked from the row width (D for decoder kernels, J for latent kernels) out of a small
-# table, so that ``aot.py`` can enumerate every specialization a launcher can pick. Each entry is
+# table, so that each kernel module's ``aot_specs`` reaches every specialization a launcher can
+# pick (one width per tile and width kind, ``_aot_spec.widths``). Each entry is
 # (BLOCK_R, BLOCK_D, num_warps[, maxnreg]): at most 4 elements per thread (8 spilled in float64 on
 # sm_80/sm_90), checked by the AOT resource table. ``maxnreg=96`` on the Philox kernels: without a
 # cap ptxas picks as few as 48 registers and spills 4-8 B around libdevice cosf's never-taken
@@ -54,6 +61,15 @@ LOSS_KL_TILE = dict(KBLOCK_R=16, KBLOCK_J=32)
 NOISE_BLOCK = 1024
 FINISH_BLOCK = 1024
 MAX_WIDTH = 2**31 - 1  # widths are int32 in the kernels (row counts are int64)
+
+
+# Every tile table, by name (the AOT table names a launch's tile ``<table>.<tile>``).
+TILE_TABLES = {
+    "latent": LATENT_TILES,
+    "latent_bwd": LATENT_BWD_TILES,
+    "data": DATA_TILES,
+    "data_extras": DATA_EXTRAS_TILES,
+}
 
 
 def latent_tile_name(width: int) -> str:
@@ -117,20 +133,20 @@ launch_hooks: list = []
 # (the interpreter). Tests set it to True to run the CUDA code path (device-side report, no host
 # read) under the interpreter.
 device_checks: bool | None = None
+# Set by ``_aot_spec.recording``: called as ``recorder(kernel, args, kwargs)`` with what a launch on
+# CUDA would pass (launch options included) instead of launching; the AOT table is built from it.
+recorder = None
 
 
 def checks_on_device(device: torch.device) -> bool:
     return device.type != "cpu" if device_checks is None else device_checks
 
 
-_FUNCTIONAL_MODE = torch._C._TorchDispatchModeKey.FUNCTIONAL
-
-
 def traced() -> bool:
     """True while ``torch.compile`` traces into a launcher (the functional decomposition of a
-    ``torch.library.triton_op``, ``fastaevb/ops/library.py``): tensors are functional wrappers,
+    ``torch.library.triton_op``, ``fastaevb/ops/registrar.py``): tensors are functional wrappers,
     kernels are recorded, not run."""
-    return torch._C._get_dispatch_mode(_FUNCTIONAL_MODE) is not None
+    return is_functional_tracing()
 
 
 def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
@@ -147,11 +163,43 @@ def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
     if traced():
         options = {k: v for k, v in kwargs.items() if k != "maxnreg"}
         torch.library.wrap_triton(kernel)[grid](*args, **options)
+    elif recorder is not None:
+        recorder(kernel, args, dict(kwargs, enable_fp_fusion=True))
     elif device.type == "cuda":
         with torch.cuda.device(device):
             kernel[grid](*args, enable_fp_fusion=True, **kwargs)
     else:
         kernel[grid](*args, enable_fp_fusion=True, **kwargs)
+
+
+# --- output slots --------------------------------------------------------------------------------
+
+
+def wanted(t) -> bool:
+    """An output slot the caller wants written: given and non-empty (an unwanted one is ``(0,)``)."""
+    return t is not None and t.numel() > 0
+
+
+def grad_slots(*pairs, always: bool = False) -> tuple[bool, tuple]:
+    """``(with_grad, buffers)`` for gradients one kernel writes together (under one ``WITH_GRAD``
+    flag, or unconditionally in a backward kernel: ``always``). ``pairs``: ``(given slot, input)``.
+    Each wanted slot is written where it lies; when any is wanted an unwanted one gets private
+    scratch (the kernel writes all or none); when none is, the input stands in for every pointer
+    (never written; it keeps the kernel's signature the one the AOT table lists)."""
+    with_grad = always or any(wanted(g) for g, _ in pairs)
+    return with_grad, tuple(g if wanted(g) else (torch.empty_like(like) if with_grad else like) for g, like in pairs)
+
+
+def row_sums(out: torch.Tensor, reduction: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """The buffer a kernel writes its row sums into: ``out`` itself for 'rows' (and 'none'), private
+    per-row partials in the accumulator dtype for 'sum' (``reduce.finish`` sums them into ``out``)."""
+    return torch.empty(rows, dtype=acc_dtype(dtype), device=out.device) if reduction == "sum" else out
+
+
+def fill_empty_sum(out: torch.Tensor, reduction: str, scale: float) -> None:
+    """No rows: a 0-d sum is ``scale * 0`` (so a 'mean' over nothing is NaN, like torch's)."""
+    if reduction == "sum":
+        out.fill_(0.0 * scale)
 
 
 @functools.cache
@@ -167,8 +215,8 @@ def _zero(dtype: torch.dtype, device: str) -> torch.Tensor:
 
 def zero_or(t, dtype: torch.dtype, device: torch.device):
     """``(tensor, stride)``: ``t`` read with stride 1, or a cached zero read with stride 0 when
-    ``t`` is None (an absent upstream gradient). Avoids one constexpr flag per optional input."""
-    if t is None:
+    ``t`` is None or empty (an absent upstream gradient). Avoids one constexpr flag per optional input."""
+    if t is None or t.numel() == 0:
         return _zero(dtype, str(device)), 0
     return (t if t.dtype == dtype else t.to(dtype)).contiguous(), 1
 
@@ -192,11 +240,11 @@ def target_view(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.uint8) if x.dtype == torch.bool else x
 
 
-def grad_out_strides(reduce: str, width: int) -> tuple[int, int]:
-    """Strides (per row, per element) reading ``grad_out`` of a given reduce mode as (R, D)."""
-    if reduce == "elements":
+def grad_out_strides(reduction: str, width: int) -> tuple[int, int]:
+    """Strides (per row, per element) reading ``grad_out`` of a given reduction as (R, D)."""
+    if reduction == "none":
         return width, 1
-    if reduce == "rows":
+    if reduction == "rows":
         return 1, 0
     return 0, 0
 

@@ -1,17 +1,30 @@
 """Analytic KL(q(z|x) || N(0, I)) per row (Appendix B), forward and backward.
 
 Reference (fastaevb/reference.py): ``0.5 * (mu**2 + exp(v) - 1 - v).sum(-1)``.
-``kl_rows`` is also run inside the decoder forward kernels for the fused loss (``loss.py``).
+``kl_rows`` is also run inside the decoder forward kernels for the fused loss (``sgvb_loss.py``).
 """
 
 from __future__ import annotations
 
-import torch
+from itertools import product
+
 import triton
 import triton.language as tl
 
-from . import math as m
-from ._common import acc_dtype, check_width, grid_rows, latent_tile, launch
+from . import _aot_spec as aot
+from . import formulas as m
+from ._common import (
+    DTYPES,
+    check_width,
+    fill_empty_sum,
+    grad_slots,
+    grid_rows,
+    latent_tile,
+    latent_tile_name,
+    launch,
+    row_sums,
+    wanted,
+)
 from .reduce import finish
 
 
@@ -85,7 +98,7 @@ def gaussian_kl_bwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
     base = rows[:, None] * J
-    # grad_out is (R,) for 'rows' (stride 1) or 0-d for 'total' (stride 0)
+    # grad_out is (R,) for 'rows' (stride 1) or 0-d for 'sum' (stride 0)
     g = tl.load(go_ptr + rows * go_sr, mask=rmask, other=0.0).to(ACC)
     g = (g * m.scalar_as(scale, g))[:, None]
     for j0 in range(0, J, BLOCK_D):
@@ -98,63 +111,67 @@ def gaussian_kl_bwd_kernel(
         tl.store(gv_ptr + off, g * m.kl_grad_logvar(v), mask=mask)
 
 
-def gaussian_kl_forward(mu, logvar, reduce, scale, with_grad):
+def gaussian_kl_forward(out, grad_mu, grad_logvar, mu, logvar, reduction, scale):
+    """``out``: ``(R,)`` for 'rows', 0-d for 'sum'; ``grad_mu`` / ``grad_logvar``: ``(R, J)`` or ``(0,)``."""
     R, J = mu.shape
     check_width(J)
-    dev = mu.device
-    if with_grad:
-        gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
-    else:
-        # two distinct empty tensors: custom-op outputs must not alias each other
-        gmu, gv = (torch.empty(0, dtype=mu.dtype, device=dev) for _ in range(2))
-    total = reduce == "total"
-    acc = acc_dtype(mu.dtype)  # KL rows and total: float32 for half inputs
     if R == 0:
-        out = torch.full((), 0.0 * scale, dtype=acc, device=dev) if total else torch.empty(0, dtype=acc, device=dev)
-        return out, gmu, gv
-    partial = torch.empty(R, dtype=acc, device=dev)
+        return fill_empty_sum(out, reduction, scale)
+    with_grad, (gmu, gv) = grad_slots((grad_mu, mu), (grad_logvar, logvar))
+    part = row_sums(out, reduction, R, mu.dtype)
     tile = latent_tile(J)
     launch(
         gaussian_kl_fwd_kernel,
         grid_rows(R, tile),
-        dev,
+        mu.device,
         mu,
         logvar,
-        partial,
+        part,
         gmu,
         gv,
         R,
         J,
         float(scale),
-        WITH_GRAD=bool(with_grad),
+        WITH_GRAD=with_grad,
         **tile,
     )
-    if not total:
-        return partial, gmu, gv
-    out = torch.empty((), dtype=acc, device=dev)
-    finish(out, (partial,))
-    return out, gmu, gv
+    if part is not out:
+        finish(out, (part,))
 
 
-def gaussian_kl_backward(grad_out, mu, logvar, reduce, scale):
+def gaussian_kl_backward(grad_mu, grad_logvar, grad_out, mu, logvar, reduction, scale):
     R, J = mu.shape
-    gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
-    if R:
-        go = grad_out if grad_out.dtype == mu.dtype else grad_out.to(mu.dtype)
-        tile = latent_tile(J)
-        launch(
-            gaussian_kl_bwd_kernel,
-            grid_rows(R, tile),
-            mu.device,
-            go.contiguous(),
-            1 if reduce == "rows" else 0,
-            mu,
-            logvar,
-            gmu,
-            gv,
-            R,
-            J,
-            float(scale),
-            **tile,
-        )
-    return gmu, gv
+    if R == 0 or not (wanted(grad_mu) or wanted(grad_logvar)):
+        return
+    _, (gmu, gv) = grad_slots((grad_mu, mu), (grad_logvar, logvar), always=True)
+    go = grad_out if grad_out.dtype == mu.dtype else grad_out.to(mu.dtype)
+    tile = latent_tile(J)
+    launch(
+        gaussian_kl_bwd_kernel,
+        grid_rows(R, tile),
+        mu.device,
+        go.contiguous(),
+        1 if reduction == "rows" else 0,
+        mu,
+        logvar,
+        gmu,
+        gv,
+        R,
+        J,
+        float(scale),
+        **tile,
+    )
+
+
+def aot_specs() -> list:
+    """Every launch of the entries above: each dtype and latent width class, both reductions, with
+    and without gradients."""
+    with aot.recording() as rec:
+        for dtype, J in product(DTYPES, aot.widths(latent_tile_name)):
+            mu = aot.rows(dtype, J)
+            for reduction, with_grad in product(("rows", "sum"), (False, True)):
+                gaussian_kl_forward(
+                    aot.value_out(mu, reduction), *aot.grads(mu, mu, wanted=with_grad), mu, mu, reduction, 1.0
+                )
+                gaussian_kl_backward(*aot.grads(mu, mu), aot.upstream(mu, reduction), mu, mu, reduction, 1.0)
+    return rec.specs

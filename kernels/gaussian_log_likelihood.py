@@ -6,12 +6,29 @@ row. ``mean`` is (R, D) and uses data row r % B; ``logvar`` is (R, D) or one sha
 
 from __future__ import annotations
 
+from itertools import product
+
 import torch
 import triton
 import triton.language as tl
 
-from . import math as m
-from ._common import LOSS_KL_TILE, acc_dtype, check_width, data_tile, fused_kl_launch_args, grid_rows, launch
+from . import _aot_spec as aot
+from . import formulas as m
+from ._common import (
+    DTYPES,
+    LOSS_KL_TILE,
+    acc_dtype,
+    check_width,
+    data_tile,
+    data_tile_name,
+    fill_empty_sum,
+    fused_kl_launch_args,
+    grad_slots,
+    grid_rows,
+    launch,
+    row_sums,
+    wanted,
+)
 from .gaussian_kl import kl_rows
 from .reduce import finish
 
@@ -28,7 +45,7 @@ def _load_tile(x_ptr, m_ptr, v_ptr, off, xoff, mask, SHARED_V: tl.constexpr, ACC
 
 
 @triton.jit(do_not_specialize=["R", "B", "KR", "KJ"])
-def gaussian_fwd_kernel(
+def gaussian_log_likelihood_fwd_kernel(
     x_ptr,
     m_ptr,
     v_ptr,
@@ -87,7 +104,7 @@ def gaussian_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["go_sr", "R", "B"])
-def gaussian_bwd_kernel(
+def gaussian_log_likelihood_bwd_kernel(
     go_ptr,
     go_sr: tl.int32,
     x_ptr,
@@ -108,7 +125,7 @@ def gaussian_bwd_kernel(
     rmask = rows < R
     base = rows[:, None] * D
     xbase = (rows % B)[:, None] * D
-    # grad_out is (R,) for 'rows' (stride 1) or 0-d for 'total' (stride 0)
+    # grad_out is (R,) for 'rows' (stride 1) or 0-d for 'sum' (stride 0)
     g = tl.load(go_ptr + rows * go_sr, mask=rmask, other=0.0).to(ACC)
     g = (g * m.scalar_as(scale, g))[:, None]
     acc_gv = tl.zeros([BLOCK_R, BLOCK_D], ACC)
@@ -138,7 +155,7 @@ def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=N
     tile = data_tile(D)
     grid, kl_args = fused_kl_launch_args(kl, grid_rows(R, tile), mean)
     launch(
-        gaussian_fwd_kernel,
+        gaussian_log_likelihood_fwd_kernel,
         grid,
         mean.device,
         x,
@@ -160,66 +177,60 @@ def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=N
     )
 
 
-def _grad_slots(mean, logvar, with_grad, shared):
-    """(grad_mean, grad_logvar buffer): a shared log-variance gets per-row partials (acc dtype)."""
-    dev = mean.device
-    if not with_grad:  # two distinct empty tensors: custom-op outputs must not alias each other
-        return tuple(torch.empty(0, dtype=mean.dtype, device=dev) for _ in range(2))
-    R = mean.shape[0]
-    return torch.empty_like(mean), (
-        torch.empty(R, dtype=acc_dtype(mean.dtype), device=dev) if shared else torch.empty_like(logvar)
-    )
+def _grad_slots(grad_mean, grad_logvar, mean, logvar, shared, always=False):
+    """``(with_grad, grad_mean buffer, grad_logvar buffer)``: a shared log-variance's gradient is
+    first written as per-row partials (accumulator dtype, private scratch), see :func:`_finish_shared`."""
+    if not shared:
+        with_grad, (gm, gv) = grad_slots((grad_mean, mean), (grad_logvar, logvar), always=always)
+        return with_grad, gm, gv
+    with_grad, (gm,) = grad_slots((grad_mean, mean), always=always or wanted(grad_logvar))
+    gv = torch.empty(mean.shape[0], dtype=acc_dtype(mean.dtype), device=mean.device) if with_grad else mean
+    return with_grad, gm, gv
 
 
-def _shared_grad(partials, logvar):
+def _finish_shared(grad_logvar, partials, shared, with_grad) -> None:
     # one shared log-variance: its gradient is the fixed-order float64 sum of the per-row partials
-    out = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device)
-    finish(out, (partials,))
-    return out
+    if shared and with_grad and wanted(grad_logvar):
+        finish(grad_logvar, (partials,))
 
 
-def gaussian_forward(x, mean, logvar, reduce, scale, with_grad):
+def gaussian_log_likelihood_forward(out, grad_mean, grad_logvar, x, mean, logvar, reduction, scale):
+    """``out``: ``(R,)`` for 'rows', 0-d for 'sum'; ``grad_mean`` ``(R, D)`` or ``(0,)``;
+    ``grad_logvar`` ``logvar``'s shape (``(1,)`` when shared) or ``(0,)``."""
     R, D = mean.shape
     check_width(D)
     shared = _shared(mean, logvar)
-    dev, dt = mean.device, mean.dtype
-    acc = acc_dtype(dt)  # rows and total: float32 for half inputs
-    total = reduce == "total"
-    gm, gv = _grad_slots(mean, logvar, with_grad, shared)
     if R == 0:
-        if with_grad and shared:
-            gv = torch.zeros(logvar.shape, dtype=dt, device=dev)
-        out = torch.full((), 0.0 * scale, dtype=acc, device=dev) if total else torch.empty(0, dtype=acc, device=dev)
-        return out, gm, gv
+        if shared and wanted(grad_logvar):
+            grad_logvar.zero_()
+        return fill_empty_sum(out, reduction, scale)
     # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-    partial = torch.empty(R, dtype=acc, device=dev)
-    _launch_forward(x, mean, logvar, partial, gm, gv, scale, shared, with_grad)
-    if with_grad and shared:
-        gv = _shared_grad(gv, logvar)
-    if not total:
-        return partial, gm, gv
-    out = torch.empty((), dtype=acc, device=dev)
-    finish(out, (partial,))
-    return out, gm, gv
+    with_grad, gm, gv = _grad_slots(grad_mean, grad_logvar, mean, logvar, shared)
+    part = row_sums(out, reduction, R, mean.dtype)
+    _launch_forward(x, mean, logvar, part, gm, gv, scale, shared, with_grad)
+    _finish_shared(grad_logvar, gv, shared, with_grad)
+    if part is not out:
+        finish(out, (part,))
 
 
-def gaussian_backward(grad_out, x, mean, logvar, reduce, scale):
+def gaussian_log_likelihood_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, reduction, scale):
     R, D = mean.shape
     shared = _shared(mean, logvar)
-    gm = torch.empty_like(mean)
     if R == 0:
-        return gm, (
-            torch.zeros(logvar.shape, dtype=logvar.dtype, device=logvar.device) if shared else torch.empty_like(logvar)
-        )
-    gv = torch.empty(R, dtype=acc_dtype(mean.dtype), device=mean.device) if shared else torch.empty_like(logvar)
+        if shared and wanted(grad_logvar):
+            grad_logvar.zero_()
+        return
+    if not (wanted(grad_mean) or wanted(grad_logvar)):
+        return
+    _, gm, gv = _grad_slots(grad_mean, grad_logvar, mean, logvar, shared, always=True)
     go = (grad_out if grad_out.dtype == mean.dtype else grad_out.to(mean.dtype)).contiguous()
     tile = data_tile(D)
     launch(
-        gaussian_bwd_kernel,
+        gaussian_log_likelihood_bwd_kernel,
         grid_rows(R, tile),
         mean.device,
         go,
-        1 if reduce == "rows" else 0,
+        1 if reduction == "rows" else 0,
         x,
         mean,
         logvar,
@@ -232,4 +243,29 @@ def gaussian_backward(grad_out, x, mean, logvar, reduce, scale):
         SHARED_V=shared,
         **tile,
     )
-    return gm, (_shared_grad(gv, logvar) if shared else gv)
+    _finish_shared(grad_logvar, gv, shared, True)
+
+
+def aot_specs() -> list:
+    """Every launch of the entries above: each dtype and decoder width class, a per-element or a
+    shared log-variance, both reductions, with and without gradients (the fused loss's launches,
+    with the KL rows: ``sgvb_loss.aot_specs``)."""
+    with aot.recording() as rec:
+        for dtype, D, shared in product(DTYPES, aot.widths(data_tile_name), (False, True)):
+            mean = aot.rows(dtype, D)
+            x = aot.rows(dtype, D, aot.DATA_ROWS)
+            logvar = torch.zeros(1, dtype=dtype) if shared else mean
+            for reduction, with_grad in product(("rows", "sum"), (False, True)):
+                gaussian_log_likelihood_forward(
+                    aot.value_out(mean, reduction),
+                    *aot.grads(mean, logvar, wanted=with_grad),
+                    x,
+                    mean,
+                    logvar,
+                    reduction,
+                    1.0,
+                )
+                gaussian_log_likelihood_backward(
+                    *aot.grads(mean, logvar), aot.upstream(mean, reduction), x, mean, logvar, reduction, 1.0
+                )
+    return rec.specs

@@ -1,4 +1,4 @@
-"""The noise stream: ``eps[i] = tl.randn(seed, i)`` for int64 offsets i (design.md section 3).
+"""The noise stream: ``eps[i] = tl.randn(seed, i)`` for int64 offsets i (docs/noise.md).
 
 Reference: ``torch.randn`` has a different stream; the contract is Triton's Philox4x32-10
 (key = seed lo/hi, counter = (i lo32, i hi32, 0, 0)), which the CPU backends reimplement.
@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _aot_spec as aot
 from ._common import NOISE_BLOCK, launch, seed_tensor
 
 
@@ -39,3 +40,10 @@ def randn(seed, offsets: torch.Tensor) -> torch.Tensor:
             BLOCK=NOISE_BLOCK,
         )
     return out.view(offsets.shape)
+
+
+def aot_specs() -> list:
+    """The one launch of :func:`randn` (int64 offsets, float32 normals)."""
+    with aot.recording() as rec:
+        randn(1, torch.zeros(aot.ROWS, dtype=torch.int64))
+    return rec.specs

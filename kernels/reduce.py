@@ -11,6 +11,10 @@ kernel pays for it.
 
 On CPU tensors (the interpreter) the launcher reads ``count_ptr`` on the host instead and
 raises ``ValueError`` naming the argument (``fastaevb._errors.check_range``).
+
+No ``aot_specs`` here: :func:`finish` is launched by the other entries, and its specializations
+are recorded with theirs (each dtype's sums into the value or the input dtype, one or two row
+sets, the range checks).
 """
 
 from __future__ import annotations

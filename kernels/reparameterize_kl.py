@@ -8,12 +8,29 @@ With an explicit ``eps`` tensor (HAS_EPS) it is read at the same flat index inst
 
 from __future__ import annotations
 
+from itertools import product
+
 import torch
 import triton
 import triton.language as tl
 
-from . import math as m
-from ._common import acc_dtype, check_width, grid_rows, latent_bwd_tile, latent_tile, launch, seed_tensor, zero_or
+from . import _aot_spec as aot
+from . import formulas as m
+from ._common import (
+    DTYPES,
+    _zero,
+    acc_dtype,
+    check_width,
+    grad_slots,
+    grid_rows,
+    latent_bwd_tile,
+    latent_tile,
+    latent_tile_name,
+    launch,
+    seed_tensor,
+    wanted,
+    zero_or,
+)
 
 
 @triton.jit
@@ -107,7 +124,7 @@ def reparameterize_kl_bwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     # Absent upstream gradients arrive as a cached zero read with stride 0 (gz_s, ... = 0).
-    # NEED_Z = grad_z or grad_log_p present: only then is eps regenerated.
+    # NEED_Z = grad_z or grad_log_p present: only then is eps regenerated (or read: HAS_EPS).
     ACC: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
@@ -144,58 +161,65 @@ def reparameterize_kl_bwd_kernel(
         tl.store(gv_ptr + off, g_v, mask=mask)
 
 
-def reparameterize_kl_forward(mu, logvar, eps, seed, samples, log_weights, with_kl):
-    """``seed``: a one-element int64 tensor on mu's device (CUDA: drawn there, never read on the
-    host), a Python int, or None when ``eps`` is given."""
+def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, seed, samples):
+    """``z``: ``(samples, R, J)``; ``kl``: ``(R,)`` or ``(0,)`` (reparameterize alone: no KL);
+    ``log_q`` / ``log_p``: ``(samples, R)`` or ``(0,)``. ``seed``: a one-element int64 tensor on mu's
+    device (CUDA: drawn there, never read on the host), a Python int, or None when ``eps`` is given."""
     R, J = mu.shape
     check_width(J, "latent width")
-    L = int(samples)
-    dev, dt = mu.device, mu.dtype
-    z = torch.empty(L, R, J, dtype=dt, device=dev)
-    acc = acc_dtype(dt)  # row sums (KL, log-weights): float32 for half inputs; z keeps the dtype
-    kl = torch.empty(R if with_kl else 0, dtype=acc, device=dev)
-    shape_w = (L, R) if log_weights else (0,)
-    log_q = torch.empty(shape_w, dtype=acc, device=dev)
-    log_p = torch.empty(shape_w, dtype=acc, device=dev)
-    has_eps = eps is not None
-    if R:
-        tile = latent_tile(J)
-        launch(
-            reparameterize_kl_fwd_kernel,
-            grid_rows(R, tile),
-            dev,
-            mu,
-            logvar,
-            eps if has_eps else mu,
-            z,
-            kl,
-            log_q,
-            log_p,
-            seed_tensor(None if has_eps else seed, dev),
-            R,
-            J,
-            L,
-            HAS_EPS=has_eps,
-            LOG_WEIGHTS=bool(log_weights),
-            WITH_KL=bool(with_kl),
-            **tile,
-        )
-    return z, kl, log_q, log_p
-
-
-def reparameterize_kl_backward(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, eps, seed, samples):
-    R, J = mu.shape
-    L = int(samples)
-    dev, dt = mu.device, mu.dtype
-    gmu, gv = torch.empty_like(mu), torch.empty_like(logvar)
     if R == 0:
-        return gmu, gv
-    need_z = grad_z is not None or grad_log_p is not None
+        return
+    L = int(samples)
+    dev = mu.device
+    acc = acc_dtype(mu.dtype)
+    with_kl = wanted(kl)
+    log_weights = wanted(log_q) or wanted(log_p)
+    if log_weights:  # one kernel flag for the pair: one of them alone gets scratch for the other
+        log_q, log_p = (t if wanted(t) else torch.empty(L, R, dtype=acc, device=dev) for t in (log_q, log_p))
+    if not (with_kl and log_weights):  # never written: stands in for the unwanted row outputs
+        unused = _zero(acc, str(dev))
+        kl = kl if with_kl else unused
+        log_q, log_p = (log_q, log_p) if log_weights else (unused, unused)
+    has_eps = eps is not None
+    tile = latent_tile(J)
+    launch(
+        reparameterize_kl_fwd_kernel,
+        grid_rows(R, tile),
+        dev,
+        mu,
+        logvar,
+        eps if has_eps else mu,
+        z,
+        kl,
+        log_q,
+        log_p,
+        seed_tensor(None if has_eps else seed, dev),
+        R,
+        J,
+        L,
+        HAS_EPS=has_eps,
+        LOG_WEIGHTS=log_weights,
+        WITH_KL=with_kl,
+        **tile,
+    )
+
+
+def reparameterize_kl_backward(
+    grad_mu, grad_logvar, grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, eps, seed, samples
+):
+    """``grad_mu`` / ``grad_logvar``: ``(R, J)``; any upstream ``grad_*`` may be None (zero)."""
+    R, J = mu.shape
+    if R == 0 or not (wanted(grad_mu) or wanted(grad_logvar)):
+        return
+    L = int(samples)
+    dev, dt = mu.device, mu.dtype
+    _, (gmu, gv) = grad_slots((grad_mu, mu), (grad_logvar, logvar), always=True)
+    need_z = wanted(grad_z) or wanted(grad_log_p)
     gz, gz_s = zero_or(grad_z, dt, dev)
     glq, glq_s = zero_or(grad_log_q, dt, dev)
     glp, glp_s = zero_or(grad_log_p, dt, dev)
     gkl, gkl_s = zero_or(grad_kl, dt, dev)
-    has_eps = eps is not None
+    has_eps = eps is not None and need_z  # eps is read only to rebuild z
     tile = latent_bwd_tile(J)
     launch(
         reparameterize_kl_bwd_kernel,
@@ -222,4 +246,26 @@ def reparameterize_kl_backward(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logv
         NEED_Z=need_z,
         **tile,
     )
-    return gmu, gv
+
+
+def aot_specs() -> list:
+    """Every launch of the entries above: each dtype and latent width class, drawn or given eps,
+    with or without the KL and the log-weights; backward with every set of upstream gradients."""
+    samples = 2
+    with aot.recording() as rec:
+        for dtype, J in product(DTYPES, aot.widths(latent_tile_name)):
+            mu = aot.rows(dtype, J)
+            sample = torch.zeros(samples, *mu.shape, dtype=dtype)
+            weights = aot.value_out(sample[..., 0], "rows")  # (samples, R) in the value dtype
+            kl = aot.value_out(mu, "rows")
+            for eps, with_kl, log_weights in product((None, sample), (False, True), (False, True)):
+                slots = (
+                    torch.empty_like(sample),
+                    *aot.grads(kl, wanted=with_kl),
+                    *aot.grads(weights, weights, wanted=log_weights),
+                )
+                reparameterize_kl_forward(*slots, mu, mu, eps, 1, samples)
+                for given in product((False, True), repeat=4):
+                    upstream = [t if g else None for t, g in zip((sample, kl, weights, weights), given, strict=True)]
+                    reparameterize_kl_backward(*aot.grads(mu, mu), *upstream, mu, mu, eps, 1, samples)
+    return rec.specs

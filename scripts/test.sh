@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent) with the test extras (triton for the interpreter and the
 # sm_80/sm_90 AOT check, numba, hypothesis, pytest-benchmark, ruff, mypy), check style and types,
-# run the whole test suite (extra arguments go to it), the no-compiler install path, then the
+# run the whole test suite (extra arguments go to it; it compiles the quick AOT table of the
+# Triton kernels), the full AOT table when kernels/*.py changed since it last passed
+# (scripts/aot.sh, kernels/aot_table.sha256), the no-compiler install path, then the
 # benchmark suite in quick mode (a few rounds, so it never rots), its report and short runs of
 # bench/interleave.py and bench/step_phases.py.
 set -euo pipefail
@@ -13,6 +15,7 @@ FASTAEVB_EXTRAS="train,test" bash scripts/setup.sh
 .venv/bin/mypy
 clang-format --dry-run --Werror csrc/*.cpp csrc/*.h
 .venv/bin/pytest "$@"
+bash scripts/aot.sh --jobs 2
 bash scripts/test_no_compiler.sh
 out=$(mktemp -d)
 FASTAEVB_BENCH_QUICK=1 .venv/bin/pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json"

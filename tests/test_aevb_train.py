@@ -44,8 +44,18 @@ def data_dir(tmp_path_factory):
     return make_idx_dir(tmp_path_factory.mktemp("idx"))
 
 
+def train_args(out, data_dir, steps, *options):
+    """The ``fastaevb train`` arguments of a run of ``steps`` on ``data_dir`` into ``out``."""
+    return ["train", "--out", str(out), "--data-dir", str(data_dir), "--steps", str(steps), *options]
+
+
 def train(out, data_dir, steps, *extra):
-    return main(["train", "--out", str(out), "--data-dir", str(data_dir), "--steps", str(steps), *SMALL, *extra])
+    return main(train_args(out, data_dir, steps, *SMALL, *extra))
+
+
+def evaluate(out, *options):
+    """``fastaevb eval`` of the checkpoint a run wrote to ``out``."""
+    return main(["eval", "--checkpoint", str(out / "checkpoint.pt"), *options, "--no-progress"])
 
 
 def params(out):
@@ -119,51 +129,12 @@ def test_checkpoint_errors_never_overwrite(tmp_path, data_dir, capsys):
 
 def test_cli_train_eval_sample(tmp_path, data_dir, capsys):
     out = tmp_path / "r"
-    assert (
-        main(
-            [
-                "train",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data_dir),
-                "--steps",
-                "30",
-                "--latent",
-                "2",
-                "--hidden",
-                "32",
-                "--batch-size",
-                "20",
-                "--no-progress",
-                "--lr",
-                "0.1",
-            ]
-        )
-        == 0
-    )
+    options = ["--latent", "2", "--hidden", "32", "--batch-size", "20", "--no-progress", "--lr", "0.1"]
+    assert main(train_args(out, data_dir, 30, *options)) == 0
     for name in ("checkpoint.pt", "log.csv", "samples.png", "reconstructions.png", "manifold.png", "bound.png"):
         assert (out / name).stat().st_size > 0, name
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(out / "checkpoint.pt"),
-                "--samples",
-                "200",
-                "--limit",
-                "50",
-                "--batch-size",
-                "16",
-                "--chunk-elements",
-                "5000",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert evaluate(out, "--samples", "200", "--limit", "50", "--batch-size", "16", "--chunk-elements", "5000") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     m = re.fullmatch(r"test_elbo=(-\d+\.\d+) log_px=(-\d+\.\d+)", last)
     assert m, last
@@ -177,21 +148,7 @@ def test_gaussian_model_trains(tmp_path, data_dir, capsys):
     for variance in ("shared", "output"):
         out = tmp_path / variance
         assert train(out, data_dir, 10, "--likelihood", "gaussian", "--decoder-variance", variance) == 0
-        assert (
-            main(
-                [
-                    "eval",
-                    "--checkpoint",
-                    str(out / "checkpoint.pt"),
-                    "--samples",
-                    "20",
-                    "--limit",
-                    "20",
-                    "--no-progress",
-                ]
-            )
-            == 0
-        )
+        assert evaluate(out, "--samples", "20", "--limit", "20") == 0
         assert re.fullmatch(r"test_elbo=-?\d+\.\d+ log_px=-?\d+\.\d+", capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -224,16 +181,7 @@ def test_sigterm_checkpoints_and_resume_is_bitwise(tmp_path, data_dir):
         sys.executable,
         "-m",
         "fastaevb",
-        "train",
-        "--out",
-        str(out),
-        "--data-dir",
-        str(data_dir),
-        "--steps",
-        "100000",
-        *SMALL[:-2],
-        "--checkpoint-every",
-        "100000",
+        *train_args(out, data_dir, 100000, *SMALL[:-2], "--checkpoint-every", "100000"),
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60

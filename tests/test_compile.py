@@ -6,22 +6,15 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
-from torch import nn
 
 import fastaevb
 from fastaevb import functional as F
+from fastaevb.aevb.models import VAE, ModelConfig
 
 
-class TinyVAE(nn.Module):
-    def __init__(self, data=24, hidden=16, latent=4):
-        super().__init__()
-        self.encoder = nn.Linear(data, hidden)
-        self.mu, self.logvar = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
-        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, data))
-
-    def encode(self, x):
-        h = torch.tanh(self.encoder(x))
-        return self.mu(h), self.logvar(h)
+def tiny_vae() -> VAE:
+    """The paper's Bernoulli model (tanh MLPs, decoder logits) at 24-16-4: small enough to compile fast."""
+    return VAE(ModelConfig("bernoulli", data_dim=24, hidden=16, latent=4))
 
 
 def elbo_step(model, x):
@@ -66,7 +59,7 @@ def test_compiled_step(objective, compiler, backend):
 def check_compiled_step(step, compiler, backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model, x = TinyVAE(), (torch.rand(8, 24) > 0.5).float()
+    model, x = tiny_vae(), (torch.rand(8, 24) > 0.5).float()
     compiled = torch.compile(step, fullgraph=True, backend=compiler)
 
     with fastaevb.use_backend(backend) if backend != "default" else torch.enable_grad():

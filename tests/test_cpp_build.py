@@ -1,5 +1,6 @@
-"""The C++ extension is built and usable: it imports, exposes what fastaevb._cpp calls, and
-did not switch the process to flush-to-zero (a -ffast-math build would)."""
+"""The C++ extension is built and usable: it imports, exposes what fastaevb/backends/cpp.py calls, names
+the SIMD target it runs, and did not switch the process to flush-to-zero (a -ffast-math build
+would)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,34 @@ import torch
 
 _C = pytest.importorskip("fastaevb._C", reason="C++ extension fastaevb._C is not built")
 
+import fastaevb  # noqa: E402
 from fastaevb.backends import ENTRY_POINTS  # noqa: E402
 
 
 def test_extension_exposes_the_kernels():
     for name in ENTRY_POINTS:
         assert callable(getattr(_C, name)), name
-    assert (_C.REDUCE_ELEMENTS, _C.REDUCE_ROWS, _C.REDUCE_TOTAL) == (0, 1, 2)
+    assert _C.REDUCTIONS == {"none": 0, "rows": 1, "sum": 2}
+    assert set(_C.LIKELIHOODS) == {"bernoulli", "bernoulli_probs", "gaussian"}
     assert _C.openmp > 0, "built without OpenMP"
+
+
+def test_build_info_names_the_running_simd_target():
+    info = fastaevb.build_info()
+    assert info["cpu_backend"] == fastaevb.backend_for("cpu")
+    if "cpp" in info["available_backends"]:
+        assert info["simd_target"] in info["simd_targets_supported"]
+        assert set(info["simd_targets_supported"]) <= set(info["simd_targets_compiled"])
 
 
 def test_no_flush_to_zero_after_import():
     # Runs kernels too, on every thread, so an FTZ/DAZ setting in any of them would show.
     from fastaevb.backends import cpp as _cpp
 
-    _cpp.bernoulli_logits_forward(torch.zeros(256, 256), torch.zeros(256, 256), "total", 1.0, True)
+    grad, no_grad_x = torch.empty(256, 256), torch.empty(0)
+    _cpp.bernoulli_log_likelihood_forward(
+        torch.empty(()), grad, no_grad_x, torch.zeros(256, 256), torch.zeros(256, 256), None, None, "sum", 1.0
+    )
     assert (torch.tensor(1e-40) * 1 != 0).item()
     assert torch.tensor(1e-40).item() != 0.0
     tiny = torch.full((4,), 1e-40, dtype=torch.float32)
@@ -36,7 +50,8 @@ def test_denormal_results_survive_the_kernels():
     x = torch.ones(1, 1)
     mean = torch.zeros(1, 1)
     logvar = torch.full((1, 1), 90.0)
-    _, grad_mean, _ = _cpp.gaussian_forward(x, mean, logvar, "total", 1.0, True)
+    grad_mean, grad_logvar = torch.empty(1, 1), torch.empty(1, 1)
+    _cpp.gaussian_log_likelihood_forward(torch.empty(()), grad_mean, grad_logvar, x, mean, logvar, "sum", 1.0)
     assert 0 < grad_mean.item() < 1e-38
 
 

@@ -1,4 +1,4 @@
-"""The noise contract (design.md section 3): one Philox stream, the same eps on every device."""
+"""The noise contract (docs/noise.md): one Philox stream, the same eps on every device."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_sample_uses_flat_index_of_l_b_j(kernel_backend, kernels_of, samples):
     device = device_for(kernel_backend)
     seed = torch.tensor(987654321987654321)
     zeros = torch.zeros(7, 5, device=device)
-    z, *_ = ops.reparameterize_kl(zeros, zeros, seed, None, samples, False, False)
+    z, *_ = ops.reparameterize_kl(zeros, zeros, None, seed, samples, False, False)
     eps = kernels_of(kernel_backend).randn(int(seed), torch.arange(samples * 35, device=device))
     torch.testing.assert_close(z.reshape(-1), eps.to(z.dtype), rtol=0, atol=0)
 
@@ -90,8 +90,8 @@ def test_seeded_backward_regenerates_eps(kernel_backend, dtype, samples, op):
 
     def outputs(mu, logvar):
         if op == "reparameterize":
-            return ops.reparameterize(mu, logvar, seed, None, samples)
-        return ops.reparameterize_kl(mu, logvar, seed, None, samples, True, True)
+            return ops.reparameterize(mu, logvar, None, seed, samples)
+        return ops.reparameterize_kl(mu, logvar, None, seed, samples, True, True)
 
     assert torch.autograd.gradcheck(outputs, (mu, logvar))
 
@@ -124,7 +124,7 @@ def test_every_call_path_draws_the_seed_from_torchs_generator(kernel_backend, pa
     mu = torch.zeros(4, 6, device=device, requires_grad=True)
     logvar = torch.zeros(4, 6, device=device, requires_grad=True)
     torch.manual_seed(11)
-    want = ops.reparameterize(mu, logvar, seeds.draw(None, mu), None, 1)
+    want = ops.reparameterize(mu, logvar, None, seeds.draw(None, mu), 1)
     contexts = {"eager": contextlib.nullcontext, "python_autograd": ops.use_python_autograd}
     with contexts.get(path, ops.use_custom_ops)():
         torch.manual_seed(11)

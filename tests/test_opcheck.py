@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from conftest import device_for
-from fastaevb.ops import custom as ops
+from fastaevb.ops.registrar import CUSTOM
+
+ops = torch.ops.fastaevb
 
 
 def sample_args(device):
@@ -29,61 +31,62 @@ def sample_args(device):
     seed, eps = torch.tensor(123456789), rand(2, 4, 3, low=-2, high=2)
     by_op = {
         ops.reparameterize_kl: [
-            (mu, logvar, seed, None, 1, False, False),
-            (mu, logvar, seed, None, 2, True, True),
-            (mu, logvar, None, eps, 2, True, False),
+            (mu, logvar, None, seed, 1, False, False),
+            (mu, logvar, None, seed, 2, True, True),
+            (mu, logvar, eps, None, 2, True, False),
         ],
         ops.reparameterize_kl_backward: [
-            (rand(2, 4, 3), rand(4), rand(2, 4), rand(2, 4), mu.detach(), logvar.detach(), seed, None, 2),
-            (None, rand(4), None, None, mu.detach(), logvar.detach(), None, eps[:1], 1),
+            (rand(2, 4, 3), rand(4), rand(2, 4), rand(2, 4), mu.detach(), logvar.detach(), None, seed, 2),
+            (None, rand(4), None, None, mu.detach(), logvar.detach(), eps[:1], None, 1),
         ],
-        ops.gaussian_kl: [(mu, logvar, "rows", 1.0, False), (mu, logvar, "total", 0.25, True)],
+        ops.gaussian_kl: [(mu, logvar, "rows", 1.0, False), (mu, logvar, "sum", 0.25, True)],
         ops.gaussian_kl_backward: [
             (rand(4), mu.detach(), logvar.detach(), "rows", 1.0),
-            (rand(()), mu.detach(), logvar.detach(), "total", 0.5),
+            (rand(()), mu.detach(), logvar.detach(), "sum", 0.5),
         ],
-        ops.bernoulli_logits_ll: [
+        ops.bernoulli_log_likelihood: [
             (logits, x, None, None, "rows", 1.0, False, False),
-            (logits, x8, None, None, "elements", -1.0, False, False),
-            (logits, x, None, None, "total", -0.1, True, False),
+            (logits, x8, None, None, "none", -1.0, False, False),
+            (logits, x, None, None, "sum", -0.1, True, False),
             (logits, x_grad, None, None, "rows", 1.0, False, True),  # target gradient over 2 samples
-            (logits, x_full, weight_col, pos_weight, "elements", -1.0, False, True),
-            (logits, x_full, weight_row, None, "total", -0.5, True, True),
-            (logits, x8, weight_one, pos_weight, "total", -1.0, True, False),
-            (logits, x_full, None, pos_weight, "total", -1.0, False, True),
+            (logits, x_full, weight_col, pos_weight, "none", -1.0, False, True),
+            (logits, x_full, weight_row, None, "sum", -0.5, True, True),
+            (logits, x8, weight_one, pos_weight, "sum", -1.0, True, False),
+            (logits, x_full, None, pos_weight, "sum", -1.0, False, True),
         ],
-        ops.bernoulli_logits_ll_backward: [
+        ops.bernoulli_log_likelihood_backward: [
             (rand(6), logits.detach(), x, None, None, "rows", 1.0, False),
-            (rand(6, 5), logits.detach(), x8, None, None, "elements", -1.0, False),
-            (rand(6, 5), logits.detach(), x_full.detach(), weight_full, pos_weight, "elements", -1.0, True),
-            (rand(()), logits.detach(), x_grad.detach(), None, None, "total", 2.0, True),
+            (rand(6, 5), logits.detach(), x8, None, None, "none", -1.0, False),
+            (rand(6, 5), logits.detach(), x_full.detach(), weight_full, pos_weight, "none", -1.0, True),
+            (rand(()), logits.detach(), x_grad.detach(), None, None, "sum", 2.0, True),
         ],
-        ops.bernoulli_probs_ll: [
-            (probs, x, None, None, "rows", 1.0, False, False),
-            (probs, x8, None, None, "elements", -1.0, False, False),
-            (probs, x, None, None, "total", 2.0, True, False),
-            (probs, x_full, weight_full, None, "elements", -1.0, False, True),
-            (probs, x_grad, None, None, "total", 0.5, True, True),
-            (probs, x8, weight_col, None, "rows", 1.0, False, False),
+        ops.bernoulli_probs_log_likelihood: [
+            (probs, x, None, "rows", 1.0, False, False),
+            (probs, x8, None, "none", -1.0, False, False),
+            (probs, x, None, "sum", 2.0, True, False),
+            (probs, x_full, weight_full, "none", -1.0, False, True),
+            (probs, x_grad, None, "sum", 0.5, True, True),
+            (probs, x8, weight_col, "rows", 1.0, False, False),
         ],
-        ops.bernoulli_probs_ll_backward: [
-            (rand(()), probs.detach(), x, None, None, "total", 1.0, False),
-            (rand(6), probs.detach(), x_full.detach(), weight_row, None, "rows", 1.0, True),
+        ops.bernoulli_probs_log_likelihood_backward: [
+            (rand(()), probs.detach(), x, None, "sum", 1.0, False),
+            (rand(6), probs.detach(), x_full.detach(), weight_row, "rows", 1.0, True),
         ],
-        ops.gaussian_ll: [
-            (x, mean, gauss_logvar, "rows", 1.0, False, False),
-            (x, mean, shared, "total", 0.5, True, False),
-            (x, mean, shared, "rows", 1.0, False, False),
-            (x_grad, mean, gauss_logvar, "total", -1.0, True, True),
-            (x_grad, mean, shared, "rows", 1.0, False, True),
+        ops.gaussian_log_likelihood: [
+            (x, mean, gauss_logvar, "rows", 1.0, False),
+            (x, mean, shared, "sum", 0.5, True),
+            (x, mean, shared, "rows", 1.0, False),
+            (x, mean, gauss_logvar, "sum", -1.0, True),
         ],
-        ops.gaussian_ll_backward: [
-            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0, False),
-            (rand(()), x, mean.detach(), shared.detach(), "total", 3.0, False),
-            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0, True),
+        ops.gaussian_log_likelihood_backward: [
+            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0),
+            (rand(()), x, mean.detach(), shared.detach(), "sum", 3.0),
         ],
     }
-    return {str(op).split("::")[-1].rstrip(")>"): (op, args) for op, args in by_op.items()}
+    # every op of the table and its backward op has cases (sgvb_loss: tests/test_fused_loss.py)
+    named = {op.__name__: (op, args) for op, args in by_op.items()}
+    assert set(named) >= {f"{name}{part}" for name in CUSTOM if name != "sgvb_loss" for part in ("", "_backward")}
+    return named
 
 
 CASES = [(name, i) for name, (_, arg_list) in sample_args("cpu").items() for i in range(len(arg_list))]

@@ -2,8 +2,9 @@
 
 Under ``TRITON_INTERPRET=1`` the launchers run on CPU tensors. ``_common.device_checks = True``
 makes them take the CUDA branch (the range check reports through the finish kernel's
-device-side assert, never read on the host); seeds are passed as tensors as ``calls.seed_value``
-does for a seed drawn on a CUDA device. The tests marked ``cuda`` run only where a GPU is.
+device-side assert, never read on the host); seeds are passed as tensors as ``calls._seed``
+does for a seed drawn on a CUDA device. The entry points are called with their outputs given
+(docs/backends.md). The tests marked ``cuda`` run only where a GPU is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if "triton" not in fastaevb.available_backends():
     pytest.skip("the triton backend is not available", allow_module_level=True)
 
 from fastaevb import backends
-from fastaevb.ops import calls, eager, seeds
+from fastaevb.ops import calls, rules, seeds
 
 kernels = backends.kernels("triton")
 common = kernels._common
@@ -100,12 +101,12 @@ class _Launches(TorchDispatchMode):
 @pytest.fixture
 def cuda_path(monkeypatch):
     """The launchers' CUDA branch on the interpreter: device-side range reports, tensor seeds
-    (as ``seed_value`` passes a seed drawn on a CUDA device), and no ``upstream is 1`` shortcut
+    (as ``calls._seed`` passes a seed drawn on a CUDA device), and no ``upstream is 1`` shortcut
     (it reads the upstream value, which only the CPU may do for free)."""
     monkeypatch.setattr(common, "device_checks", None if torch.cuda.is_available() else True)
     if not torch.cuda.is_available():
-        monkeypatch.setattr(calls, "seed_value", lambda seed: 0 if seed is None else seed)
-        monkeypatch.setattr(eager, "upstream_is_one", lambda grad_out: False)
+        monkeypatch.setattr(calls, "_seed", lambda seed: 0 if seed is None else seed)
+        monkeypatch.setattr(rules, "upstream_is_one", lambda grad_out: False)
     with fastaevb.use_backend("triton"):
         yield
 
@@ -136,7 +137,7 @@ def _run_step(mu, logvar, x, criterion, upstream, likelihood):
 EXPECTED_BERNOULLI = [
     "aten.randint",  # the seed, drawn on the device (graph-safe)
     "triton.reparameterize_kl_fwd_kernel",  # z (no KL: the loss computes it)
-    "triton.bernoulli_fwd_kernel",  # decoder rows and KL rows, gradients written in the same pass
+    "triton.bernoulli_log_likelihood_fwd_kernel",  # decoder rows and KL rows, gradients written in the same pass
     "triton.finish_kernel",  # fixed-order sum of both row sets, range check reported on the device
     "aten._foreach_mul_",  # gradients times the upstream gradient, in place: one launch for all of them
     "triton.reparameterize_kl_bwd_kernel",  # dz -> dmu, dlogvar (eps regenerated)
@@ -198,32 +199,87 @@ class _NoHostReads:
         return guarded
 
 
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
+
+
+def _value_out(like: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The op's value as the op layer allocates it: elementwise, per row or 0-d (float32 values)."""
+    if reduction == "none":
+        return torch.empty_like(like)
+    return torch.empty((like.shape[0],) if reduction == "rows" else (), dtype=torch.float32, device=like.device)
+
+
+def _grads(*likes: torch.Tensor, wanted: bool = True) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.empty_like(t) if wanted else _empty(t) for t in likes)
+
+
 @interpreted
 def test_no_host_reads_in_the_launchers(cuda_path, monkeypatch):
     gen = torch.Generator().manual_seed(1)
-    R, B, D, J = 8, 4, 20, 5
+    R, B, D, J, L = 8, 4, 20, 5, 3
     logits = torch.randn(R, D, generator=gen)
     probs = torch.rand(R, D, generator=gen)
     x = torch.rand(B, D, generator=gen)
     xb = x > 0.5
     mean, lv = torch.randn(R, D, generator=gen), torch.randn(R, D, generator=gen)
+    shared = lv[:1, :1].reshape(1).clone()
     mu, v = torch.randn(B, J, generator=gen), torch.randn(B, J, generator=gen)
     seed = torch.tensor(12345, dtype=torch.int64)
     go_total = torch.tensor(1.5)
     _NoHostReads(monkeypatch)
-    for reduce in ("elements", "rows", "total"):
-        kernels.bernoulli_logits_forward(logits, x, reduce, -1.0, reduce == "total")
-        kernels.bernoulli_probs_forward(probs, xb.view(torch.uint8), reduce, -1.0, reduce == "total")
-    kernels.bernoulli_logits_backward(go_total, logits, x, "total", -1.0)
-    for reduce in ("rows", "total"):
-        kernels.gaussian_forward(x, mean, lv, reduce, 0.5, reduce == "total")
-        kernels.gaussian_forward(x, mean, lv[:1, :1].reshape(1).clone(), reduce, 0.5, reduce == "total")
-        kernels.gaussian_kl_forward(mu, v, reduce, 0.25, reduce == "total")
-    kernels.gaussian_backward(go_total, x, mean, lv[:1, :1].reshape(1).clone(), "total", 0.5)
-    z, _, lq, lp = kernels.reparameterize_kl_forward(mu, v, None, seed, 3, True, True)
-    kernels.reparameterize_kl_backward(torch.ones_like(z), None, torch.ones_like(lq), None, mu, v, None, seed, 3)
-    for likelihood in ("bernoulli_logits", "bernoulli_probs", "gaussian"):
-        kernels.sgvb_loss_forward(probs, x, lv, mu.repeat(2, 1), v.repeat(2, 1), likelihood, 1.0, 1.0, True)
+    for reduction in ("none", "rows", "sum"):
+        summed = reduction == "sum"
+        kernels.bernoulli_log_likelihood_forward(
+            _value_out(logits, reduction),
+            *_grads(logits, logits, wanted=summed),
+            logits,
+            x,
+            None,
+            None,
+            reduction,
+            -1.0,
+        )
+        kernels.bernoulli_probs_log_likelihood_forward(
+            _value_out(probs, reduction), *_grads(probs, wanted=summed), _empty(probs), probs,
+            xb.view(torch.uint8), None, reduction, -1.0,
+        )  # fmt: skip
+    kernels.bernoulli_log_likelihood_backward(
+        *_grads(logits), _empty(logits), go_total, logits, x, None, None, "sum", -1.0
+    )
+    for reduction in ("rows", "sum"):
+        summed = reduction == "sum"
+        kernels.gaussian_log_likelihood_forward(
+            _value_out(mean, reduction), *_grads(mean, lv, wanted=summed), x, mean, lv, reduction, 0.5
+        )
+        kernels.gaussian_log_likelihood_forward(
+            _value_out(mean, reduction), *_grads(mean, shared, wanted=summed), x, mean, shared, reduction, 0.5
+        )
+        kernels.gaussian_kl_forward(_value_out(mu, reduction), *_grads(mu, v, wanted=summed), mu, v, reduction, 0.25)
+    kernels.gaussian_log_likelihood_backward(*_grads(mean, shared), go_total, x, mean, shared, "sum", 0.5)
+    z, kl = torch.empty(L, B, J), torch.empty(B)
+    lq, lp = torch.empty(L, B), torch.empty(L, B)
+    kernels.reparameterize_kl_forward(z, kl, lq, lp, mu, v, None, seed, L)
+    kernels.reparameterize_kl_backward(
+        *_grads(mu, v), torch.ones_like(z), None, torch.ones_like(lq), None, mu, v, None, seed, L
+    )
+    mu2, v2 = mu.repeat(2, 1), v.repeat(2, 1)
+    for likelihood in ("bernoulli", "bernoulli_probs", "gaussian"):
+        grad_dv = torch.empty_like(lv) if likelihood == "gaussian" else _empty(lv)
+        kernels.sgvb_loss_forward(
+            torch.empty(()),
+            torch.empty_like(probs),
+            grad_dv,
+            *_grads(mu2, v2),
+            probs,
+            x,
+            lv,
+            mu2,
+            v2,
+            likelihood,
+            1.0,
+            1.0,
+        )
     kernels.randn(seed, torch.arange(10))
 
 
@@ -237,17 +293,26 @@ def test_out_of_range_is_counted_and_asserted_on_the_device(cuda_path, monkeypat
 
     x = torch.tensor([[0.0, 2.0], [1.0, 0.5]])
     probs = torch.tensor([[0.5, 0.5], [1.5, 0.5]])
-    out, *_ = kernels.bernoulli_probs_forward(probs, x, "total", -1.0, False)  # no host read: no raise
+    kernels.bernoulli_probs_log_likelihood_forward(
+        torch.empty(()), _empty(x), _empty(x), probs, x, None, "sum", -1.0
+    )  # no host read: no raise
     monkeypatch.setattr(
         interpreter.interpreter_builder,
         "options",
         dataclasses.replace(interpreter.interpreter_builder.options, debug=True),
     )
     with pytest.raises(InterpreterError, match=r"input \(probs\) must lie in \[0, 1\]"):
-        kernels.bernoulli_probs_forward(probs, x, "total", -1.0, False)
+        kernels.bernoulli_probs_log_likelihood_forward(
+            torch.empty(()), _empty(x), _empty(x), probs, x, None, "sum", -1.0
+        )
     with pytest.raises(InterpreterError, match=r"target \(x\) must lie in \[0, 1\]"):
-        kernels.bernoulli_logits_forward(probs, x, "rows", -1.0, False)
-    kernels.bernoulli_logits_forward(probs, x.clamp(0, 1), "elements", -1.0, False)  # in range: passes
+        kernels.bernoulli_log_likelihood_forward(
+            torch.empty(2), _empty(x), _empty(x), probs, x, None, None, "rows", -1.0
+        )
+    clamped = x.clamp(0, 1)  # in range: passes
+    kernels.bernoulli_log_likelihood_forward(
+        torch.empty(2, 2), _empty(x), _empty(x), probs, clamped, None, None, "none", -1.0
+    )
 
 
 def test_cpu_path_still_raises_value_error():
@@ -255,8 +320,11 @@ def test_cpu_path_still_raises_value_error():
     with fastaevb.use_backend("triton"):
         x = torch.tensor([[0.0, 2.0]]).to(DEVICE)
         if DEVICE == "cpu":
+            logits = torch.zeros(1, 2)
             with pytest.raises(ValueError, match=r"target \(x\) must lie in \[0, 1\].*found 1 value"):
-                kernels.bernoulli_logits_forward(torch.zeros(1, 2), x, "total", -1.0, False)
+                kernels.bernoulli_log_likelihood_forward(
+                    torch.empty(()), _empty(x), _empty(x), logits, x, None, None, "sum", -1.0
+                )
 
 
 def test_kernels_read_the_seed_from_a_tensor():
@@ -271,8 +339,9 @@ def test_kernels_read_the_seed_from_a_tensor():
                 torch.testing.assert_close(backends.kernels(name).randn(seed, offsets), from_int, rtol=1e-5, atol=1e-5)
     mu, v = torch.randn(7, 20), torch.randn(7, 20)
     seed = 987654321
-    z_int = kernels.reparameterize_kl_forward(mu, v, None, seed, 2, False, False)[0]
-    z_tensor = kernels.reparameterize_kl_forward(mu, v, None, torch.tensor(seed), 2, False, False)[0]
+    z_int, z_tensor = torch.empty(2, 7, 20), torch.empty(2, 7, 20)
+    kernels.reparameterize_kl_forward(z_int, *(_empty(mu) for _ in range(3)), mu, v, None, seed, 2)
+    kernels.reparameterize_kl_forward(z_tensor, *(_empty(mu) for _ in range(3)), mu, v, None, torch.tensor(seed), 2)
     torch.testing.assert_close(z_tensor, z_int, rtol=0, atol=0)
 
 

@@ -1,4 +1,4 @@
-"""The fastaevb ops as ``torch.library.triton_op``s (``fastaevb/ops/library.py``): on CUDA,
+"""The fastaevb ops as ``torch.library.triton_op``s (``fastaevb/ops/registrar.py``): on CUDA,
 ``torch.compile``'s functionalization traces into the Triton launchers and the graph holds the
 kernels themselves, for Inductor; on CPU each op stays one opaque node over the C++ / numba
 backends (``register_kernel("cpu")``).
@@ -31,28 +31,28 @@ OPS = (
     "sgvb_loss",
     "reparameterize_kl",
     "gaussian_kl",
-    "bernoulli_logits_ll",
-    "bernoulli_probs_ll",
-    "gaussian_ll",
+    "bernoulli_log_likelihood",
+    "bernoulli_probs_log_likelihood",
+    "gaussian_log_likelihood",
 )
 SCRIPT = Path(__file__).with_name("fake_cuda_trace.py")
 
 # Each traced step and the Triton kernels its graph holds, in launch order.
 EXPECTED_KERNELS = {
-    "sgvb_loss": ["bernoulli_fwd_kernel", "finish_kernel"],  # KL rows inside the decoder kernel
-    "sgvb_loss_gaussian": ["gaussian_fwd_kernel", "finish_kernel"],
-    "binary_cross_entropy_with_logits": ["bernoulli_fwd_kernel", "finish_kernel"],
-    "binary_cross_entropy": ["bernoulli_fwd_kernel", "finish_kernel"],
+    "sgvb_loss": ["bernoulli_log_likelihood_fwd_kernel", "finish_kernel"],  # KL rows inside the decoder kernel
+    "sgvb_loss_gaussian": ["gaussian_log_likelihood_fwd_kernel", "finish_kernel"],
+    "binary_cross_entropy_with_logits": ["bernoulli_log_likelihood_fwd_kernel", "finish_kernel"],
+    "binary_cross_entropy": ["bernoulli_log_likelihood_fwd_kernel", "finish_kernel"],
     "reparameterize_kl": ["reparameterize_kl_fwd_kernel"],
     "gaussian_kl": ["gaussian_kl_fwd_kernel"],
-    "gaussian_log_likelihood": ["gaussian_fwd_kernel", "finish_kernel"],
-    "sgvb_loss_backward": ["gaussian_kl_bwd_kernel", "bernoulli_bwd_kernel"],
-    "sgvb_loss_backward_gaussian": ["gaussian_kl_bwd_kernel", "gaussian_bwd_kernel", "finish_kernel"],
+    "gaussian_log_likelihood": ["gaussian_log_likelihood_fwd_kernel", "finish_kernel"],
+    "sgvb_loss_backward": ["gaussian_kl_bwd_kernel", "bernoulli_log_likelihood_bwd_kernel"],
+    "sgvb_loss_backward_gaussian": ["gaussian_kl_bwd_kernel", "gaussian_log_likelihood_bwd_kernel", "finish_kernel"],
     "reparameterize_kl_backward": ["reparameterize_kl_bwd_kernel"],
     "gaussian_kl_backward": ["gaussian_kl_bwd_kernel"],
     "gaussian_kl_bf16": ["gaussian_kl_fwd_kernel"],
     "reparameterize_kl_bf16": ["reparameterize_kl_fwd_kernel"],
-    "sgvb_loss_gaussian_bf16": ["gaussian_fwd_kernel", "finish_kernel"],
+    "sgvb_loss_gaussian_bf16": ["gaussian_log_likelihood_fwd_kernel", "finish_kernel"],
 }
 
 
@@ -61,7 +61,7 @@ def test_every_op_has_a_cpu_kernel_and_is_a_triton_op_where_inductor_can_use_it(
     qualname = f"fastaevb::{name}"
     assert isinstance(OPDEFS[qualname], CustomOpDef)
     # what triton_op records; here (no CUDA device) only when asked with FASTAEVB_TRITON_OPS=1
-    assert (qualname in torch._library.triton.triton_ops_to_kernels) == fastaevb.ops.library.TRITON_OPS
+    assert (qualname in torch._library.triton.triton_ops_to_kernels) == fastaevb.ops.registrar.TRITON_OPS
     assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CPU")
 
 
@@ -95,11 +95,12 @@ def test_cpu_ops_stay_one_node_when_functionalized(kernel_backend):
     assert not any("triton_kernel" in t for t in targets)
 
 
-def _trace(device: str) -> dict:
+def _trace(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    env["FASTAEVB_TRITON_OPS"] = "1"  # triton_ops without a CUDA device, as on a CUDA machine
-    result = subprocess.run([sys.executable, str(SCRIPT), device], env=env, capture_output=True, text=True, timeout=600)
+    if mode != "entries":  # the entries are traced without the op layer
+        env["FASTAEVB_TRITON_OPS"] = "1"  # triton_ops without a CUDA device, as on a CUDA machine
+    result = subprocess.run([sys.executable, str(SCRIPT), mode], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -118,6 +119,58 @@ def test_fake_cuda_graphs_hold_the_triton_kernels():
         assert found["writes_inputs"] == [], name
         assert all(written for _, written in found["kernels"]), name
         assert found["outputs_as_declared"], name  # the launchers' outputs match the fake kernel's
+
+
+# Each entry point traced directly (outputs given, ``tests/fake_cuda_trace.py entries``): its
+# kernels in launch order and the arguments each writes. Unwanted outputs and absent extras are
+# passed as never-written stand-ins (the inputs, a cached zero): no kernel writes one of them.
+EXPECTED_ENTRY_LAUNCHES = {
+    "gaussian_kl_forward": [
+        ["gaussian_kl_fwd_kernel", ["gmu_ptr", "gv_ptr", "out_ptr"]],
+        ["finish_kernel", ["out_ptr"]],
+    ],
+    "gaussian_kl_backward": [["gaussian_kl_bwd_kernel", ["gmu_ptr", "gv_ptr"]]],
+    "bernoulli_log_likelihood_forward": [  # 'rows': the finish kernel only checks the range
+        ["bernoulli_log_likelihood_fwd_kernel", ["bad_x_ptr", "out_ptr"]],
+        ["finish_kernel", ["count_ptr"]],
+    ],
+    "bernoulli_probs_log_likelihood_forward": [
+        ["bernoulli_log_likelihood_fwd_kernel", ["bad_in_ptr", "bad_x_ptr", "grad_ptr", "gx_ptr", "out_ptr"]],
+        ["finish_kernel", ["count_ptr", "out_ptr"]],
+    ],
+    "bernoulli_log_likelihood_backward": [["bernoulli_log_likelihood_bwd_kernel", ["grad_ptr"]]],
+    "gaussian_log_likelihood_backward": [  # a shared log-variance: its gradient summed by a finish
+        ["gaussian_log_likelihood_bwd_kernel", ["gm_ptr", "gv_ptr"]],
+        ["finish_kernel", ["out_ptr"]],
+    ],
+    "reparameterize_kl_forward": [["reparameterize_kl_fwd_kernel", ["z_ptr"]]],
+    "reparameterize_kl_forward_bf16": [["reparameterize_kl_fwd_kernel", ["z_ptr"]]],
+    "reparameterize_kl_backward": [["reparameterize_kl_bwd_kernel", ["gmu_ptr", "gv_ptr"]]],
+    "sgvb_loss_forward": [
+        [
+            "bernoulli_log_likelihood_fwd_kernel",
+            ["bad_x_ptr", "grad_ptr", "kgmu_ptr", "kgv_ptr", "kout_ptr", "out_ptr"],
+        ],
+        ["finish_kernel", ["count_ptr", "out_ptr"]],
+    ],
+    "sgvb_loss_forward_gaussian": [
+        ["gaussian_log_likelihood_fwd_kernel", ["gm_ptr", "gv_ptr", "kgmu_ptr", "kgv_ptr", "kout_ptr", "out_ptr"]],
+        ["finish_kernel", ["out_ptr"]],  # the shared decoder log-variance's gradient
+        ["finish_kernel", ["out_ptr"]],  # the loss
+    ],
+}
+
+
+@pytest.mark.slow
+def test_fake_cuda_graphs_of_the_entries():
+    """The Triton entry points traced on fake CUDA tensors, no op layer: each launch is a
+    ``triton_kernel_wrapper_functional`` node writing exactly the wanted outputs and scratch, never
+    a graph input (an input standing in for an unwanted output is not written)."""
+    report = _trace("entries")
+    assert set(report) == set(EXPECTED_ENTRY_LAUNCHES)
+    for name, found in report.items():
+        assert found["kernels"] == EXPECTED_ENTRY_LAUNCHES[name], name
+        assert found["writes_inputs"] == [], name
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ Appendix D. One module per job:
 ``evaluate``    test ELBO and importance-sampled log p(x) with standard errors
 ``figures``     PNGs: prior samples, reconstructions, 2-D manifold, bound vs datapoints
 ``cli``         the ``fastaevb`` command (``train``, ``eval``, ``sample``)
+``classic``     the classic PyTorch VAE example's model and loss in plain PyTorch, for comparisons
+``baseline``    a plain-PyTorch reference trainer built from ``classic``
 
 Only fastaevb's public API is used (``fastaevb.SGVBLoss``, ``fastaevb.functional``).
 """

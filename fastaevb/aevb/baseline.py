@@ -1,7 +1,8 @@
 """Plain-PyTorch reference trainer for comparisons: the same model, data, noise schedule and
 optimiser settings as ``fastaevb train``, but the loss written in torch as the classic PyTorch
 VAE example writes it (``sigmoid`` decoder, ``F.binary_cross_entropy`` + the KLD formula,
-``mu + randn_like(std) * std``) and stock (non-fused) Adagrad. No fastaevb op is used.
+``mu + randn_like(std) * std``) and stock (non-fused) Adagrad. No fastaevb op is used: the model
+and loss are :mod:`fastaevb.aevb.classic`'s (``ClassicVAE.with_paper_units``).
 
     python -m fastaevb.aevb.baseline --steps 20000 --out runs/plain
 
@@ -19,55 +20,19 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from . import data as D
-
-
-class PlainVAE(nn.Module):
-    def __init__(self, data_dim: int, hidden: int, latent: int) -> None:
-        super().__init__()
-        self.fc1, self.fc21, self.fc22 = (
-            nn.Linear(data_dim, hidden),
-            nn.Linear(hidden, latent),
-            nn.Linear(hidden, latent),
-        )
-        self.fc3, self.fc4 = nn.Linear(latent, hidden), nn.Linear(hidden, data_dim)
-        for p in self.parameters():
-            nn.init.normal_(p, 0.0, 0.01)
-
-    def encode(self, x):
-        h1 = torch.tanh(self.fc1(x))
-        return self.fc21(h1), self.fc22(h1)
-
-    def reparameterize(self, mu, logvar):
-        std = torch.exp(0.5 * logvar)
-        return mu + torch.randn_like(std) * std
-
-    def decode(self, z):
-        return torch.sigmoid(self.fc4(torch.tanh(self.fc3(z))))
-
-    def forward(self, x):
-        mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
-
-
-def loss_function(recon_x, x, mu, logvar, reduction="sum"):
-    BCE = F.binary_cross_entropy(recon_x, x, reduction="none").sum(-1)
-    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
-    per = BCE + KLD
-    return per.sum() if reduction == "sum" else per
+from .classic import ClassicVAE, per_datapoint_loss
 
 
 @torch.no_grad()
-def test_bound(model: PlainVAE, x: torch.Tensor, seed: int = 2014) -> tuple[float, float]:
+def test_bound(model: ClassicVAE, x: torch.Tensor, seed: int = 2014) -> tuple[float, float]:
     torch.manual_seed(seed)
-    per = []
+    bounds = []
     for xb in x.split(1000):
         recon, mu, logvar = model(xb)
-        per.append(-loss_function(recon, xb, mu, logvar, reduction="none"))
-    per = torch.cat(per).double()
+        bounds.append(-per_datapoint_loss(recon, xb, mu, logvar))
+    per = torch.cat(bounds).double()
     return per.mean().item(), per.std().item() / math.sqrt(per.numel())
 
 
@@ -91,7 +56,7 @@ def main(argv=None) -> int:
     train_grey, _ = D.load_split(args.data_dir, "train")
     test_x = D.prepare_test(D.load_split(args.data_dir, "test")[0], "bernoulli", "dynamic")
     n = train_grey.shape[0]
-    model = PlainVAE(train_grey.shape[1], args.hidden, args.latent)
+    model = ClassicVAE.with_paper_units(train_grey.shape[1], args.hidden, args.latent)
     optimizer = torch.optim.Adagrad(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = n // args.batch_size
@@ -103,7 +68,7 @@ def main(argv=None) -> int:
         grey = train_grey[idx]
         x = (torch.rand(grey.shape, generator=gen) < grey).float()
         recon, mu, logvar = model(x)
-        loss = loss_function(recon, x, mu, logvar) * (n / args.batch_size)
+        loss = per_datapoint_loss(recon, x, mu, logvar).sum() * (n / args.batch_size)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -334,7 +334,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     state, model, data_dir, _ = _load_for_eval(args)
     out = args.out or args.checkpoint.parent
-    files = [figures.prior_samples(model, out / "samples.png", args.count, args.seed)]
+    files: list[Path | None] = [figures.prior_samples(model, out / "samples.png", args.count, args.seed)]
     try:
         test_grey, _ = D.load_split(data_dir, "test", 100)
         x = D.prepare_test(test_grey, model.config.likelihood, state["run_config"].get("binarization", "dynamic"))

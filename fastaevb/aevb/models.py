@@ -113,7 +113,9 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = GaussianEncoder(config.data_dim, config.hidden, config.latent)
         if config.likelihood == "bernoulli":
-            self.decoder: nn.Module = BernoulliDecoder(config.latent, config.hidden, config.data_dim)
+            self.decoder: BernoulliDecoder | GaussianDecoder = BernoulliDecoder(
+                config.latent, config.hidden, config.data_dim
+            )
         else:
             self.decoder = GaussianDecoder(config.latent, config.hidden, config.data_dim, config.decoder_variance)
         _init_(self)

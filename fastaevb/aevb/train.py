@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -97,7 +98,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.signum = 0
-        self._previous = {}
+        self._previous: dict[signal.Signals, Any] = {}  # the handlers signal.signal returned
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,7 +144,7 @@ class Trainer:
         torch.manual_seed(run.seed)  # parameter initialisation, identical on every rank
         self.model = VAE(model_config).to(self.device)
         self.objective = SGVBObjective(self.model, run.estimator, run.samples)
-        self.module = self.objective
+        self.module: torch.nn.Module = self.objective  # or its DDP wrapper
         if self.ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -160,11 +161,15 @@ class Trainer:
         # local sum by N / M_local and the average is (N / M) times the global minibatch sum.
         self.scale = run.train_size / self.local_batch
         self.noise = torch.Generator().manual_seed(run.seed)
-        self.sampler = DistributedSampler(
-            range(run.train_size), num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=run.seed
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(run.train_size),  # type: ignore[arg-type]  # only its len() is read: a range serves as the dataset
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            shuffle=True,
+            seed=run.seed,
         )
         self.step = 0
-        self._epoch, self._order = -1, None
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)  # no epoch's order drawn yet
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.data_dir: str | None = None  # recorded in checkpoints for eval / sample

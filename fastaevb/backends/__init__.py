@@ -3,7 +3,7 @@
 Order of precedence: ``use_backend(name)`` (innermost wins), then the environment variable
 ``FASTAEVB_BACKEND`` (read once, at import), then the device default:
 CPU -> ``cpp`` (or ``numba`` when the C++ extension is not built, or ``torch``),
-CUDA -> ``triton`` (or ``torch``). ``torch`` is the pure-PyTorch ``reference`` module.
+CUDA -> ``triton`` (or ``torch``). ``torch`` is ``backends/torch.py``: the entry points in lean torch ops, any device.
 
 Availability is decided once at import from installed modules, so the per-call path is a
 couple of dictionary look-ups that ``torch.compile`` traces without a graph break.
@@ -18,24 +18,30 @@ import os
 from collections.abc import Iterator
 from types import ModuleType
 
-import torch
+import torch as _torch  # not `torch`: the submodule fastaevb.backends.torch takes that name here
 
 BACKENDS = ("cpp", "numba", "triton", "torch")
-# What every kernel module exposes (besides DTYPES): the contract of docs/backends.md.
+# What every kernel module exposes (besides DTYPES): the contract of docs/backends.md, one
+# forward and one backward entry per op of ops.table (sgvb_loss: an optional fused forward).
 ENTRY_POINTS = (
     "randn",
     "reparameterize_kl_forward",
     "reparameterize_kl_backward",
     "gaussian_kl_forward",
     "gaussian_kl_backward",
-    "bernoulli_logits_forward",
-    "bernoulli_logits_backward",
-    "bernoulli_probs_forward",
-    "bernoulli_probs_backward",
-    "gaussian_forward",
-    "gaussian_backward",
+    "bernoulli_log_likelihood_forward",
+    "bernoulli_log_likelihood_backward",
+    "bernoulli_probs_log_likelihood_forward",
+    "bernoulli_probs_log_likelihood_backward",
+    "gaussian_log_likelihood_forward",
+    "gaussian_log_likelihood_backward",
 )
-_MODULES = {"cpp": "fastaevb.backends.cpp", "numba": "fastaevb.backends.numba", "triton": "fastaevb.kernels"}
+_MODULES = {
+    "cpp": "fastaevb.backends.cpp",
+    "numba": "fastaevb.backends.numba",
+    "triton": "fastaevb.kernels",
+    "torch": "fastaevb.backends.torch",
+}
 _DEVICES = {"cpp": ("cpu",), "numba": ("cpu",), "triton": ("cuda",), "torch": None}
 
 
@@ -96,7 +102,7 @@ def use_backend(name: str) -> Iterator[None]:
         _override.pop()
 
 
-def resolve(device: torch.device) -> str:
+def resolve(device: _torch.device) -> str:
     """The backend name that will run tensors on ``device`` right now."""
     if _override:
         name = _override[-1]
@@ -111,14 +117,6 @@ def resolve(device: torch.device) -> str:
                 f"backend {name!r} cannot run tensors on device {device.type!r} "
                 f"(it runs {', '.join(devices)}); pick another with fastaevb.use_backend"
             )
-    return name
-
-
-def kernel_backend(device: torch.device) -> str:
-    """The fused-kernel backend (not ``torch``) for ``device``: for ops called directly."""
-    name = _DEFAULTS.get(device.type, "torch")
-    if name == "torch":
-        raise RuntimeError(f"no fused-kernel backend is available for {device.type} tensors")
     return name
 
 

@@ -1,18 +1,18 @@
-"""The fused SGVB steps with autograd, as ``functional`` calls them: one function per step.
+"""The fused ops with autograd, as the public API calls them: ``ops.call(name, *args)``.
 
-Three call paths run the same kernels and the same backward rules:
+Every op is described once in ``ops.table``; ``ops.registrar`` makes its custom op and its eager
+``autograd.Function`` from that description. A call takes one of three paths, all running the
+same kernels (``ops.calls``) and the same backward rules (``ops.rules``):
 
-- eagerly, for ``reparameterize`` and ``sgvb_loss`` (the two calls of a step's loss lines), C++
-  autograd nodes where the backend has them (``cpp``: ``autograd_reparameterize``,
-  ``autograd_sgvb_loss``), so backward runs no Python;
-- eagerly otherwise, a plain ``torch.autograd.Function`` (``ops.eager``): no dispatcher in
-  between, a few microseconds of Python per call;
+- the backend's C++ autograd node, where it has one for the op (``cpp``: ``reparameterize_kl``
+  without KL or log-weights, and ``sgvb_loss``, the two calls of a step's loss lines), so
+  backward runs no Python;
+- the eager ``autograd.Function``: no dispatcher in between, a few microseconds of Python;
 - while ``torch.compile`` traces (or inside :func:`use_custom_ops`), the ``torch.library`` custom
-  ops of ``ops.custom`` (``torch.ops.fastaevb.*``), which have fake kernels, so compiled graphs
-  hold one opaque node per step and no graph break.
+  op ``torch.ops.fastaevb.<name>``, which has a fake kernel: one node per op, no graph break.
 
-Inputs are validated and flattened by ``functional``: decoder outputs ``(R, D)``, data ``(B, D)``
-with ``R % B == 0``, latents ``(R, J)``.
+Arguments are the table's, validated and flattened by the public API: decoder outputs ``(R, D)``,
+data ``(B, D)`` with ``R % B == 0``, latents ``(R, J)``.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from . import calls, custom, eager, seeds
+from .. import _torch_private as private
+from . import calls, registrar, seeds
+from .table import OPS
 
 __all__ = [
+    "as_rows",
+    "loss",
     "sgvb_loss",
     "reparameterize",
     "reparameterize_kl",
-    "gaussian_kl",
-    "bernoulli_logits_ll",
-    "bernoulli_probs_ll",
-    "gaussian_ll",
     "use_custom_ops",
     "use_python_autograd",
-    "custom",
+    "OPS",
 ]
 
 _force_custom: list[bool] = []
@@ -56,8 +56,8 @@ def use_custom_ops() -> Iterator[None]:
 
 @contextlib.contextmanager
 def use_python_autograd() -> Iterator[None]:
-    """Run eager calls through the Python ``autograd.Function`` path even where a backend has C++
-    autograd nodes: for tests and debugging; slower."""
+    """Run eager calls through the Python ``autograd.Function`` even where a backend has a C++
+    autograd node: for tests and debugging; slower."""
     _force_python.append(True)
     try:
         yield
@@ -69,13 +69,26 @@ def _custom_path() -> bool:
     return bool(_force_custom) or torch.compiler.is_compiling()
 
 
-def _native_entry(name: str, device: torch.device):
+def native_entry(name: str, device: torch.device):
     """The backend's C++ autograd entry ``name`` for ``device`` (which returns None for inputs it
     does not take), or None: no such entry, the custom-op or forced Python path, or a functorch
-    transform (which C++ nodes do not support). Called by the two calls of a step's loss lines."""
-    if _force_python or _custom_path() or torch._C._are_functorch_transforms_active():
+    transform (which C++ nodes do not support)."""
+    if _force_python or _custom_path() or private.functorch_active():
         return None
     return getattr(calls.kernels_for(device), name, None)
+
+
+def as_rows(t: Tensor, rows: int, width: int) -> Tensor:
+    """``t`` as ``(rows, width)``, without a view node when it already is."""
+    return t if t.dim() == 2 and t.shape[0] == rows and t.shape[1] == width else t.reshape(rows, width)
+
+
+def loss(name: str, *args) -> Tensor:
+    """Loss op ``name`` on its arguments (the table's order): its value (the custom op also
+    returns the gradients it wrote; the eager Function keeps them)."""
+    if _custom_path():
+        return registrar.CUSTOM[name](*args)[0]
+    return private.fast_apply(registrar.EAGER[name], *args)
 
 
 def sgvb_loss(
@@ -89,147 +102,58 @@ def sgvb_loss(
     ll_scale: float,
     with_grad: bool,
 ) -> Tensor:
-    """``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r|z_r)`` (eq. 10 negated, Appendix B + C),
-    one call for the whole loss of a step. ``likelihood``: 'bernoulli_logits', 'bernoulli_probs'
-    or 'gaussian' (then ``decoder_logvar`` is decoded's shape or one shared value).
-
-    ``x`` is ``(B, ...)``, rows of D values; ``decoded`` holds ``R * D`` values, ``R % B == 0``, in a
-    layout ``functional`` validated (flattened to ``(R, D)`` rows here)."""
-    native = _native_entry("autograd_sgvb_loss", decoded.device)
+    """The ``sgvb_loss`` op (``ops.table``) on a decoder output of ``R * D`` values for data ``x``
+    of ``B`` rows of ``D`` values, in a layout the public API validated: the C++ node takes it as
+    it is (no view nodes in the step), the other paths as ``(R, D)`` rows."""
+    args = (decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
+    native = native_entry(OPS["sgvb_loss"].native, decoded.device)  # type: ignore[arg-type]
     if native is not None:
-        loss = native(decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
-        if loss is not None:
-            return loss
-    if not _custom_path():
-        return eager.apply(
-            eager.SGVBLossFunction, likelihood, kl_scale, ll_scale, with_grad, decoded, x, decoder_logvar, mu, logvar
-        )
-    return custom.sgvb_loss(
-        *eager.flat_loss_inputs(decoded, x, decoder_logvar), mu, logvar, likelihood, kl_scale, ll_scale, with_grad
-    )[0]
+        value = native(*args)
+        if value is not None:
+            return value
+    if not _custom_path():  # flattened inside the node: no view nodes in the step's graph
+        return private.fast_apply(registrar.EAGER["sgvb_loss"], *args)
+    return loss("sgvb_loss", *calls.flat_loss_inputs(decoded, x, decoder_logvar), *args[3:])
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor | None, eps: Tensor | None, samples: int) -> Tensor:
-    """z of eq. (4) alone (no KL): ``reparameterize_kl``'s first output. With neither ``seed`` nor
-    ``eps``, the seed is drawn from torch's default generator (``seeds.draw``) here, or by the C++
-    node, which draws the same value without a Python call."""
-    native = _native_entry("autograd_reparameterize", mu.device)
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: Tensor | None, samples: int) -> Tensor:
+    """z of eq. (4) alone (``reparameterize_kl`` without KL or log-weights) for latents of shape
+    ``(*batch, J)``: ``(L, *batch, J)``, or ``mu``'s shape for ``samples = 1``. With neither ``seed``
+    nor ``eps`` the seed is drawn from torch's default generator here, or by the C++ node, which
+    draws the same value without a Python call."""
+    native = native_entry(OPS["reparameterize_kl"].native, mu.device)  # type: ignore[arg-type]
     if native is not None:
-        z = native(mu, logvar, seed, eps, samples)
+        z = native(mu, logvar, eps, seed, samples)
         if z is not None:
             return z
     if seed is None and eps is None:
         seed = seeds.draw(None, mu)
-    if not _custom_path():
-        return eager.apply(eager.ReparameterizeFunction, mu, logvar, seed, eps, samples)
-    return reparameterize_kl(mu, logvar, seed, eps, samples, False, False)[0]
+    return reparameterize_kl(mu, logvar, eps, seed, samples, False, False)[0]
 
 
 def reparameterize_kl(
-    mu: Tensor,
-    logvar: Tensor,
-    seed: Tensor | None,
-    eps: Tensor | None,
-    samples: int,
-    log_weights: bool,
-    with_kl: bool = True,
+    mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: Tensor | None, samples: int, log_weights: bool, with_kl: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(z, kl, log_q, log_p)`` of eq. (4) / Appendix B for ``mu, logvar`` of shape ``(*batch, J)``:
-    z ``(*batch, J)`` (``(L, *batch, J)`` for ``samples = L > 1``), kl ``batch`` (empty without
-    ``with_kl``), log_q / log_p like z without J (empty without ``log_weights``). See
-    ``ops.custom.reparameterize_kl`` for the flat ``(R, J)`` op."""
-    if not _custom_path():
-        return eager.apply(eager.ReparameterizeKLFunction, mu, logvar, seed, eps, samples, log_weights, with_kl)
-    latent = mu.shape[-1]
-    rows = math.prod(mu.shape[:-1])
+    """The ``reparameterize_kl`` op for latents ``(*batch, J)``: z ``(L, *batch, J)`` (``mu``'s shape
+    for L = 1), kl ``batch``, log_q / log_p ``(L, *batch)`` (``batch`` for L = 1); placeholders as
+    the table says."""
+    shape, latent = mu.shape, mu.shape[-1]
+    rows = mu.numel() // latent if latent else math.prod(shape[:-1])
     flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
-    z, kl, log_q, log_p = custom.reparameterize_kl(
-        mu.reshape(rows, latent), logvar.reshape(rows, latent), seed, flat_eps, samples, log_weights, with_kl
+    sample = registrar.CUSTOM["reparameterize_kl"] if _custom_path() else registrar.EAGER["reparameterize_kl"].apply
+    z, kl, log_q, log_p = sample(
+        as_rows(mu, rows, latent),
+        as_rows(logvar, rows, latent),
+        flat_eps,
+        seed,
+        samples,
+        log_weights,
+        with_kl,
     )
-    return eager.shaped_samples(z, kl, log_q, log_p, mu.shape, samples, log_weights, with_kl)
-
-
-def _reduced(
-    custom_op, eager_step, *tensors: Tensor | None, reduce: str, scale: float, with_grad: bool, flags: tuple = ()
-) -> Tensor:
-    """``flags``: the op's arguments after ``with_grad`` (``target_grad`` of the decoder ops)."""
-    if _custom_path():
-        return custom_op(*tensors, reduce, scale, with_grad, *flags)[0]
-    forward_call, backward_call, differentiable = eager_step
-    return eager.apply(
-        eager.ReducedFunction, forward_call, backward_call, differentiable, reduce, scale, with_grad, flags, *tensors
-    )
-
-
-def gaussian_kl(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> Tensor:
-    """Appendix B: ``scale * KL`` per row ('rows') or in total ('total')."""
-    return _reduced(custom.gaussian_kl, eager.GAUSSIAN_KL, mu, logvar, reduce=reduce, scale=scale, with_grad=with_grad)
-
-
-def bernoulli_logits_ll(
-    logits: Tensor,
-    x: Tensor,
-    reduce: str,
-    scale: float,
-    with_grad: bool,
-    weight: Tensor | None = None,
-    pos_weight: Tensor | None = None,
-    target_grad: bool = False,
-) -> Tensor:
-    """Appendix C.1 from logits: ``scale * log p(x|z)`` per element, row or in total; ``weight`` /
-    ``pos_weight``: ``None`` or ``(R, D)`` (broadcast views), torch's BCE-with-logits factors;
-    ``target_grad``: ``x`` is differentiated too."""
-    return _reduced(
-        custom.bernoulli_logits_ll,
-        eager.BERNOULLI_LOGITS,
-        logits,
-        x,
-        weight,
-        pos_weight,
-        reduce=reduce,
-        scale=scale,
-        with_grad=with_grad,
-        flags=(target_grad,),
-    )
-
-
-def bernoulli_probs_ll(
-    probs: Tensor,
-    x: Tensor,
-    reduce: str,
-    scale: float,
-    with_grad: bool,
-    weight: Tensor | None = None,
-    target_grad: bool = False,
-) -> Tensor:
-    """Appendix C.1 from probabilities (``-F.binary_cross_entropy``): per element, row or in total;
-    ``weight`` and ``target_grad`` as :func:`bernoulli_logits_ll`."""
-    return _reduced(
-        custom.bernoulli_probs_ll,
-        eager.BERNOULLI_PROBS,
-        probs,
-        x,
-        weight,
-        None,
-        reduce=reduce,
-        scale=scale,
-        with_grad=with_grad,
-        flags=(target_grad,),
-    )
-
-
-def gaussian_ll(
-    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool, target_grad: bool = False
-) -> Tensor:
-    """Appendix C.2: ``scale * log p(x|z)`` per row or in total; ``target_grad``: ``x`` is differentiated too."""
-    return _reduced(
-        custom.gaussian_ll,
-        eager.GAUSSIAN_LL,
-        x,
-        mean,
-        logvar,
-        reduce=reduce,
-        scale=scale,
-        with_grad=with_grad,
-        flags=(target_grad,),
-    )
+    lead = (samples,) if samples > 1 else ()
+    z = z.view(*lead, *shape)
+    if with_kl:
+        kl = kl.view(shape[:-1])
+    if log_weights:
+        log_q, log_p = log_q.view(*lead, *shape[:-1]), log_p.view(*lead, *shape[:-1])
+    return z, kl, log_q, log_p

@@ -18,9 +18,10 @@ drop-in ``binary_cross_entropy``       CUDA tensors under CUDA autocast raise, a
                                        float32 under CPU autocast, as torch's
 =====================================  ========================================================
 
-Applied in two places: :func:`to_float32` in ``functional`` before any check (both call paths;
-mixed half / float32 inputs then pass the dtype checks, as autocast lets them), and
-:func:`register` on the ``torch.library`` ops for direct ``torch.ops.fastaevb`` calls.
+Applied in two places: :func:`to_float32` in the public API before any check (both call paths;
+mixed half / float32 inputs then pass the dtype checks, as autocast lets them), and on the
+``torch.library`` ops for direct ``torch.ops.fastaevb`` calls (``ops.registrar``, from each op's
+``float32_under_autocast`` in ``ops.table``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from torch import Tensor
 
 from .._dtypes import HALF
 
-FLOAT32_OPS = ("sgvb_loss", "gaussian_kl", "bernoulli_logits_ll", "bernoulli_probs_ll", "gaussian_ll")
 DEVICE_TYPES = ("cpu", "cuda")
 
 BCE_UNSAFE = (
@@ -41,17 +41,10 @@ BCE_UNSAFE = (
 )
 
 
-def register() -> None:
-    """``torch.library.register_autocast`` (cast to float32) for :data:`FLOAT32_OPS` on CPU and CUDA."""
-    for name in FLOAT32_OPS:
-        for device_type in DEVICE_TYPES:
-            torch.library.register_autocast(f"fastaevb::{name}", device_type, torch.float32)
-
-
 def to_float32(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
     """The float32 rule for calls that bypass the dispatcher: each half tensor on a device whose
     autocast is enabled, in float32; everything else as it is. Callers test
-    ``torch._C._is_any_autocast_enabled()`` first (one C call: the eager path stays as fast)."""
+    ``_torch_private.autocast_enabled()`` first (one C call: the eager path stays as fast)."""
     return tuple(
         t.float() if t is not None and t.dtype in HALF and torch.is_autocast_enabled(t.device.type) else t
         for t in tensors

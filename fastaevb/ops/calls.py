@@ -1,35 +1,52 @@
-"""Kernel calls shared by the two call paths (the eager ``autograd.Function`` path of
-``ops.eager`` and the ``torch.library`` custom ops of ``ops.custom``): pick the backend's kernel
-module for the device, bring tensors to a dtype it computes in, call, cast back: gradients and
-elementwise outputs to the input dtype, summed values to ``_dtypes.value_dtype`` of it (float32
-for half inputs).
-
-Shapes (validated and flattened by ``functional``): decoder outputs ``(R, D)``, data ``(B, D)``
-with ``R % B == 0``, latents ``(R, J)``. The backend contract is ``docs/backends.md``.
+"""The kernel call of every op, shared by both call paths (the eager ``autograd.Function`` and the
+``torch.library`` custom op): pick the backend module for the device, bring the tensors to a
+dtype it computes in, allocate the outputs from the op's shape rule (``ops.table``), call the
+backend's ``<op>_forward`` / ``<op>_backward`` entry, which writes into them, and give the
+outputs back in the dtypes the op declares (gradients and elementwise values in the input dtype,
+sums in its value dtype: float32 for half inputs). The backend contract is ``docs/backends.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from types import ModuleType
+import math
+from types import ModuleType, SimpleNamespace
 
 import torch
 from torch import Tensor
 
 from .. import backends
-from .._dtypes import HALF, value_dtype
+from .._dtypes import value_dtype
+from . import table
+from .table import FACTOR, FLOAT, SEED, TARGET, Op
 
 
 def kernels_for(device: torch.device) -> ModuleType:
-    name = backends.resolve(device)
-    if name == "torch":  # an op called directly under use_backend("torch")
-        name = backends.kernel_backend(device)
-    return backends.kernels(name)
+    return backends.kernels(backends.resolve(device))
 
 
 def compute_dtype(kernels: ModuleType, dtype: torch.dtype) -> torch.dtype:
     """Backends compute in their native dtypes; anything else (half on CPU) runs in float32."""
     return dtype if dtype in kernels.DTYPES else torch.float32
+
+
+# --- the output-shape rule, for the fakes and for every backend --------------------------------
+
+
+def output_specs(op: Op, a: SimpleNamespace, dtype: torch.dtype) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """``(shape, dtype)`` of each output of ``op`` for arguments ``a`` whose main tensor is of ``dtype``."""
+    return [(o.shape(a), value_dtype(dtype) if o.summed(a) else dtype) for o in op.outputs]
+
+
+def empty_outputs(op: Op, a: SimpleNamespace, dtype: torch.dtype, outputs=None) -> list[Tensor]:
+    """Fresh outputs (one tensor per slot: custom ops may not return one tensor twice)."""
+    like: Tensor = getattr(a, op.main)
+    specs = output_specs(op, a, dtype)
+    if outputs is not None:
+        specs = [specs[i] for i in outputs]
+    return [like.new_empty(shape, dtype=dt) for shape, dt in specs]
+
+
+# --- preparing the inputs ------------------------------------------------------------------------
 
 
 def prepared(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -39,289 +56,142 @@ def prepared(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return (t if t.dtype == dtype else t.to(dtype)).contiguous()
 
 
-def prepared_target(t: Tensor, dtype: torch.dtype) -> Tensor:
+def _target(t: Tensor, dtype: torch.dtype) -> Tensor:
     if t.dtype == torch.bool:
         return t.contiguous().view(torch.uint8)
     return t.contiguous() if t.dtype == torch.uint8 else prepared(t, dtype)  # type: ignore[return-value]
 
 
-def prepared_factor(t: Tensor | None, like: torch.dtype) -> Tensor | None:
-    """A BCE ``weight`` / ``pos_weight``, ``(R, D)`` and often a broadcast view (column stride 0 or 1,
-    see ``functional``): kept as it is (no copy), in the value dtype of inputs of dtype ``like``,
-    which is every backend's accumulation dtype."""
+def _factor(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A BCE ``weight`` / ``pos_weight``: ``(R, D)``, often a broadcast view (column stride 0 or 1),
+    kept as it lies (no copy) in the value dtype, every backend's accumulation dtype."""
     if t is None:
         return None
-    dtype = value_dtype(like)
-    return t if t.dtype == dtype else t.to(dtype)
+    want = value_dtype(dtype)
+    return t if t.dtype == want else t.to(want)
 
 
-def per_datum(grad_x: Tensor, x: Tensor) -> Tensor:
-    """The target gradient per decoder row ``(R, D)`` summed over the samples that share data row
-    ``r % B``, in ``x``'s shape ``(B, D)`` (as it is when ``R == B``, or the empty placeholder ``(0,)``
-    when no gradient was computed)."""
-    if grad_x.dim() == 1 or grad_x.shape[0] == x.shape[0]:
-        return grad_x
-    return grad_x.view(-1, *x.shape).sum(0)
-
-
-def restored(tensors: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, ...]:
-    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
-
-
-def restored_value(value: Tensor, dtype: torch.dtype, reduce: str = "total") -> Tensor:
-    """A value output: elementwise values in the input ``dtype``, sums in its value dtype."""
-    want = dtype if reduce == "elements" else value_dtype(dtype)
-    return value if value.dtype == want else value.to(want)
-
-
-def restored_outputs(outputs: Sequence[Tensor], dtype: torch.dtype, reduce: str) -> tuple[Tensor, ...]:
-    """``(value, *grads)`` of a reduced forward entry, each in the dtype it is returned in."""
-    if dtype not in HALF:  # float32 / float64: everything in the input dtype (the common case)
-        return restored(outputs, dtype)
-    return (restored_value(outputs[0], dtype, reduce), *restored(outputs[1:], dtype))
-
-
-def seed_value(seed: Tensor | None) -> int | Tensor:
-    """The seed as the backends take it: a Python int, or, for a seed drawn on a CUDA device, the
-    device tensor itself (the Triton kernels read it there: no host sync, CUDA-graph safe)."""
-    if seed is None:
+def _seed(t: Tensor | None) -> int | Tensor:
+    """A Python int, or, for a seed drawn on a CUDA device, the device tensor itself (the Triton
+    kernels read it there: no host sync, CUDA-graph safe)."""
+    if t is None:
         return 0
-    return seed if seed.is_cuda else int(seed)
+    return t if t.is_cuda else int(t)
 
 
-def scaled_grads(grads: Sequence[Tensor], grad_out: Tensor) -> tuple[Tensor, ...]:
-    """The gradients written during forward times the upstream gradient: one foreach multiply (one
-    launch on CUDA for all of them, and cheaper than a multiply each on CPU too)."""
-    return tuple(torch._foreach_mul(list(grads), grad_out))
+_PREPARE = {FLOAT: prepared, TARGET: _target, FACTOR: _factor, SEED: lambda t, dtype: _seed(t)}
 
 
-# --- one function per backend entry point ------------------------------------------------------
+def _entry_args(op: Op, a: SimpleNamespace, dtype: torch.dtype) -> list:
+    tensors = [_PREPARE[t.role](getattr(a, t.name), dtype) for t in op.tensors]
+    return tensors + [getattr(a, name) for name in op.entry_scalars]
 
 
-def reparameterize_kl_forward(
-    mu: Tensor,
-    logvar: Tensor,
-    seed: Tensor | None,
-    eps: Tensor | None,
-    samples: int,
-    log_weights: bool,
-    with_kl: bool,
-) -> tuple[Tensor, ...]:
-    kernels = kernels_for(mu.device)
-    dtype = compute_dtype(kernels, mu.dtype)
-    outputs = kernels.reparameterize_kl_forward(
-        prepared(mu, dtype),
-        prepared(logvar, dtype),
-        prepared(eps, dtype),
-        seed_value(seed),
-        samples,
-        log_weights,
-        with_kl,
-    )
-    if mu.dtype not in HALF:
-        return restored(outputs, mu.dtype)
-    z, *sums = outputs  # z keeps mu's dtype; the KL and log-weight rows are sums
-    return (*restored((z,), mu.dtype), *(restored_value(t, mu.dtype) for t in sums))
+def _restored(outputs: list[Tensor], op: Op, a: SimpleNamespace, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    if getattr(a, op.main).dtype == dtype:
+        return tuple(outputs)
+    want = output_specs(op, a, getattr(a, op.main).dtype)
+    return tuple(t if t.dtype == dt else t.to(dt) for t, (_, dt) in zip(outputs, want, strict=True))
 
 
-def reparameterize_kl_backward(
-    grad_z: Tensor | None,
-    grad_kl: Tensor | None,
-    grad_log_q: Tensor | None,
-    grad_log_p: Tensor | None,
-    mu: Tensor,
-    logvar: Tensor,
-    seed: Tensor | None,
-    eps: Tensor | None,
-    samples: int,
-) -> tuple[Tensor, ...]:
-    kernels = kernels_for(mu.device)
-    dtype = compute_dtype(kernels, mu.dtype)
-    grads = kernels.reparameterize_kl_backward(
-        prepared(grad_z, dtype),
-        prepared(grad_kl, dtype),
-        prepared(grad_log_q, dtype),
-        prepared(grad_log_p, dtype),
-        prepared(mu, dtype),
-        prepared(logvar, dtype),
-        prepared(eps, dtype),
-        seed_value(seed),
-        samples,
-    )
-    return restored(grads, mu.dtype)
+# --- forward and backward ------------------------------------------------------------------------
 
 
-def gaussian_kl_forward(mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool) -> tuple[Tensor, ...]:
-    kernels = kernels_for(mu.device)
-    dtype = compute_dtype(kernels, mu.dtype)
-    outputs = kernels.gaussian_kl_forward(prepared(mu, dtype), prepared(logvar, dtype), reduce, scale, with_grad)
-    return restored_outputs(outputs, mu.dtype, reduce)
+def forward(op: Op, args: tuple) -> tuple[Tensor, ...]:
+    """All outputs of ``op`` for its arguments ``args`` (in the table's order)."""
+    a = op.args(args)
+    if op is table.SGVB_LOSS:
+        return _sgvb_loss_forward(a)
+    main: Tensor = getattr(a, op.main)
+    kernels = kernels_for(main.device)
+    dtype = compute_dtype(kernels, main.dtype)
+    outputs = empty_outputs(op, a, dtype)
+    getattr(kernels, f"{op.name}_forward")(*outputs, *_entry_args(op, a, dtype))
+    return _restored(outputs, op, a, dtype)
 
 
-def gaussian_kl_backward(grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float) -> tuple[Tensor, ...]:
-    kernels = kernels_for(mu.device)
-    dtype = compute_dtype(kernels, mu.dtype)
-    grads = kernels.gaussian_kl_backward(
-        prepared(grad_out, dtype), prepared(mu, dtype), prepared(logvar, dtype), reduce, scale
-    )
-    return restored(grads, mu.dtype)
+def _grad_outputs(op: Op, a: SimpleNamespace, dtype: torch.dtype) -> list[Tensor]:
+    """The gradients backward writes: the forward's gradient outputs as if ``with_grad`` were set."""
+    return empty_outputs(op, SimpleNamespace(**{**vars(a), "with_grad": True}), dtype, range(1, len(op.outputs)))
 
 
-def bernoulli_forward(
-    entry: str,
-    decoded: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    reduce: str,
-    scale: float,
-    with_grad: bool,
-    target_grad: bool,
-) -> tuple[Tensor, ...]:
-    """``entry``: ``'bernoulli_logits'`` or ``'bernoulli_probs'``. Returns ``(out, grad_decoded,
-    grad_target)``; ``grad_target`` (``target``'s shape) only with ``with_grad`` and ``target_grad``."""
-    kernels = kernels_for(decoded.device)
-    dtype = compute_dtype(kernels, decoded.dtype)
-    out, grad, grad_x = getattr(kernels, f"{entry}_forward")(
-        prepared(decoded, dtype),
-        prepared_target(target, dtype),
-        reduce,
-        scale,
-        with_grad,
-        prepared_factor(weight, decoded.dtype),
-        prepared_factor(pos_weight, decoded.dtype),
-        target_grad,
-    )
-    return restored_outputs((out, grad, per_datum(grad_x, target)), decoded.dtype, reduce)
+def backward(op: Op, grad_out: Tensor, args: tuple) -> tuple[Tensor, ...]:
+    """``grad_out`` times the gradients of a loss op's value, one per differentiable tensor
+    (an empty placeholder where not wanted)."""
+    a = op.args(args)
+    if op is table.SGVB_LOSS:
+        return _sgvb_loss_backward(grad_out, a)
+    main: Tensor = getattr(a, op.main)
+    kernels = kernels_for(main.device)
+    dtype = compute_dtype(kernels, main.dtype)
+    grads = _grad_outputs(op, a, dtype)
+    getattr(kernels, f"{op.name}_backward")(*grads, prepared(grad_out, dtype), *_entry_args(op, a, dtype))
+    return tuple(g if g.dtype == main.dtype else g.to(main.dtype) for g in grads)
 
 
-def bernoulli_backward(
-    entry: str,
-    grad_out: Tensor,
-    decoded: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    reduce: str,
-    scale: float,
-    target_grad: bool,
-) -> tuple[Tensor, Tensor]:
-    """``(grad_decoded, grad_target)``; ``grad_target`` is empty without ``target_grad``."""
-    kernels = kernels_for(decoded.device)
-    dtype = compute_dtype(kernels, decoded.dtype)
-    grad, grad_x = getattr(kernels, f"{entry}_backward")(
-        prepared(grad_out, dtype),
-        prepared(decoded, dtype),
-        prepared_target(target, dtype),
-        reduce,
-        scale,
-        prepared_factor(weight, decoded.dtype),
-        prepared_factor(pos_weight, decoded.dtype),
-        target_grad,
-    )
-    return restored((grad, per_datum(grad_x, target)), decoded.dtype)  # type: ignore[return-value]
+def sample_backward(op: Op, upstream: tuple[Tensor | None, ...], args: tuple) -> tuple[Tensor, Tensor]:
+    """``(grad_mu, grad_logvar)`` of the sample op from the upstream gradients of its outputs
+    (None for an output nobody differentiated)."""
+    a = op.args(args)
+    kernels = kernels_for(a.mu.device)
+    dtype = compute_dtype(kernels, a.mu.dtype)
+    grads = [a.mu.new_empty(a.mu.shape, dtype=dtype), a.logvar.new_empty(a.logvar.shape, dtype=dtype)]
+    upstream = tuple(prepared(g, dtype) for g in upstream)
+    getattr(kernels, f"{op.name}_backward")(*grads, *upstream, *_entry_args(op, a, dtype))
+    return grads[0].to(a.mu.dtype), grads[1].to(a.mu.dtype)  # no-ops unless computed in float32
 
 
-def _gaussian_x_grad(grad_mean: Tensor, x: Tensor, target_grad: bool) -> Tensor:
-    """``d/dx = -(x - m) exp(-v) = -d/dm`` elementwise, summed over the samples of each data row."""
-    if not target_grad or grad_mean.dim() == 1:  # not asked for, or no gradients computed
-        return grad_mean.new_empty(0)
-    return per_datum(grad_mean, x).neg()
+# --- the whole loss of a step: the fused entry, or the KL and decoder entries one after the other ---
 
 
-def gaussian_ll_forward(
-    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool, target_grad: bool
-) -> tuple[Tensor, ...]:
-    """``(out, grad_mean, grad_logvar, grad_x)``; ``grad_x`` only with ``with_grad`` and ``target_grad``."""
-    kernels = kernels_for(mean.device)
-    dtype = compute_dtype(kernels, mean.dtype)
-    outputs = kernels.gaussian_forward(
-        prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale, with_grad
-    )
-    return restored_outputs((*outputs, _gaussian_x_grad(outputs[1], x, target_grad)), mean.dtype, reduce)
+def _parts(a: SimpleNamespace, with_grad: bool) -> tuple[tuple, tuple]:
+    """The argument tuples of the KL and decoder ops that make up ``sgvb_loss``."""
+    kl = (a.mu, a.logvar, "sum", a.kl_scale, with_grad)
+    if a.likelihood == "gaussian":
+        return kl, (a.x, a.decoded, a.decoder_logvar, "sum", -a.ll_scale, with_grad)
+    extra = (None,) if a.likelihood == "bernoulli" else ()
+    return kl, (a.decoded, a.x, None, *extra, "sum", -a.ll_scale, with_grad, False)
 
 
-def gaussian_ll_backward(
-    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, target_grad: bool
-) -> tuple[Tensor, ...]:
-    """``(grad_mean, grad_logvar, grad_x)``; ``grad_x`` is empty without ``target_grad``."""
-    kernels = kernels_for(mean.device)
-    dtype = compute_dtype(kernels, mean.dtype)
-    grads = kernels.gaussian_backward(
-        prepared(grad_out, dtype), prepared(x, dtype), prepared(mean, dtype), prepared(logvar, dtype), reduce, scale
-    )
-    return restored((*grads, _gaussian_x_grad(grads[0], x, target_grad)), mean.dtype)
+def flat_loss_inputs(decoded: Tensor, x: Tensor, decoder_logvar: Tensor | None) -> tuple:
+    """``decoded`` as ``(R, D)`` rows of ``x`` as ``(B, D)``, a decoder log-variance as ``(R, D)`` or ``(1,)``
+    (the sgvb_loss op takes any layout the public API validated; its kernels take rows)."""
+    batch = x.shape[0]
+    event = x.numel() // batch if batch else math.prod(x.shape[1:])
+    rows = decoded.numel() // event if event else math.prod(decoded.shape[:-1])
+    if decoder_logvar is not None:
+        decoder_logvar = (
+            decoder_logvar.reshape(1) if decoder_logvar.numel() == 1 else decoder_logvar.reshape(rows, event)
+        )
+    return decoded.reshape(rows, event), x.reshape(batch, event), decoder_logvar
 
 
-# --- the whole SGVB loss of one step: KL + decoder log-likelihood -------------------------------
+def _flat(a: SimpleNamespace) -> SimpleNamespace:
+    decoded, x, decoder_logvar = flat_loss_inputs(a.decoded, a.x, a.decoder_logvar)
+    return SimpleNamespace(**{**vars(a), "decoded": decoded, "x": x, "decoder_logvar": decoder_logvar})
 
-LIKELIHOODS = ("bernoulli_logits", "bernoulli_probs", "gaussian")
 
-
-def sgvb_loss_forward(
-    decoded: Tensor,
-    x: Tensor,
-    decoder_logvar: Tensor | None,
-    mu: Tensor,
-    logvar: Tensor,
-    likelihood: str,
-    kl_scale: float,
-    ll_scale: float,
-    with_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and, with ``with_grad``, its gradients with
-    respect to (decoded, decoder_logvar, mu, logvar); empty tensors stand for absent ones.
-
-    A backend with the optional fused entry ``sgvb_loss_forward`` runs it (one call); otherwise the
-    KL and decoder entries run one after the other."""
-    kernels = kernels_for(decoded.device)
+def _sgvb_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
+    op = table.SGVB_LOSS
+    a = _flat(a)
+    kernels = kernels_for(a.decoded.device)
     fused = getattr(kernels, "sgvb_loss_forward", None)
-    if fused is not None and decoded.dtype in kernels.DTYPES and mu.dtype == decoded.dtype:
-        dtype = decoded.dtype
-        return fused(
-            prepared(decoded, dtype),
-            prepared_target(x, dtype) if likelihood != "gaussian" else prepared(x, dtype),
-            prepared(decoder_logvar, dtype),
-            prepared(mu, dtype),
-            prepared(logvar, dtype),
-            likelihood,
-            kl_scale,
-            ll_scale,
-            with_grad,
-        )
-    kl, grad_mu, grad_logvar = gaussian_kl_forward(mu, logvar, "total", kl_scale, with_grad)
-    if likelihood == "gaussian":
-        assert decoder_logvar is not None
-        ll, grad_decoded, grad_decoder_logvar, _ = gaussian_ll_forward(
-            x, decoded, decoder_logvar, "total", -ll_scale, with_grad, False
-        )
-    else:
-        ll, grad_decoded, _ = bernoulli_forward(
-            likelihood, decoded, x, None, None, "total", -ll_scale, with_grad, False
-        )
-        grad_decoder_logvar = decoded.new_empty(0)
+    if fused is not None and a.decoded.dtype in kernels.DTYPES and a.mu.dtype == a.decoded.dtype:
+        outputs = empty_outputs(op, a, a.decoded.dtype)
+        fused(*outputs, *_entry_args(op, a, a.decoded.dtype))
+        return tuple(outputs)
+    kl_args, decoder_args = _parts(a, a.with_grad)
+    kl, grad_mu, grad_logvar = forward(table.GAUSSIAN_KL, kl_args)
+    decoder = table.DECODER_OPS[a.likelihood]
+    ll, grad_decoded, *rest = forward(decoder, decoder_args)
+    grad_decoder_logvar = rest[0] if a.likelihood == "gaussian" else a.decoded.new_empty(0)
     return kl.add_(ll), grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
 
 
-def sgvb_loss_backward(
-    grad_out: Tensor,
-    decoded: Tensor,
-    x: Tensor,
-    decoder_logvar: Tensor | None,
-    mu: Tensor,
-    logvar: Tensor,
-    likelihood: str,
-    kl_scale: float,
-    ll_scale: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of :func:`sgvb_loss_forward` times ``grad_out``: (decoded, decoder_logvar, mu, logvar)."""
-    grad_mu, grad_logvar = gaussian_kl_backward(grad_out, mu, logvar, "total", kl_scale)
-    if likelihood == "gaussian":
-        assert decoder_logvar is not None
-        grad_decoded, grad_decoder_logvar, _ = gaussian_ll_backward(
-            grad_out, x, decoded, decoder_logvar, "total", -ll_scale, False
-        )
-    else:
-        grad_decoded, _ = bernoulli_backward(likelihood, grad_out, decoded, x, None, None, "total", -ll_scale, False)
-        grad_decoder_logvar = decoded.new_empty(0)
+def _sgvb_loss_backward(grad_out: Tensor, a: SimpleNamespace) -> tuple[Tensor, ...]:
+    a = _flat(a)
+    kl_args, decoder_args = _parts(a, False)
+    grad_mu, grad_logvar = backward(table.GAUSSIAN_KL, grad_out, kl_args)
+    grad_decoded, *rest = backward(table.DECODER_OPS[a.likelihood], grad_out, decoder_args)
+    grad_decoder_logvar = rest[0] if a.likelihood == "gaussian" else a.decoded.new_empty(0)
     return grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar

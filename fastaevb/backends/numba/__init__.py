@@ -1,8 +1,10 @@
 """The numba backend: the entry points of ``docs/backends.md`` over the jitted CPU kernels.
 
-Each entry point allocates its outputs with torch, hands numpy views of them and of the
-(contiguous, CPU) inputs to one kernel of ``kernels`` and raises through
-``_errors.check_range`` on the out-of-range counts the kernel returns. Outputs are passed
+Every entry point takes its outputs first, allocated by the caller (``fastaevb.ops``) with the
+right shape and dtype, and writes into them (it returns None). An output that is not wanted is
+an empty ``(0,)`` tensor and is skipped: the kernels test ``size > 0``. The entry hands numpy
+views of the outputs and of the (contiguous, CPU) inputs to one kernel of ``kernels`` and raises
+through ``_errors.check_range`` on the out-of-range counts the kernel returns. Outputs are passed
 flat, absent inputs as empty arrays, and scalars with fixed Python types, so each kernel
 compiles for at most float32 / float64 x (float or uint8 targets).
 
@@ -14,7 +16,6 @@ environment compiles it (seconds).
 from __future__ import annotations
 
 import threading
-from functools import partial
 
 import numba
 import numpy as np
@@ -26,10 +27,15 @@ from . import kernels as K
 
 DTYPES = (torch.float32, torch.float64)
 
-_REDUCE = {"elements": K.ELEMENTS, "rows": K.ROWS, "total": K.TOTAL}
-_EMPTY = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np.float64)}
-_EMPTY_ROWS = {torch.float32: np.empty((0, 0), np.float32), torch.float64: np.empty((0, 0), np.float64)}
-_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+_REDUCE = {"none": K.NONE, "rows": K.ROWS, "sum": K.SUM}
+_EMPTY: dict[torch.dtype, np.ndarray] = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np.float64)}
+_EMPTY_ROWS: dict[torch.dtype, np.ndarray] = {
+    torch.float32: np.empty((0, 0), np.float32),
+    torch.float64: np.empty((0, 0), np.float64),
+}
+_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+_U64 = (1 << 64) - 1
+_MAX_THREADS = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # numba sets its config at import
 _thread_state = threading.local()
 
 
@@ -43,7 +49,7 @@ def _threads() -> None:
 
 
 def _a(t: Tensor) -> np.ndarray:
-    """numpy view of a contiguous CPU tensor (no copy)."""
+    """numpy view of a CPU tensor (no copy)."""
     return (t.detach() if t.requires_grad else t).numpy()
 
 
@@ -52,9 +58,19 @@ def _flat(t: Tensor) -> np.ndarray:
     return _a(t).reshape(-1)
 
 
+def _in(t: Tensor) -> np.ndarray:
+    """numpy view of an input that autograd may have handed in expanded (upstream gradients)."""
+    return _a(t if t.is_contiguous() else t.contiguous())
+
+
 def _opt(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
     """Flat view of an optional input and whether it is present (absent: shared empty array)."""
-    return (_EMPTY[dtype], False) if t is None else (_flat(t), True)
+    return (_EMPTY[dtype], False) if t is None else (_in(t).reshape(-1), True)
+
+
+def _seed(seed) -> np.uint64:
+    """The Philox seed (a Python int, or a one-element CPU int64 tensor) as the kernels take it."""
+    return np.uint64(int(seed) & _U64)
 
 
 def _target(x: Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -63,17 +79,18 @@ def _target(x: Tensor, dtype: torch.dtype) -> np.ndarray:
         x = x.view(torch.uint8)
     elif x.dtype != torch.uint8 and x.dtype != dtype:
         x = x.to(dtype)
-    return _a(x)
+    return _in(x)
 
 
-def _reduced(t: Tensor, reduce: str) -> Tensor:
-    if reduce == "total":
-        return torch.empty((), dtype=t.dtype)
-    return torch.empty(t.shape if reduce == "elements" else t.shape[:1], dtype=t.dtype)
+def _float_input(x: Tensor, dtype: torch.dtype) -> np.ndarray:
+    return _in(x if x.dtype == dtype else x.to(dtype))
 
 
-def _grad(t: Tensor, with_grad: bool) -> Tensor:
-    return torch.empty(t.shape if with_grad else (0,), dtype=t.dtype)
+def _factor(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
+    """A broadcast (R, D) weight as a strided numpy view (no copy), or an empty stand-in."""
+    if t is None:
+        return _EMPTY_ROWS[dtype], False
+    return _a(t if t.dtype == dtype else t.to(dtype)), True
 
 
 # --- noise ------------------------------------------------------------------------------------
@@ -84,42 +101,56 @@ def randn(seed: int, offsets: Tensor) -> Tensor:
     offsets = offsets.to(torch.int64).contiguous()
     out = torch.empty(offsets.shape, dtype=torch.float32)
     _threads()
-    K.randn(_flat(out), _flat(offsets), np.uint64(seed))
+    K.randn(_flat(out), _flat(offsets), _seed(seed))
     return out
+
+
+def randn_flat_(out: Tensor, seed) -> None:
+    """Not an entry point (the ``torch`` backend's noise on the CPU): ``out.view(-1)[i] =
+    tl.randn(seed, i)`` for a contiguous float32 / float64 CPU tensor ``out``, widened to its dtype."""
+    _threads()
+    K.randn_flat(_flat(out), _seed(seed))
+
+
+def _draw(seed, n: int, like: Tensor) -> Tensor:
+    eps = torch.empty(n, dtype=like.dtype)
+    randn_flat_(eps, seed)
+    return eps
+
+
+def _eps(eps: Tensor | None, seed, n: int, like: Tensor) -> Tensor | None:
+    """The given eps, or the Philox draw of ``seed`` (one parallel pass; forward and backward each
+    draw it: eps is never stored)."""
+    if eps is not None or n == 0:
+        return eps
+    return _draw(seed, n, like)
 
 
 # --- reparameterize + KL ----------------------------------------------------------------------
 
 
 def reparameterize_kl_forward(
-    mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: int, samples: int, log_weights: bool, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    rows, latent = mu.shape
-    z = torch.empty((samples, rows, latent), dtype=mu.dtype)
-    kl = torch.empty((rows,) if with_kl else (0,), dtype=mu.dtype)
-    weights_shape = (samples, rows) if log_weights else (0,)
-    log_q = torch.empty(weights_shape, dtype=mu.dtype)
-    log_p = torch.empty(weights_shape, dtype=mu.dtype)
-    eps_a, has_eps = _opt(eps, mu.dtype)
+    z: Tensor,
+    kl: Tensor,
+    log_q: Tensor,
+    log_p: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Tensor | None,
+    seed,
+    samples: int,
+) -> None:
+    """z (samples, R, J); kl (R,) or (0,); log_q, log_p (samples, R) or (0,)."""
+    eps_a, has_eps = _opt(_eps(eps, seed, z.numel(), mu), mu.dtype)
     _threads()
     K.reparameterize_kl_forward(
-        _flat(z),
-        _a(kl),
-        _flat(log_q),
-        _flat(log_p),
-        _a(mu),
-        _a(logvar),
-        eps_a,
-        has_eps,
-        np.uint64(seed),
-        int(samples),
-        bool(log_weights),
-        bool(with_kl),
+        _flat(z), _flat(kl), _flat(log_q), _flat(log_p), _a(mu), _a(logvar), eps_a, has_eps, _seed(seed), int(samples)
     )
-    return z, kl, log_q, log_p
 
 
 def reparameterize_kl_backward(
+    grad_mu: Tensor,
+    grad_logvar: Tensor,
     grad_z: Tensor | None,
     grad_kl: Tensor | None,
     grad_log_q: Tensor | None,
@@ -127,12 +158,12 @@ def reparameterize_kl_backward(
     mu: Tensor,
     logvar: Tensor,
     eps: Tensor | None,
-    seed: int,
+    seed,
     samples: int,
-) -> tuple[Tensor, Tensor]:
-    grad_mu = torch.empty_like(mu)
-    grad_logvar = torch.empty_like(logvar)
+) -> None:
     dtype = mu.dtype
+    if grad_z is not None or grad_log_p is not None:  # only then does backward read eps
+        eps = _eps(eps, seed, int(samples) * mu.numel(), mu)
     _threads()
     K.reparameterize_kl_backward(
         _a(grad_mu),
@@ -143,123 +174,158 @@ def reparameterize_kl_backward(
         *_opt(grad_log_p, dtype),
         _a(mu),
         _a(logvar),
-        *_opt(eps, dtype),
-        np.uint64(seed),
+        *_opt(None if eps is None else eps.reshape(-1), dtype),
+        _seed(seed),
         int(samples),
     )
-    return grad_mu, grad_logvar
 
 
 # --- analytic KL ------------------------------------------------------------------------------
 
 
 def gaussian_kl_forward(
-    mu: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    out = _reduced(mu, reduce)
-    grad_mu, grad_logvar = _grad(mu, with_grad), _grad(logvar, with_grad)
+    out: Tensor, grad_mu: Tensor, grad_logvar: Tensor, mu: Tensor, logvar: Tensor, reduction: str, scale: float
+) -> None:
+    """out (R,) for 'rows', 0-d for 'sum'; grad_mu, grad_logvar (R, J) or (0,)."""
     _threads()
     K.gaussian_kl_forward(
-        _flat(out),
-        _flat(grad_mu),
-        _flat(grad_logvar),
-        _a(mu),
-        _a(logvar),
-        _REDUCE[reduce],
-        float(scale),
-        bool(with_grad),
+        _flat(out), _flat(grad_mu), _flat(grad_logvar), _a(mu), _a(logvar), _REDUCE[reduction], float(scale)
     )
-    return out, grad_mu, grad_logvar
 
 
 def gaussian_kl_backward(
-    grad_out: Tensor, mu: Tensor, logvar: Tensor, reduce: str, scale: float
-) -> tuple[Tensor, Tensor]:
-    grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
+    grad_mu: Tensor, grad_logvar: Tensor, grad_out: Tensor, mu: Tensor, logvar: Tensor, reduction: str, scale: float
+) -> None:
     _threads()
     K.gaussian_kl_backward(
-        _a(grad_mu), _a(grad_logvar), _flat(grad_out), _a(mu), _a(logvar), _REDUCE[reduce], float(scale)
+        _a(grad_mu), _a(grad_logvar), _in(grad_out).reshape(-1), _a(mu), _a(logvar), _REDUCE[reduction], float(scale)
     )
-    return grad_mu, grad_logvar
 
 
 # --- Bernoulli decoder ------------------------------------------------------------------------
 
 
-def _factor(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
-    """A broadcast (R, D) weight as a strided numpy view (no copy), or an empty stand-in."""
-    return (_EMPTY_ROWS[dtype], False) if t is None else (_a(t), True)
-
-
-def _bernoulli_forward(
-    probs: bool,
-    decoded: Tensor,
+def bernoulli_log_likelihood_forward(
+    out: Tensor,
+    grad_logits: Tensor,
+    grad_x: Tensor,
+    logits: Tensor,
     x: Tensor,
-    reduce: str,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
     scale: float,
-    with_grad: bool,
-    weight: Tensor | None = None,
-    pos_weight: Tensor | None = None,
-    target_grad: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(out, grad, grad_x)`` from logits, or from probabilities when ``probs``."""
-    out, grad = _reduced(decoded, reduce), _grad(decoded, with_grad)
-    grad_x = _grad(decoded, with_grad and target_grad)
+) -> None:
+    """From logits: out (R, D) 'none' / (R,) 'rows' / 0-d 'sum'; grad_logits, grad_x (R, D) or (0,)."""
+    dtype = logits.dtype
+    _threads()
+    if weight is None and pos_weight is None:
+        bad_x = K.bernoulli_logits_forward(
+            _flat(out),
+            _flat(grad_logits),
+            _flat(grad_x),
+            _a(logits),
+            _target(x, dtype),
+            _REDUCE[reduction],
+            float(scale),
+        )
+        check_range(bad_x, "target")
+        return
+    _, bad_x = K.bernoulli_forward(
+        _flat(out),
+        _flat(grad_logits),
+        _flat(grad_x),
+        _a(logits),
+        _target(x, dtype),
+        *_factor(weight, dtype),
+        *_factor(pos_weight, dtype),
+        _REDUCE[reduction],
+        float(scale),
+        False,
+    )
+    check_range(bad_x, "target")
+
+
+def bernoulli_log_likelihood_backward(
+    grad_logits: Tensor,
+    grad_x: Tensor,
+    grad_out: Tensor,
+    logits: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
+    scale: float,
+) -> None:
+    dtype = logits.dtype
+    _threads()
+    K.bernoulli_backward(
+        _a(grad_logits),
+        _flat(grad_x),
+        _in(grad_out).reshape(-1),
+        _a(logits),
+        _target(x, dtype),
+        *_factor(weight, dtype),
+        *_factor(pos_weight, dtype),
+        _REDUCE[reduction],
+        float(scale),
+        False,
+    )
+
+
+def bernoulli_probs_log_likelihood_forward(
+    out: Tensor,
+    grad_probs: Tensor,
+    grad_x: Tensor,
+    probs: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    reduction: str,
+    scale: float,
+) -> None:
+    """From probabilities (exactly ``-F.binary_cross_entropy``); shapes as from logits."""
+    dtype = probs.dtype
     _threads()
     bad_in, bad_x = K.bernoulli_forward(
         _flat(out),
-        _flat(grad),
+        _flat(grad_probs),
         _flat(grad_x),
-        _a(decoded),
-        _target(x, decoded.dtype),
-        *_factor(weight, decoded.dtype),
-        *_factor(pos_weight, decoded.dtype),
-        _REDUCE[reduce],
+        _a(probs),
+        _target(x, dtype),
+        *_factor(weight, dtype),
+        *_factor(None, dtype),
+        _REDUCE[reduction],
         float(scale),
-        bool(with_grad),
-        bool(target_grad),
-        probs,
+        True,
     )
-    if probs:
-        check_range(bad_in, "input")
+    check_range(bad_in, "input")
     check_range(bad_x, "target")
-    return out, grad, grad_x
 
 
-def _bernoulli_backward(
-    probs: bool,
+def bernoulli_probs_log_likelihood_backward(
+    grad_probs: Tensor,
+    grad_x: Tensor,
     grad_out: Tensor,
-    decoded: Tensor,
+    probs: Tensor,
     x: Tensor,
-    reduce: str,
+    weight: Tensor | None,
+    reduction: str,
     scale: float,
-    weight: Tensor | None = None,
-    pos_weight: Tensor | None = None,
-    target_grad: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """``(grad, grad_x)`` from logits, or from probabilities when ``probs``."""
-    grad, grad_x = torch.empty_like(decoded), _grad(decoded, target_grad)
+) -> None:
+    dtype = probs.dtype
     _threads()
     K.bernoulli_backward(
-        _a(grad),
+        _a(grad_probs),
         _flat(grad_x),
-        _flat(grad_out),
-        _a(decoded),
-        _target(x, decoded.dtype),
-        *_factor(weight, decoded.dtype),
-        *_factor(pos_weight, decoded.dtype),
-        _REDUCE[reduce],
+        _in(grad_out).reshape(-1),
+        _a(probs),
+        _target(x, dtype),
+        *_factor(weight, dtype),
+        *_factor(None, dtype),
+        _REDUCE[reduction],
         float(scale),
-        bool(target_grad),
-        probs,
+        True,
     )
-    return grad, grad_x
-
-
-bernoulli_logits_forward = partial(_bernoulli_forward, False)
-bernoulli_logits_backward = partial(_bernoulli_backward, False)
-bernoulli_probs_forward = partial(_bernoulli_forward, True)
-bernoulli_probs_backward = partial(_bernoulli_backward, True)
 
 
 # --- Gaussian decoder -------------------------------------------------------------------------
@@ -271,43 +337,118 @@ def _logvar_2d(logvar: Tensor) -> tuple[np.ndarray, bool]:
     return _a(logvar.view(1, 1) if shared else logvar), shared
 
 
-def gaussian_forward(
-    x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float, with_grad: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    out = _reduced(mean, reduce)
-    grad_mean, grad_logvar = _grad(mean, with_grad), _grad(logvar, with_grad)
+def gaussian_log_likelihood_forward(
+    out: Tensor,
+    grad_mean: Tensor,
+    grad_logvar: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    logvar: Tensor,
+    reduction: str,
+    scale: float,
+) -> None:
+    """out (R,) 'rows' / 0-d 'sum'; grad_mean (R, D) or (0,); grad_logvar like logvar ((R, D) or
+    (1,) shared) or (0,)."""
     logvar_a, shared = _logvar_2d(logvar)
     _threads()
     K.gaussian_forward(
         _flat(out),
         _flat(grad_mean),
         _flat(grad_logvar),
-        _a(x),
+        _float_input(x, mean.dtype),
         _a(mean),
         logvar_a,
         shared,
-        _REDUCE[reduce],
+        _REDUCE[reduction],
         float(scale),
-        bool(with_grad),
     )
-    return out, grad_mean, grad_logvar
 
 
-def gaussian_backward(
-    grad_out: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, reduce: str, scale: float
-) -> tuple[Tensor, Tensor]:
-    grad_mean, grad_logvar = torch.empty_like(mean), torch.empty_like(logvar)
+def gaussian_log_likelihood_backward(
+    grad_mean: Tensor,
+    grad_logvar: Tensor,
+    grad_out: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    logvar: Tensor,
+    reduction: str,
+    scale: float,
+) -> None:
     logvar_a, shared = _logvar_2d(logvar)
     _threads()
     K.gaussian_backward(
         _flat(grad_mean),
         _flat(grad_logvar),
-        _flat(grad_out),
-        _a(x),
+        _in(grad_out).reshape(-1),
+        _float_input(x, mean.dtype),
         _a(mean),
         logvar_a,
         shared,
-        _REDUCE[reduce],
+        _REDUCE[reduction],
         float(scale),
     )
-    return grad_mean, grad_logvar
+
+
+# --- the whole loss of a step (optional fused entry) -------------------------------------------
+
+
+def sgvb_loss_forward(
+    out: Tensor,
+    grad_decoded: Tensor,
+    grad_decoder_logvar: Tensor,
+    grad_mu: Tensor,
+    grad_logvar: Tensor,
+    decoded: Tensor,
+    x: Tensor,
+    decoder_logvar: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    kl_scale: float,
+    ll_scale: float,
+) -> None:
+    """out 0-d = ``kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r | z_r)``; the gradients
+    (each given or (0,)) of that total. The KL kernel and the decoder kernel run back to back,
+    the two totals (each rounded to the value dtype, as the C++ entry) added in float64."""
+    dtype = decoded.dtype
+    total = np.empty(2, _NP_DTYPE[dtype])
+    _threads()
+    K.gaussian_kl_forward(total[0:1], _flat(grad_mu), _flat(grad_logvar), _a(mu), _a(logvar), K.SUM, float(kl_scale))
+    bad_in = bad_x = 0
+    if likelihood == "gaussian":
+        assert decoder_logvar is not None
+        logvar_a, shared = _logvar_2d(decoder_logvar)
+        K.gaussian_forward(
+            total[1:2],
+            _flat(grad_decoded),
+            _flat(grad_decoder_logvar),
+            _float_input(x, dtype),
+            _a(decoded),
+            logvar_a,
+            shared,
+            K.SUM,
+            -float(ll_scale),
+        )
+    elif likelihood == "bernoulli":
+        bad_x = K.bernoulli_logits_forward(
+            total[1:2], _flat(grad_decoded), _EMPTY[dtype], _a(decoded), _target(x, dtype), K.SUM, -float(ll_scale)
+        )
+    else:
+        probs = likelihood == "bernoulli_probs"
+        if not probs:
+            raise ValueError(f"unknown likelihood {likelihood!r}")
+        bad_in, bad_x = K.bernoulli_forward(
+            total[1:2],
+            _flat(grad_decoded),
+            _EMPTY[dtype],
+            _a(decoded),
+            _target(x, dtype),
+            *_factor(None, dtype),
+            *_factor(None, dtype),
+            K.SUM,
+            -float(ll_scale),
+            probs,
+        )
+    check_range(bad_in, "input")
+    check_range(bad_x, "target")
+    _flat(out)[0] = float(total[0]) + float(total[1])

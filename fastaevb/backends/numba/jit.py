@@ -21,7 +21,7 @@ from numba import njit
 from numba.core.caching import CompileResultCacheImpl, FunctionCache
 from numba.core.dispatcher import Dispatcher
 
-_SOURCES = ("jit.py", "math.py", "philox.py", "kernels.py")
+_SOURCES = ("jit.py", "scalars.py", "math.py", "vecmath.py", "philox.py", "kernels.py")
 
 
 def _sources_digest() -> str:
@@ -39,27 +39,28 @@ def _stamped(locator: type) -> type:
     """``locator`` whose source stamp also covers every backend source file."""
 
     def get_source_stamp(self):
-        return (locator.get_source_stamp(self), _DIGEST)
+        return (locator.get_source_stamp(self), _DIGEST)  # type: ignore[attr-defined]  # numba's locators are untyped
 
     return type(f"FastaevbStamped{locator.__name__}", (locator,), {"get_source_stamp": get_source_stamp})
 
 
 class _CacheImpl(CompileResultCacheImpl):
-    _locator_classes = [_stamped(cls) for cls in CompileResultCacheImpl._locator_classes]
+    _locator_classes = [_stamped(cls) for cls in CompileResultCacheImpl._locator_classes]  # type: ignore[misc]  # untyped in numba
 
 
 class _Cache(FunctionCache):
     _impl_class = _CacheImpl
 
 
-def kernel(**options):
-    """``njit(cache=True, fastmath=False, **options)`` with the backend-wide cache stamp."""
+def kernel(fastmath=False, **options):
+    """``njit(cache=True, fastmath=False, **options)`` with the backend-wide cache stamp (``fastmath``
+    may name flags, e.g. ``{"reassoc"}`` for a sum LLVM may vectorize)."""
 
     def decorate(func):
-        dispatcher = njit(cache=False, fastmath=False, **options)(func)
+        dispatcher = njit(cache=False, fastmath=fastmath, **options)(func)
         if isinstance(dispatcher, Dispatcher):  # not under NUMBA_DISABLE_JIT
             try:
-                dispatcher._cache = _Cache(func)
+                dispatcher._cache = _Cache(func)  # type: ignore[attr-defined]  # numba's cache hook
             except RuntimeError:  # no writable cache directory: compile every run
                 pass
         return dispatcher

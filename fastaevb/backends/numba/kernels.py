@@ -1,14 +1,15 @@
 """The fused SGVB kernels of the numba backend: one ``prange`` over rows per step.
 
 Calling convention (``fastaevb/backends/numba/__init__.py`` is the only caller): numpy views of contiguous
-torch tensors. Inputs are 2-D ``(rows, columns)``; an output whose shape depends on
-``reduce`` or ``with_grad`` is a flat 1-D array, so 'elements' / 'rows' / 'total' (and an
-empty, not requested gradient) share one compiled specialization. An absent optional
+torch tensors, outputs first, given by the caller. Inputs are 2-D ``(rows, columns)``; an output
+whose shape depends on the reduction or on whether it is wanted is a flat 1-D array, so 'none' /
+'rows' / 'sum' (and an empty, not wanted output) share one compiled specialization. An output is
+written iff it is non-empty (``size > 0``), so no ``with_grad`` flag is passed. An absent optional
 input is an empty array of the same type plus a ``has_*`` flag, so ``None`` adds no
-specialization either. ``reduce`` is ELEMENTS / ROWS / TOTAL, ``scale`` a float64,
-``with_grad`` / ``has_*`` / ``log_weights`` booleans, ``seed`` a uint64.
+specialization either. ``reduce`` is NONE / ROWS / SUM, ``scale`` a float64, ``has_*``
+booleans, ``seed`` a uint64.
 
-Rows accumulate in the float type T of the input; 'total' keeps every row sum in T and adds
+Rows accumulate in the float type T of the input; 'sum' keeps every row sum in T and adds
 them in float64 in row order after the parallel loop, so the result does not depend on the
 thread count. (One exception, as in the C++ backend: with a shared Gaussian log-variance the
 per-row sums of squares are float64, because its gradient cancels.) The elementwise math is
@@ -44,7 +45,7 @@ from .math import (
 )
 from .philox import randn as philox_randn
 
-ELEMENTS, ROWS, TOTAL = 0, 1, 2
+NONE, ROWS, SUM = 0, 1, 2  # the reductions 'none' (elementwise), 'rows', 'sum'
 
 
 # --- row reduction driver ---------------------------------------------------------------------
@@ -53,30 +54,40 @@ ELEMENTS, ROWS, TOTAL = 0, 1, 2
 @kernel(inline="always")
 def _row_sums(out, rows, reduce):
     """Where row r's scaled sum goes: ``out`` itself for 'rows', a scratch row buffer otherwise."""
-    return out if reduce == ROWS else np.empty(rows if reduce == TOTAL else 0, out.dtype)
+    return out if reduce == ROWS else np.empty(rows if reduce == SUM else 0, out.dtype)
 
 
 @kernel(inline="always")
 def _row_scale(scale, reduce, like):
-    """Factor applied to a row sum when it is stored: ``scale`` for 'rows', 1 for 'total'
+    """Factor applied to a row sum when it is stored: ``scale`` for 'rows', 1 for 'sum'
     (scaled once, in float64, by :func:`_finish_total`)."""
     return as_type(scale if reduce == ROWS else 1.0, like)
 
 
 @kernel()
 def _finish_total(sums, scale, reduce, out):
-    """'total': ``out[0] = scale * sum_r sums[r]``, the row sums added in float64 in row order."""
-    if reduce == TOTAL:
+    """'sum': ``out[0] = scale * sum_r sums[r]``, the row sums added in float64 in row order."""
+    if reduce == SUM:
         total = 0.0
         for r in range(sums.shape[0]):
             total += sums[r]
         out[0] = as_type(scale * total, out)
 
 
+@kernel(fastmath={"reassoc", "nsz"})
+def _row_sum(buf):
+    """``sum(buf)`` in its type, reassociated so that LLVM vectorizes it (a fixed tree of partial
+    sums, the same for any thread count). A function of its own: the flags stay on these adds."""
+    s = as_type(0.0, buf)
+    for i in range(buf.shape[0]):
+        s += buf[i]
+    return s
+
+
 @kernel(inline="always")
 def _grad_weight(grad_out, reduce, scale, r, columns, c):
     """The incoming gradient of element (r, c) times ``scale``, for any reduce mode."""
-    if reduce == ELEMENTS:
+    if reduce == NONE:
         g = grad_out[r * columns + c]
     elif reduce == ROWS:
         g = grad_out[r]
@@ -95,6 +106,14 @@ def randn(out, offsets, seed):
         out[i] = philox_randn(seed, offsets[i])
 
 
+@kernel(parallel=True)
+def randn_flat(out, seed):
+    """``out[i] = tl.randn(seed, i)`` for every flat index i, widened to out's type: the eps of a
+    (L, R, J) sample tensor without an offsets array."""
+    for i in prange(out.shape[0]):
+        out[i] = as_type(philox_randn(seed, i), out)
+
+
 @kernel(inline="always")
 def _eps(eps, has_eps, seed, i, like):
     """eps at flat index ``i`` of the (L, R, J) sample tensor: given, or regenerated from Philox."""
@@ -105,10 +124,12 @@ def _eps(eps, has_eps, seed, i, like):
 
 
 @kernel(parallel=True)
-def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, seed, samples, log_weights, with_kl):
-    """z (L*R*J,), kl (R,) when ``with_kl``, log_q / log_p (L*R,) when ``log_weights``; eps flat
+def reparameterize_kl_forward(z, kl, log_q, log_p, mu, logvar, eps, has_eps, seed, samples):
+    """z (L*R*J,); kl (R,) or empty (not wanted); log_q / log_p (L*R,) or empty; eps flat
     (L*R*J,) if given."""
     rows, latent = mu.shape
+    with_kl = kl.size > 0
+    log_weights = log_q.size > 0
     zero = as_type(0.0, mu)
     for r in prange(rows):
         if log_weights:
@@ -194,9 +215,11 @@ def reparameterize_kl_backward(
 
 
 @kernel(parallel=True)
-def gaussian_kl_forward(out, grad_mu, grad_logvar, mu, logvar, reduce, scale, with_grad):
-    """out (R,) or (1,); with_grad: grad_mu, grad_logvar flat (R*J,) of the scaled total."""
+def gaussian_kl_forward(out, grad_mu, grad_logvar, mu, logvar, reduce, scale):
+    """out (R,) or (1,); grad_mu, grad_logvar flat (R*J,) of the scaled total, each when non-empty."""
     rows, latent = mu.shape
+    with_grad_mu = grad_mu.size > 0
+    with_grad_logvar = grad_logvar.size > 0
     sums = _row_sums(out, rows, reduce)
     row_scale = _row_scale(scale, reduce, mu)
     g_scale = as_type(scale, mu)
@@ -205,8 +228,9 @@ def gaussian_kl_forward(out, grad_mu, grad_logvar, mu, logvar, reduce, scale, wi
         for j in range(latent):
             term, d_mu, d_v = kl_term(mu[r, j], logvar[r, j])
             s += term
-            if with_grad:
+            if with_grad_mu:
                 grad_mu[r * latent + j] = g_scale * d_mu
+            if with_grad_logvar:
                 grad_logvar[r * latent + j] = g_scale * d_v
         sums[r] = row_scale * kl_row(s)
     _finish_total(sums, scale, reduce, out)
@@ -255,16 +279,16 @@ def _factor(f, has, r, c, like):
 
 
 @kernel(parallel=True)
-def bernoulli_forward(
-    out, grad, grad_x, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, with_grad, target_grad, probs
-):
-    """out (R*D,) / (R,) / (1,); grad (R*D,) when with_grad, grad_x (R*D,) when also target_grad.
+def bernoulli_forward(out, grad, grad_x, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, probs):
+    """out (R*D,) / (R,) / (1,); grad (R*D,) and grad_x (R*D,) of the scaled total, each when non-empty.
     ``decoded`` holds logits, or probabilities (``-F.binary_cross_entropy``) when ``probs``;
     weight / pos_weight (R, D) (broadcast views) when ``has_*``. Returns (out-of-range
     probabilities, always 0 for logits; out-of-range targets, each data row counted once, on its
     first use r < B)."""
     rows, cols = decoded.shape
     batch = x.shape[0]
+    with_grad = grad.size > 0
+    target_grad = grad_x.size > 0
     sums = _row_sums(out, rows, reduce)
     row_scale = _row_scale(scale, reduce, decoded)
     v_scale = as_type(scale, decoded)
@@ -289,15 +313,16 @@ def bernoulli_forward(
             w = _factor(weight, has_weight, r, c, v)
             if has_weight:
                 ll *= w
-            if with_grad:
+            if with_grad or target_grad:
                 dl, dx = _bernoulli_grads(v, xf, q, has_pos, probs, target_grad)
-                grad[r * cols + c] = v_scale * (dl * w if has_weight else dl)
+                if with_grad:
+                    grad[r * cols + c] = v_scale * (dl * w if has_weight else dl)
                 if target_grad:
                     grad_x[r * cols + c] = v_scale * (dx * w if has_weight else dx)
             s += ll
-            if reduce == ELEMENTS:
+            if reduce == NONE:
                 out[r * cols + c] = v_scale * ll
-        if reduce != ELEMENTS:
+        if reduce != NONE:
             sums[r] = row_scale * s
         bad_in += row_bad_in
         bad_x += row_bad_x
@@ -306,14 +331,59 @@ def bernoulli_forward(
 
 
 @kernel(parallel=True)
+def bernoulli_logits_forward(out, grad, grad_x, logits, x, reduce, scale):
+    """From logits without weight / pos_weight (the training loss): the kernel of
+    :func:`bernoulli_forward` with each row's elementwise loop free of reductions and libm calls,
+    so LLVM vectorizes it; the row's values go to a contiguous row buffer, summed by :func:`_row_sum`
+    (or scaled into ``out`` for 'none'). Returns the out-of-range targets (data rows counted on their
+    first use)."""
+    rows, cols = logits.shape
+    batch = x.shape[0]
+    with_grad = grad.size > 0
+    target_grad = grad_x.size > 0
+    sums = _row_sums(out, rows, reduce)
+    row_scale = _row_scale(scale, reduce, logits)
+    v_scale = as_type(scale, logits)
+    bad = 0
+    for r in prange(rows):
+        b = r % batch
+        buf = np.empty(cols, logits.dtype)  # not a view of out: a strided type would not vectorize
+        row_bad = 0
+        if with_grad:
+            for c in range(cols):
+                xv = x[b, c]
+                row_bad += out_of_range(xv)
+                ll, dl = bernoulli_logits_term(logits[r, c], as_type(xv, logits))
+                buf[c] = ll
+                grad[r * cols + c] = v_scale * dl
+        else:
+            for c in range(cols):
+                xv = x[b, c]
+                row_bad += out_of_range(xv)
+                buf[c] = bernoulli_logits_term(logits[r, c], as_type(xv, logits))[0]
+        if target_grad:
+            for c in range(cols):
+                grad_x[r * cols + c] = v_scale * logits[r, c]
+        if reduce == NONE:
+            for c in range(cols):
+                out[r * cols + c] = v_scale * buf[c]
+        else:
+            sums[r] = row_scale * _row_sum(buf)
+        bad += row_bad if r < batch else 0
+    _finish_total(sums, scale, reduce, out)
+    return bad
+
+
+@kernel(parallel=True)
 def bernoulli_backward(
-    grad, grad_x, grad_out, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, target_grad, probs
+    grad, grad_x, grad_out, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, probs
 ):
     """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * w * dll/dv: ``x - sigmoid(l)``
     from logits, ``(x - p) / max(p (1 - p), 1e-12)`` from probabilities (pos-weighted: see
-    ``math``); grad_x (R*D,) likewise with dll/dx when ``target_grad``."""
+    ``math``); grad_x (R*D,) likewise with dll/dx when non-empty."""
     rows, cols = decoded.shape
     batch = x.shape[0]
+    target_grad = grad_x.size > 0
     for r in prange(rows):
         b = r % batch
         for c in range(cols):
@@ -337,7 +407,7 @@ def bernoulli_backward(
 @kernel()
 def _shared_grad_logvar(sq_sums, grad_out, weighted, reduce, scale, inv_var, cols):
     """``sum_r w_r * gaussian_shared_grad_logvar(sq_sums[r])`` in float64 in row order, with
-    ``w_r = scale * grad_out[r]`` (``grad_out[0]`` for 'total') when ``weighted``, else ``scale``.
+    ``w_r = scale * grad_out[r]`` (``grad_out[0]`` for 'sum') when ``weighted``, else ``scale``.
     The weight goes into each term, so no rows give 0 whatever the scale (a mean over 0 rows)."""
     total = 0.0
     for r in range(sq_sums.shape[0]):
@@ -349,9 +419,11 @@ def _shared_grad_logvar(sq_sums, grad_out, weighted, reduce, scale, inv_var, col
 
 
 @kernel(parallel=True)
-def gaussian_forward(out, grad_mean, grad_logvar, x, mean, logvar, shared, reduce, scale, with_grad):
-    """out (R,) or (1,); with_grad: grad_mean (R*D,), grad_logvar (R*D,) or (1,) when shared."""
+def gaussian_forward(out, grad_mean, grad_logvar, x, mean, logvar, shared, reduce, scale):
+    """out (R,) or (1,); grad_mean (R*D,), grad_logvar (R*D,) or (1,) when shared, each when non-empty."""
     rows, cols = mean.shape
+    with_grad_mean = grad_mean.size > 0
+    with_grad_logvar = grad_logvar.size > 0
     batch = x.shape[0]
     sums = _row_sums(out, rows, reduce)
     row_scale = _row_scale(scale, reduce, mean)
@@ -367,11 +439,11 @@ def gaussian_forward(out, grad_mean, grad_logvar, x, mean, logvar, shared, reduc
             for c in range(cols):
                 d, d2 = gaussian_shared_sq(x[b, c], mean[r, c])
                 sq += d2
-                if with_grad:
+                if with_grad_mean:
                     grad_mean[r * cols + c] = g_mean * d
             sq_sums[r] = sq
             sums[r] = row_scale * as_type(gaussian_shared_row(sq, v, inv_var, cols), mean)
-        if with_grad:
+        if with_grad_logvar:
             grad_logvar[0] = as_type(_shared_grad_logvar(sq_sums, out, False, reduce, scale, inv_var, cols), mean)
     else:
         for r in prange(rows):
@@ -380,8 +452,9 @@ def gaussian_forward(out, grad_mean, grad_logvar, x, mean, logvar, shared, reduc
             for c in range(cols):
                 q, d_m, d_v = gaussian_term(x[b, c], mean[r, c], logvar[r, c])
                 s += q
-                if with_grad:
+                if with_grad_mean:
                     grad_mean[r * cols + c] = g_scale * d_m
+                if with_grad_logvar:
                     grad_logvar[r * cols + c] = g_scale * d_v
             sums[r] = row_scale * gaussian_row(s, cols)
     _finish_total(sums, scale, reduce, out)

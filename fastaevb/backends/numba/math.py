@@ -1,4 +1,4 @@
-"""The elementwise SGVB formulas (design.md section 2) for the numba backend, written once.
+"""The elementwise SGVB formulas (docs/math.md; the noise is docs/noise.md) for the numba backend, written once.
 
 Every kernel in ``kernels`` calls these; none repeats a formula. They are generic over
 the float type T of their first argument: constants go through ``as_type(value, like)``,
@@ -10,25 +10,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
+
+from .scalars import as_type
+from .vecmath import exp_neg_abs, log_1_2
+
+__all__ = ["as_type"]  # kernels take it from here
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def as_type(value, like):
-    """``value`` converted to the numba scalar type of ``like`` (jitted code only)."""
-    raise NotImplementedError("as_type is only callable from numba-jitted code")
-
-
-@overload(as_type, inline="always")
-def _as_type(value, like):
-    target = like.dtype if isinstance(like, types.Array) else like
-
-    def impl(value, like):
-        return target(value)
-
-    return impl
 
 
 # --- value checks -----------------------------------------------------------------------------
@@ -82,15 +71,26 @@ def reparam_sd(v):
 
 
 @njit(cache=True, inline="always")
+def softplus_tail(l):
+    """``(e, 1 / (1 + e), log1p(e))`` for ``e = exp(-|l|)``: the sigmoid's one division also corrects
+    the rounding of ``u = 1 + e`` in ``log1p(e) = log(u) + (e - (u - 1)) / u`` (docs/math.md).
+    No libm call (``vecmath``), so the loops using it vectorize."""
+    one = as_type(1.0, l)
+    e = exp_neg_abs(l)
+    u = one + e
+    inv = one / u
+    return e, inv, log_1_2(u) + (e - (u - one)) * inv
+
+
+@njit(cache=True, inline="always")
 def bernoulli_logits_term(l, x):
     """``(ll, dll/dl)`` with ``ll = x*l - softplus(l) = (x - [l > 0]) * l - log1p(exp(-|l|))``
     and ``dll/dl = x - sigmoid(l)``, sigmoid from the same ``e = exp(-|l|)``. ``x`` has l's type."""
     one = as_type(1.0, l)
-    e = math.exp(-abs(l))
+    e, inv, tail = softplus_tail(l)
     pos = l > 0
-    inv = one / (one + e)
     dl = x - (inv if pos else e * inv)
-    ll = (x - (one if pos else as_type(0.0, l))) * l - math.log1p(e)
+    ll = (x - (one if pos else as_type(0.0, l))) * l - tail
     return ll, dl
 
 
@@ -112,11 +112,9 @@ def bernoulli_logits_pos_weight_term(l, x, q):
     ``logsig(l) = min(l, 0) - log1p(exp(-|l|))``; one ``exp(-|l|)`` for all of them."""
     zero = as_type(0.0, l)
     one = as_type(1.0, l)
-    e = math.exp(-abs(l))
-    softplus_tail = math.log1p(e)
-    log_sig = (l if l < zero else zero) - softplus_tail
-    log_sig_neg = (-l if -l < zero else zero) - softplus_tail
-    inv = one / (one + e)
+    e, inv, tail = softplus_tail(l)
+    log_sig = (l if l < zero else zero) - tail
+    log_sig_neg = (-l if -l < zero else zero) - tail
     sig = inv if l > zero else e * inv
     qx = q * x
     ll = ((q - one) * x + one) * log_sig - (one - x) * l

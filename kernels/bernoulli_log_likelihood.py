@@ -9,29 +9,37 @@ Row r of the (R, D) input uses data row r % B (x broadcast over leading sample d
 
 The BCE drop-ins' extras, each a constexpr (off: the plain kernel, unchanged): ``WEIGHTED``
 multiplies every value and gradient by ``weight``, ``POS_WEIGHT`` (logits) switches to torch's
-pos-weighted form, ``TARGET_GRAD`` also writes ``d ll / d x``. ``weight`` / ``pos_weight`` are read
-as (R, D) through strides (broadcast views: column stride 0 or 1).
+pos-weighted form, ``TARGET_GRAD`` also writes ``d ll / d x`` (a non-empty ``grad_x``; in forward,
+with the input's gradient). ``weight`` / ``pos_weight`` are read as (R, D) through strides
+(broadcast views: column stride 0 or 1).
 """
 
 from __future__ import annotations
 
-from functools import partial
+from itertools import product
 
 import torch
 import triton
 import triton.language as tl
 
-from . import math as m
+from . import _aot_spec as aot
+from . import formulas as m
 from ._common import (
+    DTYPES,
     LOSS_KL_TILE,
-    acc_dtype,
+    REDUCTIONS,
     check_width,
     data_tile,
+    data_tile_name,
+    fill_empty_sum,
     fused_kl_launch_args,
     grad_out_strides,
+    grad_slots,
     grid_rows,
     launch,
+    row_sums,
     target_view,
+    wanted,
 )
 from .gaussian_kl import kl_rows
 from .reduce import bad_counts, finish
@@ -48,7 +56,7 @@ def _load_input(ptr, mask, PROBS: tl.constexpr):
 
 @triton.jit
 def _term(v, x, PROBS: tl.constexpr):
-    """Elementwise ``(ll, d ll / d v)`` of the parameterization (formulas in math.py)."""
+    """Elementwise ``(ll, d ll / d v)`` of the parameterization (formulas in formulas.py)."""
     if PROBS:
         return m.bernoulli_probs(v, x)
     else:
@@ -74,7 +82,7 @@ def _terms(v, x, rows, cols, mask, w_ptr, w_sr, w_sd, q_ptr, q_sr, q_sd, PROBS, 
 
 
 @triton.jit(do_not_specialize=["R", "B", "KR", "KJ", "w_sr", "w_sd", "q_sr", "q_sd"])
-def bernoulli_fwd_kernel(
+def bernoulli_log_likelihood_fwd_kernel(
     in_ptr,
     x_ptr,
     out_ptr,
@@ -157,7 +165,7 @@ def bernoulli_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["go_sr", "go_sd", "R", "B", "w_sr", "w_sd", "q_sr", "q_sd"])
-def bernoulli_bwd_kernel(
+def bernoulli_log_likelihood_bwd_kernel(
     go_ptr,
     go_sr: tl.int64,
     go_sd: tl.int32,
@@ -194,7 +202,7 @@ def bernoulli_bwd_kernel(
         off = base + cols[None, :]
         v = _load_input(in_ptr + off, mask, PROBS).to(ACC)
         x = tl.load(x_ptr + xbase + cols[None, :], mask=mask, other=0).to(ACC)
-        # grad_out read as (R, D) through strides: elements (D, 1), rows (1, 0), total (0, 0)
+        # grad_out read as (R, D) through strides: 'none' (D, 1), 'rows' (1, 0), 'sum' (0, 0)
         g = tl.load(go_ptr + rows[:, None] * go_sr + cols[None, :] * go_sd, mask=mask, other=0.0).to(ACC)
         _, dll, dx = _terms(
             v, x, rows, cols, mask, w_ptr, w_sr, w_sd, q_ptr, q_sr, q_sd, PROBS, WEIGHTED, POS_WEIGHT, TARGET_GRAD, ACC
@@ -213,7 +221,7 @@ def _extras_args(inp, grad_x=None, weight=None, pos_weight=None) -> tuple[tuple,
             return inp, 0, 0
         return t, t.stride(0), t.stride(1) if t.shape[1] > 1 else 0
 
-    target_grad = grad_x is not None and grad_x.numel() > 0
+    target_grad = wanted(grad_x)
     flags = dict(WEIGHTED=weight is not None, POS_WEIGHT=pos_weight is not None, TARGET_GRAD=target_grad)
     return (grad_x if target_grad else inp, *strided(weight), *strided(pos_weight)), flags
 
@@ -226,7 +234,7 @@ def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, wi
     tile = data_tile(D, any(extra_flags.values()))
     grid, kl_args = fused_kl_launch_args(kl, grid_rows(R, tile), inp)
     launch(
-        bernoulli_fwd_kernel,
+        bernoulli_log_likelihood_fwd_kernel,
         grid,
         inp.device,
         inp,
@@ -251,64 +259,100 @@ def _launch_forward(inp, x, out, grad, bad_in, bad_x, scale, probs, elements, wi
     )
 
 
-def _forward(probs: bool, decoded, x, reduce, scale, with_grad, weight=None, pos_weight=None, target_grad=False):
-    """``(out, grad, grad_x)`` from logits, or from probabilities when ``probs``."""
-    R, D = decoded.shape
+def _forward(probs: bool, out, grad, grad_x, inp, x, weight, pos_weight, reduction, scale) -> None:
+    """From logits, or from probabilities when ``probs``: ``out`` for ``reduction``; ``grad`` and
+    ``grad_x`` (the gradients of the scaled value) where wanted."""
+    R, D = inp.shape
     check_width(D)
-    x = target_view(x)
-    dev, dt = decoded.device, decoded.dtype
-    elements, total = reduce == "elements", reduce == "total"
-    grad = torch.empty_like(decoded) if with_grad else torch.empty(0, dtype=dt, device=dev)
-    grad_x = torch.empty_like(decoded) if with_grad and target_grad else torch.empty(0, dtype=dt, device=dev)
-    acc = acc_dtype(dt)  # rows and totals: float32 for half inputs (elements keep the input dtype)
     if R == 0:
-        if total:  # no rows: scale * 0, so a 'mean' over nothing is NaN like torch
-            return torch.full((), 0.0 * scale, dtype=acc, device=dev), grad, grad_x
-        return (torch.empty_like(decoded) if elements else torch.empty(0, dtype=acc, device=dev)), grad, grad_x
+        return fill_empty_sum(out, reduction, scale)
     # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-    out = torch.empty_like(decoded) if elements else torch.empty(R, dtype=acc, device=dev)
-    _, bad_in, bad_x = bad_counts(R, dev)
-    extras = _extras_args(decoded, grad_x, weight, pos_weight)
-    _launch_forward(decoded, x, out, grad, bad_in, bad_x, scale, probs, elements, with_grad, extras=extras)
-    result = torch.empty((), dtype=acc, device=dev) if total else out
-    finish(result if total else None, (out,) if total else (), bad_in if probs else None, bad_x)
-    return result, grad, grad_x
-
-
-def _backward(probs: bool, grad_out, decoded, x, reduce, scale, weight=None, pos_weight=None, target_grad=False):
-    """``(grad, grad_x)`` from logits, or from probabilities when ``probs``."""
-    R, D = decoded.shape
     x = target_view(x)
-    grad = torch.empty_like(decoded)
-    grad_x = torch.empty_like(decoded) if target_grad else torch.empty(0, dtype=decoded.dtype, device=decoded.device)
-    if R:  # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
-        go = (grad_out if grad_out.dtype == decoded.dtype else grad_out.to(decoded.dtype)).contiguous()
-        sr, sd = grad_out_strides(reduce, D)
-        extra_args, extra_flags = _extras_args(decoded, grad_x, weight, pos_weight)
-        tile = data_tile(D, any(extra_flags.values()))
-        launch(
-            bernoulli_bwd_kernel,
-            grid_rows(R, tile),
-            decoded.device,
-            go,
-            sr,
-            sd,
-            decoded,
-            x,
-            grad,
-            R,
-            x.shape[0],
-            D,
-            float(scale),
-            *extra_args,
-            PROBS=probs,
-            **extra_flags,
-            **tile,
-        )
-    return grad, grad_x
+    with_grad, (grad,) = grad_slots((grad, inp), always=wanted(grad_x))  # grad_x alone: grad to scratch
+    part = row_sums(out, reduction, R, inp.dtype)
+    _, bad_in, bad_x = bad_counts(R, inp.device)
+    extras = _extras_args(inp, grad_x, weight, pos_weight)
+    _launch_forward(inp, x, part, grad, bad_in, bad_x, scale, probs, reduction == "none", with_grad, extras=extras)
+    summed = part is not out
+    finish(out if summed else None, (part,) if summed else (), bad_in if probs else None, bad_x)
 
 
-bernoulli_logits_forward = partial(_forward, False)
-bernoulli_logits_backward = partial(_backward, False)
-bernoulli_probs_forward = partial(_forward, True)
-bernoulli_probs_backward = partial(_backward, True)
+def _backward(probs: bool, grad, grad_x, grad_out, inp, x, weight, pos_weight, reduction, scale) -> None:
+    """From logits, or from probabilities when ``probs``: ``grad`` (and ``grad_x`` where wanted)."""
+    R, D = inp.shape
+    if R == 0 or not (wanted(grad) or wanted(grad_x)):
+        return
+    # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
+    x = target_view(x)
+    _, (grad,) = grad_slots((grad, inp), always=True)
+    go = (grad_out if grad_out.dtype == inp.dtype else grad_out.to(inp.dtype)).contiguous()
+    sr, sd = grad_out_strides(reduction, D)
+    extra_args, extra_flags = _extras_args(inp, grad_x, weight, pos_weight)
+    tile = data_tile(D, any(extra_flags.values()))
+    launch(
+        bernoulli_log_likelihood_bwd_kernel,
+        grid_rows(R, tile),
+        inp.device,
+        go,
+        sr,
+        sd,
+        inp,
+        x,
+        grad,
+        R,
+        x.shape[0],
+        D,
+        float(scale),
+        *extra_args,
+        PROBS=probs,
+        **extra_flags,
+        **tile,
+    )
+
+
+def bernoulli_log_likelihood_forward(out, grad_logits, grad_x, logits, x, weight, pos_weight, reduction, scale):
+    """``out``: ``(R, D)`` for 'none' (the input dtype), ``(R,)`` 'rows', 0-d 'sum'; ``grad_logits``,
+    ``grad_x``: ``(R, D)`` or ``(0,)``; ``weight`` / ``pos_weight``: None or ``(R, D)`` views."""
+    _forward(False, out, grad_logits, grad_x, logits, x, weight, pos_weight, reduction, scale)
+
+
+def bernoulli_log_likelihood_backward(grad_logits, grad_x, grad_out, logits, x, weight, pos_weight, reduction, scale):
+    _backward(False, grad_logits, grad_x, grad_out, logits, x, weight, pos_weight, reduction, scale)
+
+
+def bernoulli_probs_log_likelihood_forward(out, grad_probs, grad_x, probs, x, weight, reduction, scale):
+    """As :func:`bernoulli_log_likelihood_forward`, from probabilities (no ``pos_weight``)."""
+    _forward(True, out, grad_probs, grad_x, probs, x, weight, None, reduction, scale)
+
+
+def bernoulli_probs_log_likelihood_backward(grad_probs, grad_x, grad_out, probs, x, weight, reduction, scale):
+    _backward(True, grad_probs, grad_x, grad_out, probs, x, weight, None, reduction, scale)
+
+
+def aot_specs() -> list:
+    """Every launch of the entries above: each dtype and decoder width class, both
+    parameterizations, float (the input dtype) and uint8 targets (bool ones are read as uint8),
+    every reduction, gradients in forward with the summed ones ('rows', 'sum'), and the drop-ins'
+    extras: weight, pos_weight (logits), the target gradient (float targets). The fused loss's
+    launches (with the KL rows): ``sgvb_loss.aot_specs``."""
+    entries = {
+        False: (bernoulli_log_likelihood_forward, bernoulli_log_likelihood_backward),
+        True: (bernoulli_probs_log_likelihood_forward, bernoulli_probs_log_likelihood_backward),
+    }
+    with aot.recording() as rec:
+        for dtype, D, probs, uint8 in product(DTYPES, aot.widths(data_tile_name), (False, True), (False, True)):
+            fwd, bwd = entries[probs]
+            inp = aot.rows(dtype, D)
+            x = aot.rows(torch.uint8 if uint8 else dtype, D, aot.DATA_ROWS)
+            factor = torch.zeros(1, D, dtype=aot.value_out(inp, "sum").dtype).expand(inp.shape)  # a broadcast view
+            for weighted, pos_weighted, target_grad in product(
+                (False, True), (False,) if probs else (False, True), (False,) if uint8 else (False, True)
+            ):
+                extras = (factor if weighted else None,) + (() if probs else (factor if pos_weighted else None,))
+                for reduction in REDUCTIONS:
+                    for with_grad in (False, True) if reduction != "none" else (False,):
+                        slots = (*aot.grads(inp, wanted=with_grad), *aot.grads(inp, wanted=with_grad and target_grad))
+                        fwd(aot.value_out(inp, reduction), *slots, inp, x, *extras, reduction, 1.0)
+                    slots = (*aot.grads(inp), *aot.grads(inp, wanted=target_grad))
+                    bwd(*slots, aot.upstream(inp, reduction), inp, x, *extras, reduction, 1.0)
+    return rec.specs

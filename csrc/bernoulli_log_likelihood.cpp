@@ -5,7 +5,7 @@
 #include <type_traits>
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "bernoulli.cpp"
+#define HWY_TARGET_INCLUDE "bernoulli_log_likelihood.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "parallel.h"
@@ -171,9 +171,9 @@ bool flat_indexable(const Factor& f, int64_t R, int64_t D) {
 
 // Rows of the kernels: the caller's (R, D), or flat chunks when per-row results are not needed
 // and the data is not broadcast (a few huge rows then still spread over the threads).
-Rows layout(int64_t R, int64_t B, int64_t D, int reduce, const BernoulliExtras& extras) {
+Rows layout(int64_t R, int64_t B, int64_t D, int reduction, const BernoulliExtras& extras) {
   constexpr int64_t kChunk = 4096;
-  if (reduce != kRows && R == B && D > kChunk && flat_indexable(extras.weight, R, D) &&
+  if (reduction != kReductionRows && R == B && D > kChunk && flat_indexable(extras.weight, R, D) &&
       flat_indexable(extras.pos_weight, R, D)) {
     const int64_t total = R * D;
     const int64_t chunks = (total + kChunk - 1) / kChunk;
@@ -217,12 +217,12 @@ std::pair<int64_t, int64_t> run(BernoulliJob& job, int nthreads) {
 }
 
 // out[r] = scale * sums[r] ('rows') or out[0] = scale * sum_r sums[r] in row order ('total').
-void write_reduced(addr out, const std::vector<double>& sums, int reduce, double scale, int dtype) {
+void write_reduced(addr out, const std::vector<double>& sums, int reduction, double scale, int dtype) {
   double total = 0.0;
   dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
     T* o = as_ptr<T>(out);
-    if (reduce == kRows) {
+    if (reduction == kReductionRows) {
       for (size_t r = 0; r < sums.size(); ++r) o[r] = static_cast<T>(scale * sums[r]);
     } else {
       for (double s : sums) total += s;
@@ -233,10 +233,10 @@ void write_reduced(addr out, const std::vector<double>& sums, int reduce, double
 }
 
 // The fields forward and backward share: layout, types, scale, input, target, gradient, extras.
-BernoulliJob make_job(bool probs, addr grad, addr in, addr x, int64_t R, int64_t B, int64_t D, int reduce,
+BernoulliJob make_job(bool probs, addr grad, addr in, addr x, int64_t R, int64_t B, int64_t D, int reduction,
                       double scale, int dtype, int xtype, const BernoulliExtras& extras, bool with_grad) {
   BernoulliJob job{};
-  job.rows = layout(R, B, D, reduce, extras);
+  job.rows = layout(R, B, D, reduction, extras);
   job.dtype = dtype;
   job.xtype = xtype;
   job.probs = probs;
@@ -249,57 +249,57 @@ BernoulliJob make_job(bool probs, addr grad, addr in, addr x, int64_t R, int64_t
 }
 
 std::pair<int64_t, int64_t> forward(bool probs, addr out, addr grad, addr in, addr x, int64_t R, int64_t B,
-                                    int64_t D, int reduce, double scale, bool with_grad, int dtype, int xtype,
-                                    int nthreads, const BernoulliExtras& extras) {
-  BernoulliJob job = make_job(probs, grad, in, x, R, B, D, reduce, scale, dtype, xtype, extras, with_grad);
-  job.mode = reduce == kElements ? kFwdElements : (with_grad ? kFwdSumGrad : kFwdSum);
+                                    int64_t D, int reduction, double scale, bool with_grad, int dtype,
+                                    int xtype, int nthreads, const BernoulliExtras& extras) {
+  BernoulliJob job = make_job(probs, grad, in, x, R, B, D, reduction, scale, dtype, xtype, extras, with_grad);
+  job.mode = reduction == kReductionNone ? kFwdElements : (with_grad ? kFwdSumGrad : kFwdSum);
   job.out = as_ptr<void>(out);
-  std::vector<double> sums(reduce == kElements ? 0 : static_cast<size_t>(job.rows.R));
+  std::vector<double> sums(reduction == kReductionNone ? 0 : static_cast<size_t>(job.rows.R));
   job.sums = sums.data();
   const auto bad = run(job, nthreads);
-  if (reduce != kElements) write_reduced(out, sums, reduce, scale, dtype);
+  if (reduction != kReductionNone) write_reduced(out, sums, reduction, scale, dtype);
   return bad;
 }
 
 void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, int64_t B, int64_t D,
-              int reduce, double scale, int dtype, int xtype, int nthreads, const BernoulliExtras& extras) {
-  BernoulliJob job = make_job(probs, grad, in, x, R, B, D, reduce, scale, dtype, xtype, extras, true);
-  job.mode = reduce == kElements ? kBwdElements : kBwdRow;
+              int reduction, double scale, int dtype, int xtype, int nthreads,
+              const BernoulliExtras& extras) {
+  BernoulliJob job = make_job(probs, grad, in, x, R, B, D, reduction, scale, dtype, xtype, extras, true);
+  job.mode = reduction == kReductionNone ? kBwdElements : kBwdRow;
   job.grad_out = as_ptr<const void>(grad_out);
-  job.upstream_total = reduce == kTotal;
+  job.upstream_total = reduction == kReductionSum;
   run(job, nthreads);
 }
 
 }  // namespace
 
-int64_t bernoulli_logits_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                                 int reduce, double scale, bool with_grad, int dtype, int xtype, int nthreads,
-                                 const BernoulliExtras& extras) {
-  return forward(false, out, grad, logits, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads,
+int64_t bernoulli_log_likelihood_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B,
+                                         int64_t D, int reduction, double scale, bool with_grad, int dtype,
+                                         int xtype, int nthreads, const BernoulliExtras& extras) {
+  return forward(false, out, grad, logits, x, R, B, D, reduction, scale, with_grad, dtype, xtype, nthreads,
                  extras)
       .second;
 }
 
-void bernoulli_logits_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B, int64_t D,
-                               int reduce, double scale, int dtype, int xtype, int nthreads,
-                               const BernoulliExtras& extras) {
-  backward(false, grad, grad_out, logits, x, R, B, D, reduce, scale, dtype, xtype, nthreads, extras);
+void bernoulli_log_likelihood_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B,
+                                       int64_t D, int reduction, double scale, int dtype, int xtype,
+                                       int nthreads, const BernoulliExtras& extras) {
+  backward(false, grad, grad_out, logits, x, R, B, D, reduction, scale, dtype, xtype, nthreads, extras);
 }
 
-std::pair<int64_t, int64_t> bernoulli_probs_forward(addr out, addr grad, addr probs, addr x, int64_t R,
-                                                    int64_t B, int64_t D, int reduce, double scale,
-                                                    bool with_grad, int dtype, int xtype, int nthreads,
-                                                    const BernoulliExtras& extras) {
+std::pair<int64_t, int64_t> bernoulli_probs_log_likelihood_forward(
+    addr out, addr grad, addr probs, addr x, int64_t R, int64_t B, int64_t D, int reduction, double scale,
+    bool with_grad, int dtype, int xtype, int nthreads, const BernoulliExtras& extras) {
   if (extras.pos_weight.data) throw std::invalid_argument("fastaevb._C: pos_weight applies to logits only");
-  return forward(true, out, grad, probs, x, R, B, D, reduce, scale, with_grad, dtype, xtype, nthreads,
+  return forward(true, out, grad, probs, x, R, B, D, reduction, scale, with_grad, dtype, xtype, nthreads,
                  extras);
 }
 
-void bernoulli_probs_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R, int64_t B, int64_t D,
-                              int reduce, double scale, int dtype, int xtype, int nthreads,
-                              const BernoulliExtras& extras) {
+void bernoulli_probs_log_likelihood_backward(addr grad, addr grad_out, addr probs, addr x, int64_t R,
+                                             int64_t B, int64_t D, int reduction, double scale, int dtype,
+                                             int xtype, int nthreads, const BernoulliExtras& extras) {
   if (extras.pos_weight.data) throw std::invalid_argument("fastaevb._C: pos_weight applies to logits only");
-  backward(true, grad, grad_out, probs, x, R, B, D, reduce, scale, dtype, xtype, nthreads, extras);
+  backward(true, grad, grad_out, probs, x, R, B, D, reduction, scale, dtype, xtype, nthreads, extras);
 }
 
 }  // namespace fastaevb
