@@ -11,7 +11,7 @@
 #include "kernels.h"
 #include "parallel.h"
 
-    namespace py = pybind11;
+namespace py = pybind11;
 using namespace pybind11::literals;
 
 #ifndef FASTAEVB_NATIVE_BUILD

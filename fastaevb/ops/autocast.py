@@ -8,9 +8,9 @@ autocast": the probabilities usually come out of a sigmoid that autocast ran in 
 op                                     under ``torch.autocast`` (CPU and CUDA)
 =====================================  ========================================================
 ``sgvb_loss``, ``gaussian_kl``,        float32: float16 / bfloat16 inputs are cast to float32
-``bernoulli_logits_ll``,               (float64 and integer targets untouched), as torch's
-``bernoulli_probs_ll``,                ``binary_cross_entropy_with_logits``; gradients flow
-``gaussian_ll``                        back to the half inputs in their dtype
+``bernoulli_log_likelihood``,          (float64 and integer targets untouched), as torch's
+``bernoulli_probs_log_likelihood``,    ``binary_cross_entropy_with_logits``; gradients flow
+``gaussian_log_likelihood``            back to the half inputs in their dtype
 ``reparameterize_kl``                  no rule: runs in its inputs' dtype, as torch's
                                        elementwise ``exp``/``mul``/``add`` do (its KL and
                                        log-weight rows are float32 for half inputs anyway)
