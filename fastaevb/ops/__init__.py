@@ -83,12 +83,17 @@ def as_rows(t: Tensor, rows: int, width: int) -> Tensor:
     return t if t.dim() == 2 and t.shape[0] == rows and t.shape[1] == width else t.reshape(rows, width)
 
 
+def _outputs(name: str, *args):
+    """Op ``name`` on the custom-op path (all its outputs) or the eager Function (what it returns)."""
+    if _custom_path():
+        return registrar.CUSTOM[name](*args)
+    return private.fast_apply(registrar.EAGER[name], *args)
+
+
 def loss(name: str, *args) -> Tensor:
     """Loss op ``name`` on its arguments (the table's order): its value (the custom op also
     returns the gradients it wrote; the eager Function keeps them)."""
-    if _custom_path():
-        return registrar.CUSTOM[name](*args)[0]
-    return private.fast_apply(registrar.EAGER[name], *args)
+    return _outputs(name, *args)[0] if _custom_path() else _outputs(name, *args)
 
 
 def sgvb_loss(
@@ -140,8 +145,8 @@ def reparameterize_kl(
     shape, latent = mu.shape, mu.shape[-1]
     rows = mu.numel() // latent if latent else math.prod(shape[:-1])
     flat_eps = None if eps is None else eps.reshape(samples, rows, latent)
-    sample = registrar.CUSTOM["reparameterize_kl"] if _custom_path() else registrar.EAGER["reparameterize_kl"].apply
-    z, kl, log_q, log_p = sample(
+    z, kl, log_q, log_p = _outputs(
+        "reparameterize_kl",
         as_rows(mu, rows, latent),
         as_rows(logvar, rows, latent),
         flat_eps,
