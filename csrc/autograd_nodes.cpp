@@ -97,16 +97,20 @@ struct SGVBLoss : torch::autograd::Function<SGVBLoss> {
                         int64_t likelihood, double kl_scale, double ll_scale, bool with_grad,
                         std::array<int64_t, 2>* bad) {
     const int64_t B = x.size(0), D = x.numel() / B, R = decoded.numel() / D, J = mu.size(-1);
-    const bool gaussian = likelihood == kLikelihoodGaussian;
+    // The error decoders' log-scale takes the Gaussian log-variance's slot, layout and gradient.
+    const bool decoder_scale =
+        likelihood == kLikelihoodGaussian || likelihood == kLikelihoodMse || likelihood == kLikelihoodL1;
+    TORCH_CHECK(!decoder_scale || decoder_logvar.has_value(),
+                "fastaevb: this likelihood needs decoder_logvar");
     const bool byte_target = x.scalar_type() == at::kByte || x.scalar_type() == at::kBool;
     const Tensor dec = decoded.contiguous(), xs = x.contiguous(), m = mu.contiguous(),
                  v = logvar.contiguous();
-    const Tensor dlv = gaussian ? decoder_logvar->contiguous() : Tensor();
+    const Tensor dlv = decoder_scale ? decoder_logvar->contiguous() : Tensor();
     Tensor out = at::empty({}, decoded.options());
     Tensor grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar;
     if (with_grad) {
       grad_decoded = GradientCache::instance().empty_like(dec);
-      grad_decoder_logvar = gaussian ? GradientCache::instance().empty_like(dlv) : Tensor();
+      grad_decoder_logvar = decoder_scale ? GradientCache::instance().empty_like(dlv) : Tensor();
       grad_mu = at::empty_like(m);
       grad_logvar = at::empty_like(v);
     }
@@ -114,7 +118,7 @@ struct SGVBLoss : torch::autograd::Function<SGVBLoss> {
     const auto counts =
         sgvb_loss_forward(ptr(out), ptr(grad_decoded), ptr(grad_decoder_logvar), ptr(grad_mu),
                           ptr(grad_logvar), ptr(dec), ptr(xs), ptr(dlv), ptr(m), ptr(v), R, B, D, J,
-                          static_cast<int>(likelihood), gaussian && dlv.numel() == 1, kl_scale, ll_scale,
+                          static_cast<int>(likelihood), decoder_scale && dlv.numel() == 1, kl_scale, ll_scale,
                           with_grad, dtype_code(dec), byte_target ? 1 : 0, threads());
     *bad = {counts.first, counts.second};
     ctx->saved_data["grads"] = std::vector<Tensor>{grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar};

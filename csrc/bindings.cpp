@@ -75,13 +75,22 @@ PYBIND11_MODULE(_C, m) {
         "grad_logvar"_a, "grad_out"_a, "x"_a, "mean"_a, "logvar"_a, "R"_a, "B"_a, "D"_a, "shared_logvar"_a,
         "reduction"_a, "scale"_a, "dtype"_a, "nthreads"_a);
 
+  m.def("error_log_likelihood_forward", &f::error_log_likelihood_forward, guard(), "out"_a, "grad_mean"_a,
+        "grad_log_scale"_a, "x"_a, "mean"_a, "log_scale"_a, "R"_a, "B"_a, "D"_a, "shared_log_scale"_a,
+        "reduction"_a, "scale"_a, "power"_a, "with_grad"_a, "dtype"_a, "nthreads"_a);
+  m.def("error_log_likelihood_backward", &f::error_log_likelihood_backward, guard(), "grad_mean"_a,
+        "grad_log_scale"_a, "grad_out"_a, "x"_a, "mean"_a, "log_scale"_a, "R"_a, "B"_a, "D"_a,
+        "shared_log_scale"_a, "reduction"_a, "scale"_a, "power"_a, "dtype"_a, "nthreads"_a);
+
   m.def("sgvb_loss_forward", &f::sgvb_loss_forward, guard(), "out"_a, "grad_decoded"_a,
         "grad_decoder_logvar"_a, "grad_mu"_a, "grad_logvar"_a, "decoded"_a, "x"_a, "decoder_logvar"_a, "mu"_a,
         "logvar"_a, "R"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared_logvar"_a, "kl_scale"_a, "ll_scale"_a,
         "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
-  m.attr("LIKELIHOODS") = py::dict("bernoulli"_a = static_cast<int>(f::kLikelihoodBernoulli),
-                                   "bernoulli_probs"_a = static_cast<int>(f::kLikelihoodProbs),
-                                   "gaussian"_a = static_cast<int>(f::kLikelihoodGaussian));
+  m.attr("LIKELIHOODS") =
+      py::dict("bernoulli"_a = static_cast<int>(f::kLikelihoodBernoulli),
+               "bernoulli_probs"_a = static_cast<int>(f::kLikelihoodProbs),
+               "gaussian"_a = static_cast<int>(f::kLikelihoodGaussian),
+               "mse"_a = static_cast<int>(f::kLikelihoodMse), "l1"_a = static_cast<int>(f::kLikelihoodL1));
 
   m.attr("REDUCTIONS") =
       py::dict("none"_a = static_cast<int>(f::kReductionNone), "rows"_a = static_cast<int>(f::kReductionRows),

@@ -69,11 +69,28 @@ void gaussian_log_likelihood_backward(addr grad_mean, addr grad_logvar, addr gra
                                       addr logvar, int64_t R, int64_t B, int64_t D, bool shared_logvar,
                                       int reduction, double scale, int dtype, int nthreads);
 
+// The error decoders: ll = -sum_d (|x - m|^power exp(-s) + s), power 2 (squared) or 1 (absolute);
+// log_scale s is (R, D), or one shared value when shared_log_scale (then grad_log_scale has 1 element).
+void error_log_likelihood_forward(addr out, addr grad_mean, addr grad_log_scale, addr x, addr mean,
+                                  addr log_scale, int64_t R, int64_t B, int64_t D, bool shared_log_scale,
+                                  int reduction, double scale, int power, bool with_grad, int dtype,
+                                  int nthreads);
+void error_log_likelihood_backward(addr grad_mean, addr grad_log_scale, addr grad_out, addr x, addr mean,
+                                   addr log_scale, int64_t R, int64_t B, int64_t D, bool shared_log_scale,
+                                   int reduction, double scale, int power, int dtype, int nthreads);
+
 // The whole loss of a step: kl_scale * sum KL - ll_scale * sum log p(x|z), mu/logvar (B, J),
-// decoder output (R, D); likelihood: kLikelihoodBernoulli, kLikelihoodProbs or kLikelihoodGaussian
-// (decoder_logvar (R, D), or one value when shared_logvar). Gradients written when with_grad.
-// Returns (out-of-range decoder inputs, out-of-range targets).
-enum Likelihood : int { kLikelihoodBernoulli = 0, kLikelihoodProbs = 1, kLikelihoodGaussian = 2 };
+// decoder output (R, D); likelihood: kLikelihoodBernoulli, kLikelihoodProbs, kLikelihoodGaussian
+// (decoder_logvar (R, D), or one value when shared_logvar) or kLikelihoodMse / kLikelihoodL1 (the
+// error decoders of power 2 / 1, decoder_logvar holding their log-scale, laid out the same).
+// Gradients written when with_grad. Returns (out-of-range decoder inputs, out-of-range targets).
+enum Likelihood : int {
+  kLikelihoodBernoulli = 0,
+  kLikelihoodProbs = 1,
+  kLikelihoodGaussian = 2,
+  kLikelihoodMse = 3,
+  kLikelihoodL1 = 4,
+};
 std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr grad_decoder_logvar,
                                               addr grad_mu, addr grad_logvar, addr decoded, addr x,
                                               addr decoder_logvar, addr mu, addr logvar, int64_t R, int64_t B,

@@ -74,6 +74,24 @@ struct GaussianJob {
   double* sums;  // sum_d q_d (per-element logvar) or sum_d (x - m)^2 (shared)
 };
 
+// The error decoders (error_log_likelihood.cpp): the Gaussian job's layout with the log-scale s
+// in place of the log-variance and the error's power p (2: squared, 1: absolute).
+struct ErrorJob {
+  Rows rows;
+  int mode, dtype, power;
+  bool shared_log_scale;  // one log-scale for every element: log_scale[0]
+  double inv_scale;       // exp(-log_scale[0]) when shared_log_scale
+  double scale;
+  const void* x;
+  const void* mean;
+  const void* log_scale;
+  void* grad_mean;
+  void* grad_log_scale;  // per element; unused when shared_log_scale (the driver sums it)
+  const void* grad_out;
+  bool upstream_total;
+  double* sums;  // sum_d (|x - m|^p exp(-s) + s) (per-element s) or sum_d |x - m|^p (shared)
+};
+
 struct KLJob {
   Rows rows;
   int mode, dtype;

@@ -1,8 +1,8 @@
 // The whole SGVB loss of one training step in one call (eq. 10 negated):
 //   out = kl_scale * sum_r KL_r - ll_scale * sum_r log p(x_r | z_r),
-// the analytic KL (gaussian_kl.cpp) and the decoder log-likelihood (bernoulli_log_likelihood.cpp or
-// gaussian_log_likelihood.cpp) run back to back, each with its own thread count, and the two
-// totals are added here: one crossing of the Python boundary instead of two.
+// the analytic KL (gaussian_kl.cpp) and the decoder log-likelihood (bernoulli_log_likelihood.cpp,
+// gaussian_log_likelihood.cpp or error_log_likelihood.cpp) run back to back, each with its own thread count,
+// and the two totals are added here: one crossing of the Python boundary instead of two.
 #include "kernels.h"
 #include "parallel.h"
 
@@ -27,6 +27,10 @@ std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr 
     } else if (likelihood == kLikelihoodProbs) {
       bad = bernoulli_probs_log_likelihood_forward(ll_out, grad_decoded, decoded, x, R, B, D, kReductionSum,
                                                    -ll_scale, with_grad, dtype, xtype, nthreads);
+    } else if (likelihood == kLikelihoodMse || likelihood == kLikelihoodL1) {
+      error_log_likelihood_forward(ll_out, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, R,
+                                   B, D, shared_logvar, kReductionSum, -ll_scale,
+                                   likelihood == kLikelihoodMse ? 2 : 1, with_grad, dtype, nthreads);
     } else {
       gaussian_log_likelihood_forward(ll_out, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar,
                                       R, B, D, shared_logvar, kReductionSum, -ll_scale, with_grad, dtype,

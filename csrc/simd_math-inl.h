@@ -274,6 +274,44 @@ HWY_INLINE GaussTerm<D> Gaussian(D d, V<D> x, V<D> m, V<D> v) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Error decoders (torch's mse / l1 losses with a log-scale s), power p in {1, 2}:
+// ll = -q, q = |x - m|^p exp(-s) + s; dll/dm = p |x - m|^(p-1) sign(x - m) exp(-s),
+// dll/ds = |x - m|^p exp(-s) - 1. Error<p> is |d|^p; ErrorSlope<p> is dm without exp(-s).
+// ---------------------------------------------------------------------------------------
+template <int kPower, class D>
+HWY_INLINE V<D> Error(D /*d*/, V<D> diff) {
+  if constexpr (kPower == 2)
+    return hn::Mul(diff, diff);
+  else
+    return hn::Abs(diff);
+}
+
+// 2 (x - m), or sign(x - m) with sign(0) = 0 and NaN kept (torch's abs backward).
+template <int kPower, class D>
+HWY_INLINE V<D> ErrorSlope(D d, V<D> diff) {
+  if constexpr (kPower == 2) {
+    return hn::Add(diff, diff);
+  } else {
+    const V<D> one = hn::Set(d, 1);
+    return hn::IfThenElse(hn::Gt(diff, hn::Zero(d)), one,
+                          hn::IfThenElse(hn::Lt(diff, hn::Zero(d)), hn::Neg(one), diff));
+  }
+}
+
+template <class D>
+struct ErrorTerm {
+  V<D> q, dm, ds;
+};
+
+template <int kPower, class D>
+HWY_INLINE ErrorTerm<D> ErrorLL(D d, V<D> x, V<D> m, V<D> s) {
+  const V<D> diff = hn::Sub(x, m);
+  const V<D> is = ExpSafe(d, hn::Neg(s));
+  const V<D> e = hn::Mul(Error<kPower>(d, diff), is);
+  return {hn::Add(e, s), hn::Mul(ErrorSlope<kPower>(d, diff), is), hn::Sub(e, hn::Set(d, 1))};
+}
+
+// ---------------------------------------------------------------------------------------
 // Gaussian KL (Appendix B): KL = 0.5 sum_j kl2, kl2 = mu^2 + expm1(v) - v;
 // dKL/dmu = mu, dKL/dv = 0.5 expm1(v) (expm1 keeps the digits of small v).
 // ---------------------------------------------------------------------------------------

@@ -68,6 +68,25 @@ def check_latents(mu: Tensor, logvar: Tensor, samples: int, eps: Tensor | None) 
         check.not_requiring_grad("eps", eps)
 
 
+def latent_split(mu: Tensor, latent_dims: int | None) -> tuple[tuple[int, ...], int]:
+    """``(batch shape, J)``: the trailing ``latent_dims`` dimensions of ``mu`` are one datapoint's
+    latents. Without it, ``(J,)`` and ``(B, J)`` are clear, and more dimensions are refused: ``(B,
+    C, h, w)`` feature maps and ``(L, B, J)`` samples look alike, and summing the wrong dimensions
+    would be a silently wrong KL."""
+    if latent_dims is None:
+        if mu.dim() > 2:
+            raise ValueError(
+                f"mu of shape {tuple(mu.shape)} is ambiguous: pass latent_dims={mu.dim() - 1} for feature-map "
+                f"latents (one KL per datapoint over dims 1..{mu.dim() - 1}) or latent_dims=1 for (*batch, J) "
+                f"latents (one KL per {tuple(mu.shape[:-1])})"
+            )
+        latent_dims = 1
+    if isinstance(latent_dims, bool) or not isinstance(latent_dims, int) or not 1 <= latent_dims <= mu.dim():
+        raise ValueError(f"latent_dims must be an int in [1, {mu.dim()}] for mu of shape {tuple(mu.shape)}")
+    batch = tuple(mu.shape[: mu.dim() - latent_dims])
+    return batch, math.prod(mu.shape[mu.dim() - latent_dims :])
+
+
 def reparameterize_kl(
     mu: Tensor,
     logvar: Tensor,
@@ -75,10 +94,19 @@ def reparameterize_kl(
     eps: Tensor | None,
     generator: torch.Generator | None,
     return_log_weights: bool,
+    latent_dims: int | None = None,
 ) -> tuple[Tensor, ...]:
     check_latents(mu, logvar, samples, eps)
+    shape = tuple(mu.shape)
+    batch, latent = latent_split(mu, latent_dims)
+    grouped = len(batch) + 1 != mu.dim()  # feature maps: their latents as one J per datapoint
+    if grouped:
+        mu, logvar = mu.reshape(*batch, latent), logvar.reshape(*batch, latent)
+        eps = None if eps is None else eps.reshape(*eps.shape[: eps.dim() - len(shape)], *batch, latent)
     seed = seeds.draw(generator, mu) if eps is None else None
     z, kl, log_q, log_p = ops.reparameterize_kl(mu, logvar, eps, seed, samples, return_log_weights, True)
+    if grouped:
+        z = z.reshape(shape if samples == 1 else (samples, *shape))
     return (z, kl, log_q, log_p) if return_log_weights else (z, kl)
 
 
@@ -91,12 +119,12 @@ def reparameterize(
     return ops.reparameterize(mu, logvar, eps, seed, samples)
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str) -> Tensor:
+def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str, latent_dims: int | None = None) -> Tensor:
     reduction = check.reduction(reduction)
     if private.autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
         mu, logvar = autocast.to_float32(mu, logvar)  # type: ignore[assignment]
     check_latents(mu, logvar, 1, None)
-    batch, latent = tuple(mu.shape[:-1]), mu.shape[-1]
+    batch, latent = latent_split(mu, latent_dims)
     rows = math.prod(batch)
     op_reduction, scale = row_reduction(reduction, rows)
     kl = ops.loss(

@@ -49,17 +49,33 @@ def bernoulli(name: str, output_name: str, output: Tensor, x: Tensor, reduction:
 
 
 def gaussian(x: Tensor, mean: Tensor, logvar: Tensor, reduction: str) -> Tensor:
+    return location_scale("gaussian_log_likelihood", x, mean, "logvar", logvar, reduction)
+
+
+def error(x: Tensor, mean: Tensor, log_scale: Tensor | None, power: int, reduction: str) -> Tensor:
+    if power not in (1, 2):
+        raise ValueError(f"power must be 2 (squared error, F.mse_loss) or 1 (absolute error, F.l1_loss), got {power!r}")
+    if log_scale is None:
+        log_scale = check.floating("mean", mean).new_zeros(1)  # s = 0: the plain errors of F.mse_loss / F.l1_loss
+    return location_scale("error_log_likelihood", x, mean, "log_scale", log_scale, reduction, power)
+
+
+def location_scale(
+    name: str, x: Tensor, mean: Tensor, scale_name: str, log_scale: Tensor, reduction: str, *extra: int
+) -> Tensor:
+    """A decoder of ``x`` with location ``mean`` and a log-scale per element or shared (op ``name``:
+    the Gaussian's log-variance, the error decoders' log-scale)."""
     reduction = check.reduction(reduction)
     if private.autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
-        x, mean, logvar = autocast.to_float32(x, mean, logvar)  # type: ignore[assignment]
+        x, mean, log_scale = autocast.to_float32(x, mean, log_scale)  # type: ignore[assignment]
     check.floating("x", x)
     check.floating("mean", mean)
-    check.floating("logvar", logvar)
-    check.same_device("mean", mean, x=x, logvar=logvar)
-    check.same_float_dtype("mean", mean, logvar=logvar)
-    shared = logvar.numel() == 1
+    check.floating(scale_name, log_scale)
+    check.same_device("mean", mean, x=x, **{scale_name: log_scale})
+    check.same_float_dtype("mean", mean, **{scale_name: log_scale})
+    shared = log_scale.numel() == 1
     if not shared:
-        check.same_shape("mean", mean, logvar=logvar)
+        check.same_shape("mean", mean, **{scale_name: log_scale})
     row_shape, event = check.decoder_rows("mean", mean, "x", x)
     rows = math.prod(row_shape)
     op_reduction, scale = row_reduction(reduction, rows)
@@ -71,12 +87,13 @@ def gaussian(x: Tensor, mean: Tensor, logvar: Tensor, reduction: str) -> Tensor:
         shift = (x_rows - x_rows.detach()).expand(rows // max(x.shape[0], 1), *x_rows.shape).reshape(rows, event)
         mean_rows, x_rows = mean_rows - shift, x_rows.detach()
     ll = ops.loss(
-        "gaussian_log_likelihood",
+        name,
         x_rows,
         mean_rows,
-        logvar.reshape(1) if shared else as_rows(logvar, rows, event),
+        log_scale.reshape(1) if shared else as_rows(log_scale, rows, event),
         op_reduction,
         scale,
-        wants_grad_in_forward(op_reduction, mean_rows, logvar),
+        wants_grad_in_forward(op_reduction, mean_rows, log_scale),
+        *extra,
     )
     return ll.reshape(row_shape) if op_reduction == "rows" else ll

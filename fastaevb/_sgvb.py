@@ -1,6 +1,13 @@
 """The whole SGVB loss of a training step behind ``functional.sgvb_loss``: the common Bernoulli
 call of a step tested in one expression, the general checks, one fused ``sgvb_loss`` op call, or,
-per datapoint (``reduction='none'``, a differentiable target, estimator A), the decoder and KL ops."""
+per datapoint (``reduction='none'``, a differentiable target, estimator A), the decoder and KL ops.
+
+The loss is ``kl_weight * KL_term + recon_weight * recon_term``, each term reduced with its own
+word (``recon_reduction``, ``kl_reduction``, default ``reduction``): ``'sum'``; ``'batchmean'``
+(sum / B, torch's ``F.kl_div`` word; the public ``'mean'`` of this function); ``'mean'`` over the
+elements (``F.mse_loss``'s default for the decoder term, ``kl.mean()`` of the KL elements). Each
+word is one factor on the fused op's ``kl_scale`` / ``ll_scale``, so every combination is one call.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,12 @@ from . import _validation as check
 from . import ops
 from ._latents import check_latents, common_latents, gaussian_kl, row_reduction, wants_grad_in_forward
 from .ops import autocast
-from .ops.table import LIKELIHOODS
+from .ops.table import ERROR_POWERS, LIKELIHOODS
 
 ESTIMATORS = ("analytic", "generic")
+TERM_REDUCTIONS = ("sum", "batchmean", "mean")
+# the decoder's second parameter: its public keyword for each likelihood that takes one
+DECODER_PARAMETER = {"gaussian": "decoder_logvar", "mse": "decoder_log_scale", "l1": "decoder_log_scale"}
 
 
 def reduced(per_datapoint: Tensor, reduction: str) -> Tensor:
@@ -27,13 +37,15 @@ def reduced(per_datapoint: Tensor, reduction: str) -> Tensor:
 
 
 def _decoder_log_likelihood(
-    likelihood: str, recon: Tensor, x: Tensor, decoder_logvar: Tensor | None, reduction: str
+    likelihood: str, recon: Tensor, x: Tensor, decoder_param: Tensor | None, reduction: str
 ) -> Tensor:
     if likelihood == "bernoulli":
         return likelihoods.bernoulli("bernoulli_log_likelihood", "logits", recon, x, reduction)
     if likelihood == "bernoulli_probs":
         return likelihoods.bernoulli("bernoulli_probs_log_likelihood", "probs", recon, x, reduction)
-    logvar = recon.new_zeros(()) if decoder_logvar is None else decoder_logvar
+    if likelihood in ERROR_POWERS:
+        return likelihoods.error(x.to(recon.dtype), recon, decoder_param, ERROR_POWERS[likelihood], reduction)
+    logvar = recon.new_zeros(()) if decoder_param is None else decoder_param
     return likelihoods.gaussian(x.to(recon.dtype), recon, logvar, reduction)
 
 
@@ -64,6 +76,61 @@ def _training_step_samples(recon: object, x: object, mu: object, logvar: object)
     return recon.shape[0] if recon.dim() == 3 and recon.shape[1:] == x.shape else 0
 
 
+def _term_reductions(reduction: str, recon_reduction: str | None, kl_reduction: str | None) -> tuple[str, str]:
+    if reduction == "none":
+        if recon_reduction is not None or kl_reduction is not None:
+            raise ValueError("recon_reduction and kl_reduction need a scalar reduction ('sum' or 'mean'), not 'none'")
+        return "none", "none"
+    default = "sum" if reduction == "sum" else "batchmean"
+    for name, word in (("recon_reduction", recon_reduction), ("kl_reduction", kl_reduction)):
+        if word is not None and word not in TERM_REDUCTIONS:
+            raise ValueError(f"{name} must be one of {TERM_REDUCTIONS} or None (as reduction), got {word!r}")
+    return recon_reduction or default, kl_reduction or default
+
+
+def _term_scale(word: str, datapoints: int, elements: int) -> float:
+    """The factor of a term's sum over ``datapoints`` of ``elements`` values each for ``word``."""
+    if word == "sum":
+        return 1.0
+    count = datapoints if word == "batchmean" else datapoints * elements
+    return 1.0 / count if count else math.nan
+
+
+def _kl_weight(kl_weight: object) -> tuple[float, Tensor | None]:
+    """A float weight (checked here) or a 0-d tensor, which the op reads (and checks) when it runs."""
+    if isinstance(kl_weight, Tensor):
+        check.floating("kl_weight", kl_weight)
+        if kl_weight.numel() != 1 or kl_weight.dim() > 1:
+            raise ValueError(f"kl_weight must be a float or a 0-d tensor, got shape {tuple(kl_weight.shape)}")
+        check.not_requiring_grad("kl_weight", kl_weight, "it is a weight, not a parameter of the loss")
+        return 1.0, kl_weight.reshape(())
+    if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)):
+        raise TypeError(f"kl_weight must be a float or a 0-d tensor, got {type(kl_weight).__name__}")
+    return check.weight("kl_weight", float(kl_weight)), None
+
+
+def _clamped(logvar: Tensor, logvar_clamp: tuple[float, float] | None) -> Tensor:
+    """The encoder log-variance clamped as diffusers' ``DiagonalGaussianDistribution`` does
+    (``torch.clamp``: gradient 0 outside the range)."""
+    if logvar_clamp is None:
+        return logvar
+    low, high = (float(v) for v in logvar_clamp)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"logvar_clamp must be (low, high) with finite low < high, got {logvar_clamp!r}")
+    return logvar.clamp(low, high)
+
+
+def _decoder_parameter(likelihood: str, decoder_logvar: Tensor | None, decoder_log_scale: Tensor | None):
+    for name, given in (("decoder_logvar", decoder_logvar), ("decoder_log_scale", decoder_log_scale)):
+        if given is not None and DECODER_PARAMETER.get(likelihood) != name:
+            takes = DECODER_PARAMETER.get(likelihood)
+            raise ValueError(
+                f"{name} is not a parameter of likelihood={likelihood!r}"
+                + (f" (it takes {takes})" if takes else " (it has no learned scale)")
+            )
+    return decoder_logvar if likelihood == "gaussian" else decoder_log_scale
+
+
 def sgvb_loss(
     recon: Tensor,
     x: Tensor,
@@ -75,79 +142,145 @@ def sgvb_loss(
     estimator: str,
     log_q: Tensor | None,
     log_p: Tensor | None,
+    decoder_log_scale: Tensor | None = None,
+    kl_weight: float | Tensor = 1.0,
+    recon_weight: float = 1.0,
+    recon_reduction: str | None = None,
+    kl_reduction: str | None = None,
+    logvar_clamp: tuple[float, float] | None = None,
 ) -> Tensor:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    reduction = check.reduction(reduction)
-    bernoulli_step = likelihood != "gaussian" and estimator == "analytic" and reduction != "none"
-    if bernoulli_step and decoder_logvar is None and mu is not None and logvar is not None:
+    reduction = check.reduction(reduction, ("none", "mean", "sum", "batchmean"))
+    reduction = "mean" if reduction == "batchmean" else reduction
+    kl_value, kl_tensor = _kl_weight(kl_weight)
+    plain = (
+        kl_tensor is None
+        and recon_weight == 1.0
+        and recon_reduction is None
+        and kl_reduction is None
+        and logvar_clamp is None
+        and decoder_logvar is None
+        and decoder_log_scale is None
+    )
+    if plain and likelihood in ("bernoulli", "bernoulli_probs") and estimator == "analytic" and reduction != "none":
         samples = _training_step_samples(recon, x, mu, logvar)
-        if samples:  # the common call, which every check below passes
+        if samples and mu is not None and logvar is not None:  # the common call, which every check below passes
             _, row_scale = row_reduction(reduction, x.shape[0])  # 1 for "sum", 1/B for "mean"
             with_grad = torch.is_grad_enabled() and (recon.requires_grad or mu.requires_grad or logvar.requires_grad)
-            return ops.sgvb_loss(recon, x, None, mu, logvar, likelihood, row_scale, row_scale / samples, with_grad)
+            return ops.sgvb_loss(
+                recon, x, None, mu, logvar, None, likelihood, row_scale * kl_value, row_scale / samples, with_grad
+            )
+    decoder_param = _decoder_parameter(likelihood, decoder_logvar, decoder_log_scale)
+    recon_weight = check.weight("recon_weight", float(recon_weight))
+    recon_word, kl_word = _term_reductions(reduction, recon_reduction, kl_reduction)
     if private.autocast_enabled():  # float32 under autocast, as torch's losses (ops.autocast)
-        recon, x, mu, logvar, decoder_logvar, log_q, log_p = autocast.to_float32(  # type: ignore[assignment]
-            recon, x, mu, logvar, decoder_logvar, log_q, log_p
+        recon, x, mu, logvar, decoder_param, log_q, log_p = autocast.to_float32(  # type: ignore[assignment]
+            recon, x, mu, logvar, decoder_param, log_q, log_p
         )
     check.floating("recon", recon)
     row_shape, event = check.decoder_rows("recon", recon, "x", x)
     batch = x.shape[0]
     samples = math.prod(row_shape[:-1])
-    if likelihood == "gaussian" and decoder_logvar is not None:
-        check.floating("decoder_logvar", decoder_logvar)
-        if decoder_logvar.numel() != 1 and decoder_logvar.shape != recon.shape:
+    if decoder_param is not None:
+        name = DECODER_PARAMETER[likelihood]
+        check.floating(name, decoder_param)
+        check.same_device("recon", recon, **{name: decoder_param})
+        if decoder_param.numel() != 1 and decoder_param.shape != recon.shape:
             raise ValueError(
-                f"decoder_logvar must have recon's shape {tuple(recon.shape)} or hold one shared value, "
-                f"got {tuple(decoder_logvar.shape)}"
+                f"{name} must have recon's shape {tuple(recon.shape)} or hold one shared value, "
+                f"got {tuple(decoder_param.shape)}"
             )
     if estimator == "generic":
-        return _generic_sgvb_loss(likelihood, recon, x, decoder_logvar, log_q, log_p, row_shape, reduction)
+        if not (kl_tensor is None and kl_value == 1.0 and recon_weight == 1.0 and logvar_clamp is None):
+            raise ValueError("kl_weight, recon_weight and logvar_clamp weigh the analytic estimator's terms")
+        return _generic_sgvb_loss(likelihood, recon, x, decoder_param, log_q, log_p, row_shape, reduction)
 
     if mu is None or logvar is None:
         raise ValueError("the analytic estimator needs mu and logvar (the encoder's outputs)")
     check_latents(mu, logvar, 1, None)
     check.same_device("recon", recon, x=x, mu=mu)
-    if tuple(mu.shape[:-1]) != (batch,):
-        raise ValueError(f"mu of shape {tuple(mu.shape)} must be (B, J) with B = {batch}, the batch of x")
+    if kl_tensor is not None and kl_tensor.device not in (recon.device, torch.device("cpu")):
+        raise ValueError(f"kl_weight is on {kl_tensor.device}: it must be on the CPU or on recon's {recon.device}")
+    if mu.dim() < 2 or mu.shape[0] != batch:
+        raise ValueError(
+            f"mu of shape {tuple(mu.shape)} must be (B, J) or feature maps (B, C, h, w) with B = {batch}, "
+            f"the batch of x of shape {tuple(x.shape)}"
+        )
+    if mu.dim() > 2:  # feature-map latents: one KL per datapoint, summed over all its latent elements
+        mu, logvar = mu.reshape(batch, -1), logvar.reshape(batch, -1)
+    logvar = _clamped(logvar, logvar_clamp)
     # per datapoint, then reduced (also when x needs a gradient: the fused loss gives none)
     if reduction == "none" or check.differentiable(x):
-        log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_logvar, "none")
-        per_datapoint = gaussian_kl(mu, logvar, "none") - log_px.reshape(samples, batch).mean(0)
-        return reduced(per_datapoint, reduction)
+        return _per_datapoint(
+            likelihood, recon, x, decoder_param, mu, logvar, samples, reduction, recon_word, kl_word,
+            kl_value, kl_tensor, recon_weight,
+        )  # fmt: skip
 
     # One fused call: kl_scale * sum KL - ll_scale * sum log p(x|z).
-    if likelihood == "gaussian":
-        check.floating("x", x)
-    else:
+    if likelihood in ("bernoulli", "bernoulli_probs"):
         check.target("x", x)
-    _, row_scale = row_reduction(reduction, batch)  # 1 for "sum", 1/B for "mean"
-    if likelihood == "gaussian":
+    else:
+        check.floating("x", x)
         check.same_float_dtype("recon", recon, mu=mu)
-        if decoder_logvar is None:
-            decoder_logvar = recon.new_zeros(1)
+        if decoder_param is None:
+            decoder_param = recon.new_zeros(1)
         x = x.to(recon.dtype)
-    grad_from = (recon, mu, logvar) if decoder_logvar is None else (recon, mu, logvar, decoder_logvar)
+    kl_scale = kl_value * _term_scale(kl_word, batch, mu.shape[1])
+    ll_scale = recon_weight * _term_scale(recon_word, batch, event) / samples
+    grad_from = (recon, mu, logvar) if decoder_param is None else (recon, mu, logvar, decoder_param)
     return ops.sgvb_loss(
         recon,
         x,
-        decoder_logvar,
+        decoder_param,
         mu,
         logvar,
+        kl_tensor,
         likelihood,
-        row_scale,
-        row_scale / samples,
+        kl_scale,
+        ll_scale,
         wants_grad_in_forward("sum", *grad_from),
     )
+
+
+def _per_datapoint(
+    likelihood: str,
+    recon: Tensor,
+    x: Tensor,
+    decoder_param: Tensor | None,
+    mu: Tensor,
+    logvar: Tensor,
+    samples: int,
+    reduction: str,
+    recon_word: str,
+    kl_word: str,
+    kl_value: float,
+    kl_tensor: Tensor | None,
+    recon_weight: float,
+) -> Tensor:
+    """The loss from the decoder and KL ops per datapoint: ``reduction='none'``, or a target that
+    needs a gradient (which the fused op does not give)."""
+    batch = x.shape[0]
+    log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_param, "none").reshape(samples, batch).mean(0)
+    kl = gaussian_kl(mu, logvar, "none")
+    if kl_tensor is not None:
+        if not torch.compiler.is_compiling():  # checked here eagerly; a traced value the op checks
+            check.weight("kl_weight", float(kl_tensor))
+        kl = kl * kl_tensor
+    if reduction == "none":
+        return kl_value * kl - recon_weight * log_px
+    event, latent = math.prod(x.shape[1:]), mu.shape[1]
+    kl_total = kl.sum() * (kl_value * _term_scale(kl_word, batch, latent))
+    return kl_total - log_px.sum() * (recon_weight * _term_scale(recon_word, batch, event))
 
 
 def _generic_sgvb_loss(
     likelihood: str,
     recon: Tensor,
     x: Tensor,
-    decoder_logvar: Tensor | None,
+    decoder_param: Tensor | None,
     log_q: Tensor | None,
     log_p: Tensor | None,
     row_shape: tuple[int, ...],
@@ -165,7 +298,7 @@ def _generic_sgvb_loss(
             raise ValueError(f"{name} must have shape {row_shape} (samples and batch of recon), got {tuple(t.shape)}")
     batch = row_shape[-1]
     samples = math.prod(row_shape[:-1])
-    log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_logvar, "none")
+    log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_param, "none")
     per_sample = (log_px + log_p - log_q).reshape(samples, batch)
     per_datapoint = -per_sample.mean(0)
     return reduced(per_datapoint, reduction)

@@ -20,6 +20,13 @@ def reduction(value: object, allowed: tuple[str, ...] = ("none", "mean", "sum"))
     return value  # narrowed to str by the test against allowed
 
 
+def weight(name: str, value: float) -> float:
+    """A loss weight (a KL weight, a reconstruction weight): a finite number >= 0."""
+    if not (0.0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 def floating(name: str, t: object) -> Tensor:
     """``t`` must be a real floating-point tensor."""
     if not isinstance(t, Tensor):

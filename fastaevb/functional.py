@@ -39,6 +39,7 @@ __all__ = [
     "bernoulli_log_likelihood",
     "bernoulli_probs_log_likelihood",
     "gaussian_log_likelihood",
+    "error_log_likelihood",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "sgvb_loss",
@@ -70,6 +71,7 @@ def reparameterize_kl(
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
     return_log_weights: bool = False,
+    latent_dims: int | None = None,
 ) -> tuple[Tensor, ...]:
     """Reparameterized sample and analytic KL in one fused pass.
 
@@ -77,7 +79,8 @@ def reparameterize_kl(
     ``KL = 0.5 * sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)`` per datapoint (Appendix B).
 
     Args:
-        mu, logvar: ``(*batch, J)`` encoder outputs, same shape, dtype and device.
+        mu, logvar: ``(B, J)`` encoder outputs, same shape, dtype and device; other layouts name
+            their latent dimensions with ``latent_dims``.
         samples: L >= 1 draws per datapoint; z is ``(*batch, J)`` for L = 1, else ``(L, *batch, J)``.
         eps: optional explicit noise of z's shape (e.g. ``torch.randn_like``); treated as a constant.
             Without it, eps comes from the Philox stream of a seed drawn from ``generator``
@@ -86,22 +89,28 @@ def reparameterize_kl(
         return_log_weights: also return ``log q(z|x) = sum_j (-0.5 log 2pi - 0.5 logvar_j - 0.5 eps_j^2)``
             and ``log p(z) = sum_j (-0.5 log 2pi - 0.5 z_j^2)``, shaped like z without J, for
             importance weighting (:func:`importance_weighted_bound`).
+        latent_dims: how many trailing dimensions of ``mu`` are one datapoint's latents: 1 for
+            ``(*batch, J)``, 3 for feature maps ``(B, C, h, w)`` (one KL per datapoint). Needed
+            when ``mu`` has more than two dimensions, which are ambiguous otherwise.
 
     Returns:
         ``(z, kl)`` with kl of shape ``batch``, or ``(z, kl, log_q, log_p)``.
     """
-    return latents.reparameterize_kl(mu, logvar, samples, eps, generator, return_log_weights)
+    return latents.reparameterize_kl(mu, logvar, samples, eps, generator, return_log_weights, latent_dims)
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
+def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: str = "sum", *, latent_dims: int | None = None) -> Tensor:
     """Analytic ``KL(N(mu, exp(logvar)) || N(0, I)) = 0.5 * sum_j (mu^2 + exp(logvar) - 1 - logvar)``
-    (Appendix B; eq. 10 is ``-KL + mean_l log p(x|z_l)``), summed over the last dimension.
+    (Appendix B; eq. 10 is ``-KL + mean_l log p(x|z_l)``), summed over one datapoint's latents.
 
-    ``reduction``: ``'none'`` one value per datapoint (shape ``mu.shape[:-1]``), ``'sum'`` the total
+    ``mu``, ``logvar``: ``(J,)`` or ``(B, J)``; any other layout says how many trailing dimensions
+    are one datapoint's latents with ``latent_dims`` (3 for feature maps ``(B, C, h, w)``, 1 for
+    ``(L, B, J)``): more than two dimensions without it raise, since both readings are common.
+    ``reduction``: ``'none'`` one value per datapoint (the batch shape), ``'sum'`` the total
     (the classic example's ``KLD``), ``'mean'`` the mean over datapoints.
     Gradients: ``dKL/dmu = mu``, ``dKL/dlogvar = 0.5 * (exp(logvar) - 1)``.
     """
-    return latents.gaussian_kl(mu, logvar, reduction)
+    return latents.gaussian_kl(mu, logvar, reduction, latent_dims)
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor, reduction: str = "none") -> Tensor:
@@ -148,6 +157,29 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor, reduction: 
     ``d/dx = -(x - m) * exp(-v)`` when ``x`` requires grad (summed over sample dimensions).
     """
     return likelihoods.gaussian(x, mean, logvar, reduction)
+
+
+def error_log_likelihood(
+    x: Tensor, mean: Tensor, log_scale: Tensor | None = None, *, power: int, reduction: str = "none"
+) -> Tensor:
+    """The decoders of torch-style VAE losses as a log-likelihood up to a constant:
+    ``sum_d -(|x_d - m_d|^p * exp(-s_d) + s_d)``, with ``power`` p = 2 (squared error, the elements
+    of ``F.mse_loss``) or 1 (absolute error, ``F.l1_loss``) and an optional learned log-scale s
+    (latent diffusion's ``|x - m| / exp(s) + s``; 0 when None). It is the log-density of a Gaussian
+    with variance ``exp(s) / 2`` (p = 2) or a Laplace with scale ``exp(s)`` (p = 1) less
+    ``0.5 log(pi exp(s))`` resp. ``log 2`` per element (docs/math.md).
+
+    Args:
+        x: ``(B, *event)`` data.
+        mean: ``(*samples, B, *event)`` decoder outputs.
+        log_scale: per-element log-scales of ``mean``'s shape, one shared value (a learned scalar),
+            or None.
+        reduction: ``'none'`` one value per datapoint, ``'sum'``, or ``'mean'`` over datapoints.
+
+    Gradients: ``d/dm = p |x - m|^(p-1) sign(x - m) exp(-s)``, ``d/ds = |x - m|^p exp(-s) - 1``, and
+    ``d/dx = -d/dm`` when ``x`` requires grad.
+    """
+    return likelihoods.error(x, mean, log_scale, power, reduction)
 
 
 def binary_cross_entropy(
@@ -216,34 +248,69 @@ def sgvb_loss(
     *,
     likelihood: str,
     reduction: str = "sum",
+    kl_weight: float | Tensor = 1.0,
+    recon_weight: float = 1.0,
+    recon_reduction: str | None = None,
+    kl_reduction: str | None = None,
     decoder_logvar: Tensor | None = None,
+    decoder_log_scale: Tensor | None = None,
+    logvar_clamp: tuple[float, float] | None = None,
     estimator: str = "analytic",
     log_q: Tensor | None = None,
     log_p: Tensor | None = None,
 ) -> Tensor:
-    """Negative SGVB estimate of the ELBO: the loss of one AEVB step (Algorithm 1).
+    """Negative SGVB estimate of the ELBO: the loss of one AEVB step (Algorithm 1), and the
+    weighted VAE losses built on it (beta-VAE, KL annealing, torch-style MSE / L1 decoders).
 
     ``estimator='analytic'`` is estimator B, eq. (7) (eq. 10 for Gaussians):
-    ``KL(q(z|x) || p(z)) - mean_l log p(x|z_l)`` with the KL of Appendix B from ``mu``, ``logvar``.
-    ``estimator='generic'`` is estimator A, eq. (6): ``-mean_l (log p(x|z_l) + log p(z_l) - log q(z_l|x))``
-    from ``log_q``, ``log_p`` of :func:`reparameterize_kl` (``return_log_weights=True``), for
-    encoders whose KL has no closed form; both are unbiased for the same bound.
+    ``kl_weight * KL(q(z|x) || p(z)) - recon_weight * mean_l log p(x|z_l)`` with the KL of
+    Appendix B from ``mu``, ``logvar``. ``estimator='generic'`` is estimator A, eq. (6):
+    ``-mean_l (log p(x|z_l) + log p(z_l) - log q(z_l|x))`` from ``log_q``, ``log_p`` of
+    :func:`reparameterize_kl` (``return_log_weights=True``), for encoders whose KL has no closed
+    form; both are unbiased for the same bound.
 
     Args:
         recon: the decoder output for z: ``x``'s shape or ``(B, D)`` rows, optionally with leading
-            sample dimensions ``(*L, ...)`` (the log-likelihood is then averaged over them).
+            sample dimensions ``(*L, ...)`` (the log-likelihood is then averaged over them; the
+            sample dimension leads: ``(B, S, ...)`` layouts must be transposed, since ``(B, S, D)``
+            with ``S == B`` cannot be told from ``(L, B, D)``).
             Logits for ``likelihood='bernoulli'``, probabilities for ``'bernoulli_probs'``, means for
-            ``'gaussian'``.
+            ``'gaussian'``, reconstructions for ``'mse'`` and ``'l1'``.
         x: ``(B, ...)`` data (targets in [0, 1], uint8 or bool for the Bernoulli decoders).
-        mu, logvar: ``(B, J)`` encoder outputs (analytic estimator).
-        likelihood: the decoder of Appendix C; no default, so probabilities are never read as logits.
-        reduction: ``'sum'`` over datapoints (the classic example), ``'mean'`` over datapoints, or
-            ``'none'`` for one value per datapoint.
+        mu, logvar: ``(B, J)`` encoder outputs, or feature maps ``(B, C, h, w)`` (any ``(B, ...)``:
+            one KL per datapoint, summed over all its latent elements).
+        likelihood: the decoder; no default, so probabilities are never read as logits.
+            ``'bernoulli'``, ``'bernoulli_probs'``, ``'gaussian'`` (Appendix C); ``'mse'``: the
+            squared error ``(x - m)^2`` of ``F.mse_loss``; ``'l1'``: the absolute error of
+            ``F.l1_loss``, with ``decoder_log_scale`` s latent diffusion's ``|x - m| / exp(s) + s``
+            (both the negative log-likelihood of a Gaussian / Laplace decoder up to a constant,
+            :func:`error_log_likelihood`).
+        reduction: ``'sum'`` over datapoints (the classic example), ``'mean'`` (or ``'batchmean'``)
+            over datapoints, or ``'none'`` for one value per datapoint.
+        kl_weight: the KL's weight (beta-VAE's ``beta``, ``kld_weight``, ``kl_coeff``, a KL annealing
+            schedule's value): a float >= 0, or a 0-d tensor (CPU or recon's device) for a weight
+            that changes every step under ``torch.compile`` (a float is specialized there: one
+            recompile per value; the tensor is read inside the op).
+        recon_weight: the decoder term's weight (a float >= 0), e.g. pythae's ``0.5 * mse``.
+        recon_reduction, kl_reduction: each term's own reduction, for losses that reduce them
+            differently (default: as ``reduction``): ``'sum'``, ``'batchmean'`` (sum / B) or
+            ``'mean'`` over all elements, torch's words (``F.mse_loss(recon, x)`` is
+            ``recon_reduction='mean'``; ``kl.mean()`` over the ``(B, J)`` KL elements is
+            ``kl_reduction='mean'``). Only with a scalar ``reduction``.
         decoder_logvar: Gaussian decoder log-variance, ``recon``'s shape or one shared value
-            (default 0: unit variance).
+            (default 0: unit variance); e.g. sigma-VAE's ``2 * log_sigma``.
+        decoder_log_scale: the log-scale s of ``'mse'`` / ``'l1'`` (``recon``'s shape or one shared
+            learned value; default 0, the plain errors).
+        logvar_clamp: ``(low, high)`` clamps the encoder log-variance first, as diffusers'
+            ``DiagonalGaussianDistribution`` (``(-30, 20)``), with ``torch.clamp``'s gradient (0
+            outside). Opt-in: it guards ``exp(logvar)`` against inf.
         log_q, log_p: ``(*L, B)`` log-weights (generic estimator).
 
-    With a scalar reduction and a fused backend, the whole loss (KL, decoder log-likelihood and all
-    their gradients) is one kernel call.
+    With a scalar reduction and a fused backend, the whole loss (KL, decoder term and all their
+    gradients) is one kernel call. docs/migration.md maps the loss lines of public VAE code bases
+    to one call each.
     """
-    return sgvb.sgvb_loss(recon, x, mu, logvar, likelihood, reduction, decoder_logvar, estimator, log_q, log_p)
+    return sgvb.sgvb_loss(
+        recon, x, mu, logvar, likelihood, reduction, decoder_logvar, estimator, log_q, log_p,
+        decoder_log_scale, kl_weight, recon_weight, recon_reduction, kl_reduction, logvar_clamp,
+    )  # fmt: skip

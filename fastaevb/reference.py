@@ -65,6 +65,15 @@ def gaussian_log_likelihood_elements(x: Tensor, mean: Tensor, logvar: Tensor) ->
     return -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar))
 
 
+def error_log_likelihood_elements(x: Tensor, mean: Tensor, log_scale: Tensor, power: int) -> Tensor:
+    """The torch-style reconstruction errors as a log-likelihood up to a constant:
+    ``-(|x - m|^p * exp(-s) + s)`` elementwise; p = 2 is ``-F.mse_loss`` elements and p = 1
+    ``-F.l1_loss`` elements for s = 0, and p = 1 with a learned s is latent diffusion's ``nll``."""
+    diff = x - mean
+    error = diff.square() if power == 2 else diff.abs()
+    return -(error * torch.exp(-log_scale) + log_scale)
+
+
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     """Row sums of :func:`bernoulli_log_likelihood_elements`: one value per datapoint (and sample)."""
     return sum_event(bernoulli_log_likelihood_elements(logits, x.to(logits.dtype)), x)
@@ -80,6 +89,13 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     if logvar.numel() == 1:
         logvar = logvar.reshape(())
     return sum_event(gaussian_log_likelihood_elements(x, mean, logvar), x)
+
+
+def error_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor, power: int) -> Tensor:
+    """Row sums of :func:`error_log_likelihood_elements`; ``log_scale`` per element or one shared value."""
+    if log_scale.numel() == 1:
+        log_scale = log_scale.reshape(())
+    return sum_event(error_log_likelihood_elements(x, mean, log_scale, power), x)
 
 
 def importance_weighted_bound(log_px: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:

@@ -186,3 +186,34 @@ def gaussian_ll(x, m, v):
     q = r * r * iv
     ll = -0.5 * (LOG_2PI + v + q)
     return ll, r * iv, -0.5 * (1.0 - q)
+
+
+# ---------------------------------------------------------------------------------------
+# The error decoders (F.mse_loss / F.l1_loss with a log-scale): error_log_likelihood
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def error_power(r, POWER: tl.constexpr):
+    """``|r|^p`` for p = 2 (squared error) or 1 (absolute error)."""
+    if POWER == 2:
+        return r * r
+    else:
+        return tl.abs(r)
+
+
+@triton.jit
+def error_grad_mean(r, POWER: tl.constexpr):
+    """``d |x - m|^p / d m`` negated, ``p |r|^(p-1) sign(r)`` with ``r = x - m``: ``2 r`` or
+    ``sign(r)`` (0 at r = 0, as torch's abs backward; NaN stays NaN)."""
+    if POWER == 2:
+        return 2.0 * r
+    else:
+        return tl.where(r > 0.0, 1.0, tl.where(r < 0.0, -1.0, r))
+
+
+@triton.jit
+def error_ll(x, m, s, POWER: tl.constexpr):
+    """``-(|x-m|^p exp(-s) + s)`` and its gradients wrt m and s."""
+    r = x - m
+    iv = tl.exp(-s)
+    q = error_power(r, POWER) * iv
+    return -(q + s), error_grad_mean(r, POWER) * iv, q - 1.0

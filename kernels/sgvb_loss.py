@@ -3,8 +3,9 @@
 
 Two launches on CUDA: the decoder forward kernel with ``HAS_KL`` (its first programs also write
 the KL rows and their gradients), then ``reduce.finish_kernel`` (fixed-order float64 sum of both
-row sets into the 0-d loss, and the range check; a shared Gaussian decoder log-variance with
-gradients adds one more finish for its gradient).
+row sets into the 0-d loss, and the range check; a shared Gaussian decoder log-variance or error
+decoder log-scale with gradients adds one more finish for its gradient). 'mse' and 'l1' are the
+error decoder (``error_log_likelihood.py``, power 2 and 1), its log-scale in ``decoder_logvar``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from itertools import product
 
 import torch
 
+from ..ops.table import ERROR_POWERS
 from . import _aot_spec as aot
 from . import bernoulli_log_likelihood as bn
+from . import error_log_likelihood as el
 from . import gaussian_log_likelihood as gl
 from ._common import DTYPES, _zero, acc_dtype, check_width, data_tile_name, grad_slots, target_view, wanted
 from .gaussian_kl import gaussian_kl_forward
 from .reduce import bad_counts, finish
 
-LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian")
+LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse", "l1")
 
 
 def _separately(out, grads, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale) -> None:
@@ -31,6 +34,18 @@ def _separately(out, grads, decoded, x, decoder_logvar, mu, logvar, likelihood, 
     if likelihood == "gaussian":
         gl.gaussian_log_likelihood_forward(
             ll, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, "sum", -ll_scale
+        )
+    elif likelihood in ERROR_POWERS:
+        el.error_log_likelihood_forward(
+            ll,
+            grad_decoded,
+            grad_decoder_logvar,
+            x,
+            decoded,
+            decoder_logvar,
+            "sum",
+            -ll_scale,
+            ERROR_POWERS[likelihood],
         )
     elif likelihood == "bernoulli_probs":
         bn.bernoulli_probs_log_likelihood_forward(
@@ -59,11 +74,13 @@ def sgvb_loss_forward(
     ll_scale,
 ) -> None:
     """``out``: 0-d (the value dtype); each gradient like its input, or ``(0,)`` when not wanted
-    (``grad_decoder_logvar`` is ``(0,)`` unless ``likelihood`` is 'gaussian' with gradients)."""
+    (``grad_decoder_logvar`` is ``(0,)`` unless ``likelihood`` is 'gaussian', 'mse' or 'l1' with
+    gradients; for 'mse' / 'l1' ``decoder_logvar`` is the log-scale s)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    gaussian = likelihood == "gaussian"
-    if gaussian and decoder_logvar is None:  # the default decoder: one shared log-variance of 0
+    # a decoder with a (log-variance or log-scale) parameter in decoder_logvar
+    scaled = likelihood == "gaussian" or likelihood in ERROR_POWERS
+    if scaled and decoder_logvar is None:  # the default decoder: one shared log-variance (log-scale) of 0
         decoder_logvar = _zero(decoded.dtype, str(decoded.device))  # cached, never written
     R, D = decoded.shape
     KR, KJ = mu.shape
@@ -77,15 +94,19 @@ def sgvb_loss_forward(
     kl_part = torch.empty(KR, dtype=acc, device=dev)
     part = torch.empty(R, dtype=acc, device=dev)
     # one WITH_GRAD flag for the decoder and the KL gradients
-    any_grad = any(wanted(g) for g in grads if g is not grad_decoder_logvar or gaussian)
+    any_grad = any(wanted(g) for g in grads if g is not grad_decoder_logvar or scaled)
     _, (gmu, gv) = grad_slots((grad_mu, mu), (grad_logvar, logvar), always=any_grad)
     kl = (mu, logvar, kl_part, gmu, gv, kl_scale)
-    if gaussian:
+    if scaled:
         shared = gl._shared(decoded, decoder_logvar)
         with_grad, gd, gdv = gl._grad_slots(
             grad_decoded, grad_decoder_logvar, decoded, decoder_logvar, shared, always=any_grad
         )
-        gl._launch_forward(x, decoded, decoder_logvar, part, gd, gdv, -ll_scale, shared, with_grad, kl=kl)
+        if likelihood == "gaussian":
+            gl._launch_forward(x, decoded, decoder_logvar, part, gd, gdv, -ll_scale, shared, with_grad, kl=kl)
+        else:
+            power = ERROR_POWERS[likelihood]
+            el._launch_forward(x, decoded, decoder_logvar, part, gd, gdv, -ll_scale, shared, with_grad, power, kl=kl)
         gl._finish_shared(grad_decoder_logvar, gdv, shared, with_grad)
         finish(out, (part, kl_part))
         return
@@ -99,15 +120,16 @@ def sgvb_loss_forward(
 
 def aot_specs() -> list:
     """Every launch of the fused entry: each dtype and decoder width class, every likelihood (float
-    and uint8 targets for the Bernoulli ones; a per-element or shared Gaussian decoder
-    log-variance), with and without gradients. The KL rows' latent width is not specialized."""
+    and uint8 targets for the Bernoulli ones; a per-element or shared Gaussian decoder log-variance
+    or error decoder log-scale), with and without gradients. The KL rows' latent width is not
+    specialized."""
     with aot.recording() as rec:
         for dtype, D, likelihood, with_grad in product(DTYPES, aot.widths(data_tile_name), LIKELIHOODS, (False, True)):
             decoded = aot.rows(dtype, D)
             mu = aot.rows(dtype, 5, aot.DATA_ROWS)
             out = aot.value_out(decoded, "sum")
             latent = aot.grads(mu, mu, wanted=with_grad)
-            if likelihood == "gaussian":
+            if likelihood in ("gaussian", *ERROR_POWERS):
                 x = aot.rows(dtype, D, aot.DATA_ROWS)
                 for decoder_logvar in (decoded, torch.zeros(1, dtype=dtype)):
                     decoder = aot.grads(decoded, decoder_logvar, wanted=with_grad)

@@ -14,7 +14,9 @@ FASTAEVB_EXTRAS="train,test" bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 clang-format --dry-run --Werror csrc/*.cpp csrc/*.h
-.venv/bin/pytest "$@"
+# two workers: much of the suite is single-threaded (numba and Triton compiles, the Triton
+# interpreter, torch.compile), so a 2-core machine runs it in about half the time
+.venv/bin/pytest -n "${FASTAEVB_TEST_WORKERS:-auto}" "$@"
 bash scripts/aot.sh --jobs 2
 bash scripts/test_no_compiler.sh
 out=$(mktemp -d)

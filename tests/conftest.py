@@ -24,6 +24,9 @@ settings.register_profile(
     max_examples=25,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# The no-compiler install run (scripts/test_no_compiler.sh) proves the install path on the fallback
+# backends; the main suite runs the same properties with the full example count.
+settings.register_profile("smoke", parent=settings.get_profile("fastaevb"), max_examples=4)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastaevb"))
 
 KERNEL_BACKENDS = [name for name in ("cpp", "numba", "triton") if name in fastaevb.available_backends()]

@@ -67,11 +67,11 @@ def _calls(t):
         "gaussian_kl": (lambda m, v: F.gaussian_kl(m, v, "none"), (mu, logvar)),
         "gaussian_log_likelihood": (lambda x, r, s: F.gaussian_log_likelihood(x, r, s, "sum"), (x, recon, shared)),
         "sgvb_loss_backward": (
-            lambda g, r, x, m, v: ops.sgvb_loss_backward(g, r, x, None, m, v, "bernoulli", 1.0, 1.0),
+            lambda g, r, x, m, v: ops.sgvb_loss_backward(g, r, x, None, m, v, None, "bernoulli", 1.0, 1.0),
             (one, recon, x, mu, logvar),
         ),
         "sgvb_loss_backward_gaussian": (
-            lambda g, r, x, s, m, v: ops.sgvb_loss_backward(g, r, x, s, m, v, "gaussian", 1.0, 1.0),
+            lambda g, r, x, s, m, v: ops.sgvb_loss_backward(g, r, x, s, m, v, None, "gaussian", 1.0, 1.0),
             (one, recon, x, shared, mu, logvar),
         ),
         "reparameterize_kl_backward": (

@@ -91,10 +91,18 @@ def shared_logvar_terms(reference_fn, ref_in, cotangent):
     return {2: per_element.reshape(-1, 1)}
 
 
+def error_case(gen, lead, event, dtype, target_kind, device, power=2, shared=False):
+    x = torch.randn((lead[-1], *event), generator=gen).to(device, dtype)
+    mean = torch.randn((*lead, *event), generator=gen).to(device, dtype)
+    log_scale = torch.randn((1,) if shared else (*lead, *event), generator=gen).to(device, dtype)
+    ours = partial(F.error_log_likelihood, power=power)
+    return [x, mean, log_scale], (1, 2), ours, partial(reference.error_log_likelihood, power=power)
+
+
 def gaussian_kl_case(gen, lead, event, dtype, target_kind, device):
     mu = torch.randn((*lead, event[-1]), generator=gen).to(device, dtype)
     logvar = torch.randn((*lead, event[-1]), generator=gen).to(device, dtype)
-    return [mu, logvar], (0, 1), F.gaussian_kl, reference.gaussian_kl
+    return [mu, logvar], (0, 1), partial(F.gaussian_kl, latent_dims=1), reference.gaussian_kl
 
 
 ROW_CASES = {
@@ -103,7 +111,12 @@ ROW_CASES = {
     "gaussian": gaussian_case,
     "gaussian_shared_logvar": gaussian_shared_case,
     "gaussian_kl": gaussian_kl_case,
+    "mse": partial(error_case, power=2),
+    "mse_shared_scale": partial(error_case, power=2, shared=True),
+    "l1": partial(error_case, power=1),
+    "l1_shared_scale": partial(error_case, power=1, shared=True),
 }
+SHARED_SCALE_CASES = ("gaussian_shared_logvar", "mse_shared_scale", "l1_shared_scale")
 
 
 def to_reference(t: torch.Tensor) -> torch.Tensor:
@@ -174,7 +187,7 @@ def test_matches_float64_reference(kernel_backend, case, dtype, shape, reduction
         inputs,
         differentiable,
         TOLERANCES[dtype],
-        grad_terms=partial(shared_logvar_terms, expected) if case == "gaussian_shared_logvar" else None,
+        grad_terms=partial(shared_logvar_terms, expected) if case in SHARED_SCALE_CASES else None,
     )
 
 
@@ -207,7 +220,7 @@ def test_half_reparameterize_kl(kernel_backend, dtype):
     device = device_for(kernel_backend)
     mu, logvar = (torch.randn(2, 7, 20, generator=gen).to(device, dtype) for _ in range(2))
     eps = torch.randn(3, 2, 7, 20, generator=gen).to(device, dtype)
-    z, kl, log_q, log_p = F.reparameterize_kl(mu, logvar, samples=3, eps=eps, return_log_weights=True)
+    z, kl, log_q, log_p = F.reparameterize_kl(mu, logvar, samples=3, eps=eps, return_log_weights=True, latent_dims=1)
     assert z.dtype == dtype and kl.dtype == log_q.dtype == log_p.dtype == torch.float32
     m, v, e = (t.double() for t in (mu, logvar, eps))
     z64 = reference.reparameterize(m, v, e)

@@ -74,3 +74,34 @@ def check_compiled_step(step, compiler, backend):
     explanation = torch._dynamo.explain(step)(model, x)
     assert explanation.graph_break_count == 0
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "l1"])
+def test_a_kl_weight_tensor_changing_every_step_compiles_once(likelihood):
+    """KL annealing under torch.compile(fullgraph=True): a 0-d tensor weight is an input of the op
+    (one graph for every value), where a Python float is baked in (a recompile per value)."""
+    compiles = []
+
+    def count(gm, example_inputs):
+        compiles.append(gm)
+        return gm
+
+    def loss(recon, x, mu, logvar, weight):
+        return F.sgvb_loss(recon, x, mu, logvar, likelihood=likelihood, reduction="mean", kl_weight=weight)
+
+    gen = torch.Generator().manual_seed(0)
+    recon, mu, logvar = (torch.randn(n, d, generator=gen).requires_grad_() for n, d in ((8, 20), (8, 3), (8, 3)))
+    x = torch.rand(8, 20, generator=gen)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, backend=count, fullgraph=True)
+    for weight in (0.1, 0.2, 0.3, 0.4):
+        got = compiled(recon, x, mu, logvar, torch.tensor(weight))
+        torch.testing.assert_close(got, loss(recon, x, mu, logvar, weight))
+        grads = torch.autograd.grad(got, (recon, mu, logvar))
+        torch.testing.assert_close(grads, torch.autograd.grad(loss(recon, x, mu, logvar, weight), (recon, mu, logvar)))
+    assert len(compiles) == 1
+    torch._dynamo.reset()
+    floats = torch.compile(loss, backend=count, fullgraph=True)
+    for weight in (0.1, 0.2, 0.3):
+        floats(recon, x, mu, logvar, weight)
+    assert len(compiles) == 1 + 3, "a float weight is a constant of the graph (why the docs say: pass a tensor)"

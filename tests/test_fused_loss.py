@@ -9,7 +9,8 @@ import fastaevb
 from conftest import device_for
 from fastaevb import reference
 
-LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian"]
+LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse", "l1"]
+POWERS = {"mse": 2, "l1": 1}
 
 
 def inputs(likelihood, samples=1, seed=0, dtype=torch.float64):
@@ -31,6 +32,8 @@ def expected_loss(likelihood, recon, x, mu, logvar):
         log_px = reference.bernoulli_log_likelihood(recon, rows)
     elif likelihood == "bernoulli_probs":
         log_px = reference.bernoulli_probs_log_likelihood(recon, rows)
+    elif likelihood in POWERS:
+        log_px = reference.error_log_likelihood(rows, recon, torch.zeros((), dtype=recon.dtype), POWERS[likelihood])
     else:
         log_px = reference.gaussian_log_likelihood(rows, recon, torch.zeros((), dtype=recon.dtype))
     return reference.gaussian_kl(mu, logvar).sum() - log_px.reshape(-1, 5).mean(0).sum()
@@ -66,7 +69,15 @@ def test_upstream_gradient_other_than_one_scales(kernel_backend, likelihood):
 
 @pytest.mark.parametrize(
     "likelihood, decoder_logvar",
-    [("bernoulli", None), ("bernoulli_probs", None), ("gaussian", "elementwise"), ("gaussian", "shared")],
+    [
+        ("bernoulli", None),
+        ("bernoulli_probs", None),
+        ("gaussian", "elementwise"),
+        ("gaussian", "shared"),
+        ("mse", "shared"),
+        ("l1", "elementwise"),
+        ("l1", None),
+    ],
 )
 def test_gradcheck_float64(kernel_backend, likelihood, decoder_logvar):
     """gradcheck scales the upstream gradient (not 1), so the multiply of backward is checked too."""
@@ -80,9 +91,9 @@ def test_gradcheck_float64(kernel_backend, likelihood, decoder_logvar):
         free.append((0.3 * torch.randn(shape, dtype=torch.float64)).to(device).requires_grad_())
 
     def loss(recon, mu, logvar, *decoder_logvar):
-        return fastaevb.functional.sgvb_loss(
-            recon, x, mu, logvar, likelihood=likelihood, decoder_logvar=decoder_logvar[0] if decoder_logvar else None
-        )
+        name = "decoder_log_scale" if likelihood in POWERS else "decoder_logvar"
+        scale = {name: decoder_logvar[0]} if decoder_logvar else {}
+        return fastaevb.functional.sgvb_loss(recon, x, mu, logvar, likelihood=likelihood, **scale)
 
     assert torch.autograd.gradcheck(loss, free)
 

@@ -29,6 +29,8 @@ def sample_args(device):
     weight_one, weight_full, pos_weight = rand(()).expand(6, 5), rand(6, 5), rand(5, high=3).expand(6, 5)
     mean, gauss_logvar, shared = rand(6, 5, grad=True), rand(6, 5, low=-1, grad=True), rand(1, grad=True)
     seed, eps = torch.tensor(123456789), rand(2, 4, 3, low=-2, high=2)
+    mu3, logvar3 = rand(3, 4, low=-1, grad=True), rand(3, 4, low=-1, grad=True)  # the latents of x's batch
+    kl_weight = torch.tensor(0.25, dtype=torch.float64)  # a 0-d weight: an input, not a constant
     by_op = {
         ops.reparameterize_kl: [
             (mu, logvar, None, seed, 1, False, False),
@@ -82,8 +84,29 @@ def sample_args(device):
             (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0),
             (rand(()), x, mean.detach(), shared.detach(), "sum", 3.0),
         ],
+        ops.error_log_likelihood: [
+            (x, mean, gauss_logvar, "rows", 1.0, False, 2),
+            (x, mean, shared, "sum", 0.5, True, 1),
+            (x, mean, shared, "rows", 1.0, False, 2),
+            (x, mean, gauss_logvar, "sum", -1.0, True, 1),
+        ],
+        ops.error_log_likelihood_backward: [
+            (rand(6), x, mean.detach(), gauss_logvar.detach(), "rows", 1.0, 1),
+            (rand(()), x, mean.detach(), shared.detach(), "sum", 3.0, 2),
+        ],
+        ops.sgvb_loss: [
+            (logits, x, None, mu3, logvar3, None, "bernoulli", 1.0, 0.5, True),
+            (probs, x8, None, mu3, logvar3, kl_weight, "bernoulli_probs", 1.0, 0.5, False),
+            (mean, x, shared, mu3, logvar3, None, "gaussian", 0.5, 1.0, True),
+            (mean, x, shared, mu3, logvar3, kl_weight, "l1", 0.5, 0.25, True),
+            (mean, x, gauss_logvar, mu3, logvar3, None, "mse", 1.0, 1.0, False),
+        ],
+        ops.sgvb_loss_backward: [
+            (rand(()), logits.detach(), x, None, mu3.detach(), logvar3.detach(), kl_weight, "bernoulli", 1.0, 0.5),
+            (rand(()), mean.detach(), x, shared.detach(), mu3.detach(), logvar3.detach(), None, "mse", 1.0, 0.5),
+        ],
     }
-    # every op of the table and its backward op has cases (sgvb_loss: tests/test_fused_loss.py)
+    # every op of the table and its backward op has cases
     named = {op.__name__: (op, args) for op, args in by_op.items()}
     assert set(named) >= {f"{name}{part}" for name in CUSTOM if name != "sgvb_loss" for part in ("", "_backward")}
     return named

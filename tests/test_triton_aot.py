@@ -46,6 +46,8 @@ KERNEL_NAMES = {
     "bernoulli_log_likelihood_bwd_kernel",
     "gaussian_log_likelihood_fwd_kernel",
     "gaussian_log_likelihood_bwd_kernel",
+    "error_log_likelihood_fwd_kernel",
+    "error_log_likelihood_bwd_kernel",
 }
 
 

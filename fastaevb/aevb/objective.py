@@ -8,6 +8,8 @@ Both are unbiased estimators of the same lower bound; B has lower variance.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 import fastaevb
@@ -22,7 +24,7 @@ def make_loss(likelihood: str, estimator: str = "analytic", reduction: str = "su
     """``fastaevb.SGVBLoss`` for a model's likelihood ('bernoulli' decoders give logits)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    kwargs = {} if estimator == "analytic" else {"estimator": estimator}
+    kwargs: dict[str, Any] = {} if estimator == "analytic" else {"estimator": estimator}
     try:
         return fastaevb.SGVBLoss(likelihood=likelihood, reduction=reduction, **kwargs)
     except TypeError as exc:  # a fastaevb without the estimator argument

@@ -35,6 +35,8 @@ ENTRY_POINTS = (
     "bernoulli_probs_log_likelihood_backward",
     "gaussian_log_likelihood_forward",
     "gaussian_log_likelihood_backward",
+    "error_log_likelihood_forward",
+    "error_log_likelihood_backward",
 )
 _MODULES = {
     "cpp": "fastaevb.backends.cpp",

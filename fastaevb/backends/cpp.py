@@ -26,6 +26,9 @@ DTYPES = (torch.float32, torch.float64)
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 _REDUCTION = _C.REDUCTIONS
 _U64 = (1 << 64) - 1
+# The likelihoods whose decoder_logvar slot holds a scale: a Gaussian log-variance, or the mse / l1
+# log-scale, (R, D) or one shared value.
+_SCALED_LIKELIHOODS = ("gaussian", "mse", "l1")
 _num_threads = torch.get_num_threads
 
 
@@ -301,6 +304,51 @@ def gaussian_log_likelihood_backward(
 
 
 # --------------------------------------------------------------------------------------
+# Error decoders (mse / l1 with a log-scale)
+# --------------------------------------------------------------------------------------
+
+
+def error_log_likelihood_forward(
+    out: Tensor,
+    grad_mean: Tensor,
+    grad_log_scale: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    log_scale: Tensor,
+    reduction: str,
+    scale: float,
+    power: int,
+) -> None:
+    R, D = mean.shape
+    _C.error_log_likelihood_forward(
+        out.data_ptr(), grad_mean.data_ptr(), grad_log_scale.data_ptr(), x.data_ptr(),
+        mean.data_ptr(), log_scale.data_ptr(), R, x.shape[0], D, log_scale.numel() == 1,
+        _REDUCTION[reduction], float(scale), int(power), _wanted(grad_mean, grad_log_scale),
+        _DTYPE_CODE[mean.dtype], _num_threads(),
+    )  # fmt: skip
+
+
+def error_log_likelihood_backward(
+    grad_mean: Tensor,
+    grad_log_scale: Tensor,
+    grad_out: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    log_scale: Tensor,
+    reduction: str,
+    scale: float,
+    power: int,
+) -> None:
+    grad_out = grad_out.contiguous()
+    R, D = mean.shape
+    _C.error_log_likelihood_backward(
+        grad_mean.data_ptr(), grad_log_scale.data_ptr(), grad_out.data_ptr(), x.data_ptr(),
+        mean.data_ptr(), log_scale.data_ptr(), R, x.shape[0], D, log_scale.numel() == 1,
+        _REDUCTION[reduction], float(scale), int(power), _DTYPE_CODE[mean.dtype], _num_threads(),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
 # The whole loss of a step (optional fused entry, see docs/backends.md)
 # --------------------------------------------------------------------------------------
 
@@ -322,13 +370,13 @@ def sgvb_loss_forward(
 ) -> None:
     """``kl_scale * sum KL - ll_scale * sum log p(x|z)`` and its gradients, one ``_C`` call."""
     R, D = decoded.shape
-    gaussian = likelihood == "gaussian"
-    x, xtype = (x, 0) if gaussian else _target(x, decoded.dtype)
+    scaled = likelihood in _SCALED_LIKELIHOODS
+    x, xtype = (x, 0) if scaled else _target(x, decoded.dtype)
     bad_in, bad_x = _C.sgvb_loss_forward(
         out.data_ptr(), grad_decoded.data_ptr(), grad_decoder_logvar.data_ptr(), grad_mu.data_ptr(),
         grad_logvar.data_ptr(), decoded.data_ptr(), x.data_ptr(), _ptr(decoder_logvar), mu.data_ptr(),
         logvar.data_ptr(), R, x.shape[0], D, mu.shape[1], _C.LIKELIHOODS[likelihood],
-        gaussian and decoder_logvar is not None and decoder_logvar.numel() == 1, float(kl_scale), float(ll_scale),
+        scaled and decoder_logvar is not None and decoder_logvar.numel() == 1, float(kl_scale), float(ll_scale),
         _wanted(grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar),
         _DTYPE_CODE[decoded.dtype], xtype, _num_threads(),
     )  # fmt: skip
@@ -371,13 +419,15 @@ def autograd_sgvb_loss(
     decoder_logvar: Tensor | None,
     mu: Tensor,
     logvar: Tensor,
+    kl_weight: Tensor | None,
     likelihood: str,
     kl_scale: float,
     ll_scale: float,
     with_grad: bool,
 ) -> Tensor | None:
     """The whole loss of a step as one C++ autograd node (``ops.sgvb_loss``'s arguments); its
-    gradients are written in forward and handed out by backward."""
+    gradients are written in forward and handed out by backward. ``ops.sgvb_loss`` has multiplied
+    a ``kl_weight`` into ``kl_scale`` before calling (it is None here)."""
     byte_target = x.dtype == torch.uint8 or x.dtype == torch.bool
     if (
         _autograd is None

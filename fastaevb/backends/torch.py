@@ -15,7 +15,8 @@ autograd): the formulas are those of ``docs/math.md``, rearranged for few passes
   the op) when the range check has shown every value in [0, 1] (they raise on NaN, which must
   give NaN here instead); the formula with NaN-propagating clamps otherwise.
 - Row sums accumulate in the input dtype (torch's cascade sums), 'sum' combines them in float64;
-  the shared Gaussian log-variance sums squares in float64, as the kernels do.
+  the shared Gaussian log-variance sums squares in float64, as the kernels do (and the shared
+  error log-scale its errors).
 
 Range checks (``fastaevb._errors.check_range``) cost one ``aminmax`` pass per checked tensor
 (the exact count only when it fails), and read the result on the host (a sync on CUDA).
@@ -37,6 +38,7 @@ from torch import Tensor
 
 from .. import _torch_private as private
 from .._errors import check_range
+from ..ops.table import ERROR_POWERS
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -698,6 +700,122 @@ def gaussian_log_likelihood_backward(
     torch.sub(q, 1.0, out=_samples_view(grad_logvar, batch)).mul_(gs).mul_(0.5)
 
 
+# --- error decoders (squared / absolute error) ------------------------------------------------------
+
+
+def _error(d: Tensor, power: int) -> Tensor:
+    """``|d|^p``, a new tensor."""
+    return d.square() if power == 2 else d.abs()
+
+
+def _error_slope(d: Tensor, power: int, factor: Tensor | float, out: Tensor) -> None:
+    """``out = factor * p |d|^(p-1) sign(d)`` (torch's sign: 0 at 0 and NaN, as abs and l1_loss backward)."""
+    if power == 2:
+        torch.mul(d, factor, out=out).mul_(2.0)
+    else:
+        torch.sign(d, out=out).mul_(factor)
+
+
+def _error_shared(x: Tensor, mean: Tensor, log_scale: Tensor, power: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One shared log-scale s: ``(x - m)`` (R, D) in the input dtype, ``S`` per row (sum of
+    ``|x - m|^p``, float64 as the Gaussian's sum of squares), ``exp(-s)`` (float64)."""
+    batch = x.shape[0]
+    d = torch.sub(x, _samples_view(mean, batch)).reshape(mean.shape)
+    err = torch.sum(_error(d, power), 1, dtype=torch.float64)
+    inv_scale = torch.exp(-log_scale.reshape(()).double())
+    return d, err, inv_scale
+
+
+@_entry
+def error_log_likelihood_forward(
+    out: Tensor,
+    grad_mean: Tensor,
+    grad_log_scale: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    log_scale: Tensor,
+    reduction: str,
+    scale: float,
+    power: int,
+) -> None:
+    """scale * -sum_d (|x - m|^p exp(-s) + s) per row or in total; gradients
+    scale * p |x - m|^(p-1) sign(x - m) exp(-s) and scale * (|x - m|^p exp(-s) - 1) (summed when s is shared)."""
+    R, D = mean.shape
+    if R == 0:
+        if reduction == "sum":
+            _write_rows(out, mean.new_zeros(0), "sum", 1.0)
+        if _wanted(grad_log_scale) and log_scale.numel() == 1:
+            grad_log_scale.zero_()
+        return
+    x = _float_target(x, mean.dtype)
+    batch = x.shape[0]
+    if log_scale.numel() == 1 and log_scale.dim() == 1:
+        d, err, inv_scale = _error_shared(x, mean, log_scale, power)
+        s = log_scale.reshape(()).double()
+        rows = err.mul(inv_scale).add_(D * s)  # float64
+        _write_rows(out, rows, reduction, -scale)
+        if _wanted(grad_mean):
+            _error_slope(d, power, (inv_scale * scale).to(mean.dtype), grad_mean)
+        if _wanted(grad_log_scale):
+            grad_log_scale.copy_(err.mul(inv_scale).sub_(D).sum().mul_(scale).reshape(1))
+        return
+    m, s = _samples_view(mean, batch), _samples_view(log_scale, batch)
+    d = torch.sub(x, m)
+    iv = torch.neg(s).exp_()
+    if _wanted(grad_mean):
+        _error_slope(d, power, iv, _samples_view(grad_mean, batch))
+        grad_mean.mul_(scale)
+    e = (d.square_() if power == 2 else d.abs_()).mul_(iv)  # |x - m|^p exp(-s)
+    if _wanted(grad_log_scale):
+        torch.sub(e, 1.0, out=_samples_view(grad_log_scale, batch)).mul_(scale)
+    rows = e.add_(s).sum(-1).reshape(-1)
+    _write_rows(out, rows, reduction, -scale)
+
+
+@_entry
+def error_log_likelihood_backward(
+    grad_mean: Tensor,
+    grad_log_scale: Tensor,
+    grad_out: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    log_scale: Tensor,
+    reduction: str,
+    scale: float,
+    power: int,
+) -> None:
+    R, D = mean.shape
+    shared = log_scale.numel() == 1 and log_scale.dim() == 1
+    if R == 0:
+        if shared and _wanted(grad_log_scale):
+            grad_log_scale.zero_()
+        return
+    x = _float_target(x, mean.dtype)
+    batch = x.shape[0]
+    if shared:
+        d, err, inv_scale = _error_shared(x, mean, log_scale, power)
+        # w_r = scale * grad_out[r] (or grad_out for 'sum'), float64
+        w = grad_out.reshape(-1 if reduction == "rows" else ()).double() * scale
+        if _wanted(grad_mean):
+            g_mean = w.mul(inv_scale).to(mean.dtype)
+            _error_slope(d, power, g_mean.unsqueeze(1) if g_mean.dim() else g_mean, grad_mean)
+        if _wanted(grad_log_scale):
+            grad_log_scale.copy_(err.mul(inv_scale).sub_(D).mul_(w).sum().reshape(1))
+        return
+    g = _upstream(grad_out, reduction, scale)
+    m, s = _samples_view(mean, batch), _samples_view(log_scale, batch)
+    gs = g if g.dim() < 2 else _samples_view(g, batch)
+    d = torch.sub(x, m)
+    iv = torch.neg(s).exp_()
+    if _wanted(grad_mean):
+        gm = _samples_view(grad_mean, batch)
+        _error_slope(d, power, iv, gm)
+        gm.mul_(gs)
+    if _wanted(grad_log_scale):
+        e = (d.square_() if power == 2 else d.abs_()).mul_(iv)
+        torch.sub(e, 1.0, out=_samples_view(grad_log_scale, batch)).mul_(gs)
+
+
 # --- the whole loss of a step ------------------------------------------------------------------
 
 
@@ -730,6 +848,19 @@ def sgvb_loss_forward(
         assert decoder_logvar is not None
         gaussian_log_likelihood_forward(
             totals, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, "sum", -ll_scale
+        )
+    elif likelihood in ERROR_POWERS:
+        assert decoder_logvar is not None  # the log-scale s (zeros(1) when none is learned)
+        error_log_likelihood_forward(
+            totals,
+            grad_decoded,
+            grad_decoder_logvar,
+            x,
+            decoded,
+            decoder_logvar,
+            "sum",
+            -ll_scale,
+            ERROR_POWERS[likelihood],
         )
     else:
         raise ValueError(f"unknown likelihood {likelihood!r}")

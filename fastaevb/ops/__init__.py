@@ -102,6 +102,7 @@ def sgvb_loss(
     decoder_logvar: Tensor | None,
     mu: Tensor,
     logvar: Tensor,
+    kl_weight: Tensor | None,
     likelihood: str,
     kl_scale: float,
     ll_scale: float,
@@ -109,8 +110,11 @@ def sgvb_loss(
 ) -> Tensor:
     """The ``sgvb_loss`` op (``ops.table``) on a decoder output of ``R * D`` values for data ``x``
     of ``B`` rows of ``D`` values, in a layout the public API validated: the C++ node takes it as
-    it is (no view nodes in the step), the other paths as ``(R, D)`` rows."""
-    args = (decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale, with_grad)
+    it is (no view nodes in the step), the other paths as ``(R, D)`` rows. A 0-d ``kl_weight``
+    stays a tensor only on the custom-op path (torch.compile); eagerly it is read here."""
+    if kl_weight is not None and not _custom_path():
+        kl_scale, kl_weight = kl_scale * calls.weight_value("kl_weight", kl_weight), None
+    args = (decoded, x, decoder_logvar, mu, logvar, kl_weight, likelihood, kl_scale, ll_scale, with_grad)
     native = native_entry(OPS["sgvb_loss"].native, decoded.device)  # type: ignore[arg-type]
     if native is not None:
         value = native(*args)

@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import backends
 from .._dtypes import value_dtype
 from . import table
-from .table import FACTOR, FLOAT, SEED, TARGET, Op
+from .table import FACTOR, FLOAT, SCALE, SEED, TARGET, Op
 
 
 def kernels_for(device: torch.device) -> ModuleType:
@@ -83,8 +83,27 @@ _PREPARE = {FLOAT: prepared, TARGET: _target, FACTOR: _factor, SEED: lambda t, d
 
 
 def _entry_args(op: Op, a: SimpleNamespace, dtype: torch.dtype) -> list:
-    tensors = [_PREPARE[t.role](getattr(a, t.name), dtype) for t in op.tensors]
+    tensors = [_PREPARE[t.role](getattr(a, t.name), dtype) for t in op.tensors if t.role != SCALE]
     return tensors + [getattr(a, name) for name in op.entry_scalars]
+
+
+def weight_value(name: str, t: Tensor) -> float:
+    """A 0-d weight tensor's value, which must be a finite number >= 0."""
+    value = float(t)
+    if not (0.0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _arguments(op: Op, args: tuple) -> SimpleNamespace:
+    """The op's arguments by name, each SCALE tensor multiplied into its scalar (one host read of
+    a 0-d tensor inside the op, where torch.compile does not see it)."""
+    a = op.args(args)
+    for t in op.tensors:
+        if t.role == SCALE and getattr(a, t.name) is not None:
+            setattr(a, t.scales, getattr(a, t.scales) * weight_value(t.name, getattr(a, t.name)))  # type: ignore[arg-type]
+            setattr(a, t.name, None)
+    return a
 
 
 def _restored(outputs: list[Tensor], op: Op, a: SimpleNamespace, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -99,7 +118,7 @@ def _restored(outputs: list[Tensor], op: Op, a: SimpleNamespace, dtype: torch.dt
 
 def forward(op: Op, args: tuple) -> tuple[Tensor, ...]:
     """All outputs of ``op`` for its arguments ``args`` (in the table's order)."""
-    a = op.args(args)
+    a = _arguments(op, args)
     if op is table.SGVB_LOSS:
         return _sgvb_loss_forward(a)
     main: Tensor = getattr(a, op.main)
@@ -118,7 +137,7 @@ def _grad_outputs(op: Op, a: SimpleNamespace, dtype: torch.dtype) -> list[Tensor
 def backward(op: Op, grad_out: Tensor, args: tuple) -> tuple[Tensor, ...]:
     """``grad_out`` times the gradients of a loss op's value, one per differentiable tensor
     (an empty placeholder where not wanted)."""
-    a = op.args(args)
+    a = _arguments(op, args)
     if op is table.SGVB_LOSS:
         return _sgvb_loss_backward(grad_out, a)
     main: Tensor = getattr(a, op.main)
@@ -149,6 +168,8 @@ def _parts(a: SimpleNamespace, with_grad: bool) -> tuple[tuple, tuple]:
     kl = (a.mu, a.logvar, "sum", a.kl_scale, with_grad)
     if a.likelihood == "gaussian":
         return kl, (a.x, a.decoded, a.decoder_logvar, "sum", -a.ll_scale, with_grad)
+    if a.likelihood in table.ERROR_POWERS:
+        return kl, (a.x, a.decoded, a.decoder_logvar, "sum", -a.ll_scale, with_grad, table.ERROR_POWERS[a.likelihood])
     extra = (None,) if a.likelihood == "bernoulli" else ()
     return kl, (a.decoded, a.x, None, *extra, "sum", -a.ll_scale, with_grad, False)
 
@@ -184,7 +205,7 @@ def _sgvb_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
     kl, grad_mu, grad_logvar = forward(table.GAUSSIAN_KL, kl_args)
     decoder = table.DECODER_OPS[a.likelihood]
     ll, grad_decoded, *rest = forward(decoder, decoder_args)
-    grad_decoder_logvar = rest[0] if a.likelihood == "gaussian" else a.decoded.new_empty(0)
+    grad_decoder_logvar = rest[0] if _has_decoder_scale(a) else a.decoded.new_empty(0)
     return kl.add_(ll), grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
 
 
@@ -193,5 +214,9 @@ def _sgvb_loss_backward(grad_out: Tensor, a: SimpleNamespace) -> tuple[Tensor, .
     kl_args, decoder_args = _parts(a, False)
     grad_mu, grad_logvar = backward(table.GAUSSIAN_KL, grad_out, kl_args)
     grad_decoded, *rest = backward(table.DECODER_OPS[a.likelihood], grad_out, decoder_args)
-    grad_decoder_logvar = rest[0] if a.likelihood == "gaussian" else a.decoded.new_empty(0)
+    grad_decoder_logvar = rest[0] if _has_decoder_scale(a) else a.decoded.new_empty(0)
     return grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
+
+
+def _has_decoder_scale(a: SimpleNamespace) -> bool:
+    return a.likelihood == "gaussian" or a.likelihood in table.ERROR_POWERS

@@ -36,6 +36,10 @@ FLOAT = "float"  # cast to the compute dtype, contiguous
 TARGET = "target"  # Bernoulli targets: float (cast), uint8, or bool (viewed as uint8)
 FACTOR = "factor"  # BCE weight / pos_weight: (R, D) broadcast views, kept as they lie, value dtype
 SEED = "seed"  # the Philox seed: a CPU int64 tensor, or a device tensor on CUDA
+# A 0-d weight that changes every step (a KL weight under annealing): a tensor, so torch.compile
+# does not bake it into the graph (a float is specialized: one recompile per value); ops.calls
+# multiplies it into the scalar named by ``scales`` and does not pass it to the backend entry.
+SCALE = "scale"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Tensor_:
     role: str = FLOAT
     optional: bool = False
     differentiable: bool = False
+    scales: str | None = None  # role SCALE: the scalar it multiplies
 
     @property
     def schema(self) -> str:
@@ -256,6 +261,26 @@ GAUSSIAN_LOG_LIKELIHOOD = Op(
     ``d/dv = -0.5 (1 - (x - m)^2 exp(-v))`` (summed when shared).""",
 )
 
+ERROR_LOG_LIKELIHOOD = Op(
+    name="error_log_likelihood",
+    kind="loss",
+    tensors=(Tensor_("x"), Tensor_("mean", differentiable=True), Tensor_("log_scale", differentiable=True)),
+    scalars=(*_REDUCED_SCALARS, Scalar("power", "int")),
+    outputs=(
+        value("mean"),
+        Output("grad_mean", grad("mean")),
+        Output("grad_log_scale", grad("log_scale")),
+    ),
+    main="mean",
+    entry_scalars=("reduction", "scale", "power"),
+    doc="""The decoders of the torch-style VAE losses, ``F.mse_loss`` (``power`` 2) and ``F.l1_loss``
+    (``power`` 1) with an optional learned log-scale s (latent diffusion's ``|x - m| / exp(s) + s``):
+    ``scale * -sum_d (|x_d - m_d|^p exp(-s_d) + s_d)`` per element, row or in total, the log-density
+    of a Gaussian (p = 2, variance exp(s) / 2) or Laplace (p = 1, scale exp(s)) decoder up to a
+    constant; ``log_scale`` is ``mean``'s shape or ``(1,)`` (shared). Gradients
+    ``d/dm = p |x - m|^(p-1) sign(x - m) exp(-s)``, ``d/ds = |x - m|^p exp(-s) - 1`` (summed when shared).""",
+)
+
 SGVB_LOSS = Op(
     name="sgvb_loss",
     kind="loss",
@@ -265,6 +290,7 @@ SGVB_LOSS = Op(
         Tensor_("decoder_logvar", optional=True, differentiable=True),
         Tensor_("mu", differentiable=True),
         Tensor_("logvar", differentiable=True),
+        Tensor_("kl_weight", SCALE, optional=True, scales="kl_scale"),
     ),
     scalars=(
         Scalar("likelihood", "str"),
@@ -282,10 +308,13 @@ SGVB_LOSS = Op(
     main="decoded",
     native="autograd_sgvb_loss",
     entry_scalars=("likelihood", "kl_scale", "ll_scale"),
-    doc="""The negative ELBO of eq. (10) in one call: ``kl_scale * sum_r KL_r - ll_scale * sum_r
+    doc="""The negative ELBO of eq. (10) in one call: ``w kl_scale * sum_r KL_r - ll_scale * sum_r
     log p(x_r|z_r)`` with the KL of Appendix B and the decoder of Appendix C (``likelihood``:
     'bernoulli' (logits), 'bernoulli_probs', 'gaussian' with ``decoder_logvar`` of ``decoded``'s
-    shape or one value); with ``with_grad`` its gradients in the same pass. decoded ``(R, D)``,
+    shape or one value, 'mse' and 'l1' (error_log_likelihood with power 2 and 1) with
+    ``decoder_logvar`` holding their log-scale s, zeros(1) when none is learned), w the 0-d
+    ``kl_weight`` (1 when None: a weight that changes every step, e.g. KL annealing);
+    with ``with_grad`` its gradients in the same pass. decoded ``(R, D)``,
     x ``(B, D)``, mu / logvar ``(B, J)``.""",
 )
 
@@ -297,13 +326,18 @@ OPS: dict[str, Op] = {
         BERNOULLI_LOG_LIKELIHOOD,
         BERNOULLI_PROBS_LOG_LIKELIHOOD,
         GAUSSIAN_LOG_LIKELIHOOD,
+        ERROR_LOG_LIKELIHOOD,
         SGVB_LOSS,
     )
 }
-LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian")
+LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse", "l1")
+# The power p of the error likelihoods (ERROR_LOG_LIKELIHOOD): squared error, absolute error.
+ERROR_POWERS = {"mse": 2, "l1": 1}
 # The decoder op of each sgvb_loss likelihood (the composite path of backends without the fused entry).
 DECODER_OPS = {
     "bernoulli": BERNOULLI_LOG_LIKELIHOOD,
     "bernoulli_probs": BERNOULLI_PROBS_LOG_LIKELIHOOD,
     "gaussian": GAUSSIAN_LOG_LIKELIHOOD,
+    "mse": ERROR_LOG_LIKELIHOOD,
+    "l1": ERROR_LOG_LIKELIHOOD,
 }

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..._errors import check_range
+from ...ops.table import ERROR_POWERS
 from . import kernels as K
 
 DTYPES = (torch.float32, torch.float64)
@@ -332,7 +333,7 @@ def bernoulli_probs_log_likelihood_backward(
 
 
 def _logvar_2d(logvar: Tensor) -> tuple[np.ndarray, bool]:
-    """(R, D) log-variances, or one shared value (shape (1,)) as a (1, 1) array."""
+    """(R, D) log-variances (or error log-scales), or one shared value (shape (1,)) as a (1, 1) array."""
     shared = logvar.dim() == 1
     return _a(logvar.view(1, 1) if shared else logvar), shared
 
@@ -389,6 +390,65 @@ def gaussian_log_likelihood_backward(
     )
 
 
+# --- error decoders (squared / absolute error) ------------------------------------------------
+
+
+def error_log_likelihood_forward(
+    out: Tensor,
+    grad_mean: Tensor,
+    grad_log_scale: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    log_scale: Tensor,
+    reduction: str,
+    scale: float,
+    power: int,
+) -> None:
+    """out (R,) 'rows' / 0-d 'sum'; grad_mean (R, D) or (0,); grad_log_scale like log_scale ((R, D)
+    or (1,) shared) or (0,). ``power`` 2 (squared error) or 1 (absolute error)."""
+    log_scale_a, shared = _logvar_2d(log_scale)
+    _threads()
+    K.error_forward(
+        _flat(out),
+        _flat(grad_mean),
+        _flat(grad_log_scale),
+        _float_input(x, mean.dtype),
+        _a(mean),
+        log_scale_a,
+        shared,
+        _REDUCE[reduction],
+        float(scale),
+        int(power),
+    )
+
+
+def error_log_likelihood_backward(
+    grad_mean: Tensor,
+    grad_log_scale: Tensor,
+    grad_out: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    log_scale: Tensor,
+    reduction: str,
+    scale: float,
+    power: int,
+) -> None:
+    log_scale_a, shared = _logvar_2d(log_scale)
+    _threads()
+    K.error_backward(
+        _flat(grad_mean),
+        _flat(grad_log_scale),
+        _in(grad_out).reshape(-1),
+        _float_input(x, mean.dtype),
+        _a(mean),
+        log_scale_a,
+        shared,
+        _REDUCE[reduction],
+        float(scale),
+        int(power),
+    )
+
+
 # --- the whole loss of a step (optional fused entry) -------------------------------------------
 
 
@@ -428,6 +488,21 @@ def sgvb_loss_forward(
             shared,
             K.SUM,
             -float(ll_scale),
+        )
+    elif likelihood in ERROR_POWERS:
+        assert decoder_logvar is not None  # the log-scale s (zeros(1) when none is learned)
+        log_scale_a, shared = _logvar_2d(decoder_logvar)
+        K.error_forward(
+            total[1:2],
+            _flat(grad_decoded),
+            _flat(grad_decoder_logvar),
+            _float_input(x, dtype),
+            _a(decoded),
+            log_scale_a,
+            shared,
+            K.SUM,
+            -float(ll_scale),
+            ERROR_POWERS[likelihood],
         )
     elif likelihood == "bernoulli":
         bad_x = K.bernoulli_logits_forward(

@@ -11,8 +11,8 @@ booleans, ``seed`` a uint64.
 
 Rows accumulate in the float type T of the input; 'sum' keeps every row sum in T and adds
 them in float64 in row order after the parallel loop, so the result does not depend on the
-thread count. (One exception, as in the C++ backend: with a shared Gaussian log-variance the
-per-row sums of squares are float64, because its gradient cancels.) The elementwise math is
+thread count. (One exception, as in the C++ backend: with a shared Gaussian log-variance or error log-scale
+the per-row sums of squares / errors are float64, because its gradient cancels.) The elementwise math is
 in ``math``, the noise in ``philox``; ``kernel`` (``jit``) is ``njit``
 with an on-disk cache that is invalidated by a change to any of these files.
 """
@@ -32,6 +32,11 @@ from .math import (
     bernoulli_probs_grad,
     bernoulli_probs_target_grad,
     bernoulli_probs_term,
+    error_shared_err,
+    error_shared_grad_log_scale,
+    error_shared_row,
+    error_slope,
+    error_term,
     gaussian_row,
     gaussian_shared_grad_logvar,
     gaussian_shared_row,
@@ -487,3 +492,104 @@ def gaussian_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, shared,
                 _, d_m, d_v = gaussian_term(x[b, c], mean[r, c], logvar[r, c])
                 grad_mean[r * cols + c] = w * d_m
                 grad_logvar[r * cols + c] = w * d_v
+
+
+# --- error decoders (squared / absolute error, error_log_likelihood) ----------------------------
+# The Gaussian decoder's kernels with ll = -(|x - m|^p exp(-s) + s), ``power`` p = 2 or 1 (a
+# loop-invariant branch). log_scale is (R, D), or (1, 1) with ``shared``: then s and exp(-s) are
+# float64 scalars, the per-row error sums S float64, and the gradient of s sums the rows'
+# S exp(-s) - D in float64 in row order.
+
+
+@kernel()
+def _shared_grad_log_scale(err_sums, grad_out, weighted, reduce, scale, inv_scale, cols):
+    """``sum_r w_r * error_shared_grad_log_scale(err_sums[r])`` in float64 in row order, ``w_r`` as in
+    :func:`_shared_grad_logvar` (the weight in each term: no rows give 0 whatever the scale)."""
+    total = 0.0
+    for r in range(err_sums.shape[0]):
+        w = scale
+        if weighted:
+            w *= np.float64(grad_out[r] if reduce == ROWS else grad_out[0])
+        total += w * error_shared_grad_log_scale(err_sums[r], inv_scale, cols)
+    return total
+
+
+@kernel(parallel=True)
+def error_forward(out, grad_mean, grad_log_scale, x, mean, log_scale, shared, reduce, scale, power):
+    """out (R,) or (1,); grad_mean (R*D,), grad_log_scale (R*D,) or (1,) when shared, each when non-empty."""
+    rows, cols = mean.shape
+    with_grad_mean = grad_mean.size > 0
+    with_grad_log_scale = grad_log_scale.size > 0
+    batch = x.shape[0]
+    sums = _row_sums(out, rows, reduce)
+    row_scale = _row_scale(scale, reduce, mean)
+    g_scale = as_type(scale, mean)
+    if shared:
+        s = np.float64(log_scale[0, 0])
+        inv_scale = math.exp(-s)
+        g_mean = as_type(scale * inv_scale, mean)  # d (scale * ll) / dm = scale exp(-s) p |d|^(p-1) sign(d)
+        err_sums = np.empty(rows, np.float64)
+        for r in prange(rows):
+            b = r % batch
+            err = 0.0
+            for c in range(cols):
+                d, e = error_shared_err(x[b, c], mean[r, c], power)
+                err += e
+                if with_grad_mean:
+                    grad_mean[r * cols + c] = g_mean * error_slope(d, power)
+            err_sums[r] = err
+            sums[r] = row_scale * as_type(error_shared_row(err, s, inv_scale, cols), mean)
+        if with_grad_log_scale:
+            grad_log_scale[0] = as_type(
+                _shared_grad_log_scale(err_sums, out, False, reduce, scale, inv_scale, cols), mean
+            )
+    else:
+        for r in prange(rows):
+            b = r % batch
+            q_sum = as_type(0.0, mean)
+            for c in range(cols):
+                q, d_m, d_s = error_term(x[b, c], mean[r, c], log_scale[r, c], power)
+                q_sum += q
+                if with_grad_mean:
+                    grad_mean[r * cols + c] = g_scale * d_m
+                if with_grad_log_scale:
+                    grad_log_scale[r * cols + c] = g_scale * d_s
+            sums[r] = row_scale * -q_sum
+    _finish_total(sums, scale, reduce, out)
+
+
+@kernel(parallel=True)
+def error_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, shared, reduce, scale, power):
+    """grad_out (R,) or (1,) -> grad_mean (R*D,), grad_log_scale (R*D,) or (1,) when shared, each when non-empty."""
+    rows, cols = mean.shape
+    with_grad_mean = grad_mean.size > 0
+    with_grad_log_scale = grad_log_scale.size > 0
+    batch = x.shape[0]
+    if shared:
+        inv_scale = math.exp(-np.float64(log_scale[0, 0]))
+        err_sums = np.empty(rows, np.float64)
+        for r in prange(rows):
+            b = r % batch
+            go = grad_out[r] if reduce == ROWS else grad_out[0]
+            g_mean = as_type(np.float64(go) * scale * inv_scale, mean)
+            err = 0.0
+            for c in range(cols):
+                d, e = error_shared_err(x[b, c], mean[r, c], power)
+                err += e
+                if with_grad_mean:
+                    grad_mean[r * cols + c] = g_mean * error_slope(d, power)
+            err_sums[r] = err
+        if with_grad_log_scale:
+            grad_log_scale[0] = as_type(
+                _shared_grad_log_scale(err_sums, grad_out, True, reduce, scale, inv_scale, cols), mean
+            )
+    else:
+        for r in prange(rows):
+            b = r % batch
+            w = _grad_weight(grad_out, reduce, scale, r, cols, 0)
+            for c in range(cols):
+                _, d_m, d_s = error_term(x[b, c], mean[r, c], log_scale[r, c], power)
+                if with_grad_mean:
+                    grad_mean[r * cols + c] = w * d_m
+                if with_grad_log_scale:
+                    grad_log_scale[r * cols + c] = w * d_s

@@ -186,3 +186,56 @@ def gaussian_shared_row(sq_sum, v, inv_var, n):
 def gaussian_shared_grad_logvar(sq_sum, inv_var, n):
     """Row sum of dll/dv, float64: ``-0.5 * (n - S2 exp(-v))``."""
     return -0.5 * (n - sq_sum * inv_var)
+
+
+# --- error decoders (error_log_likelihood) ----------------------------------------------------
+# ll = -(|x - m|^p exp(-s) + s) with p = 2 (squared error) or 1 (absolute error): the Gaussian's
+# structure with other constants. A row is finished from the sum of q = |x - m|^p exp(-s) + s.
+
+
+@njit(cache=True, inline="always")
+def error_sign(d):
+    """``sign(d)`` exactly as torch's (abs and l1_loss backward): 0 at 0 and for NaN; compare-selects."""
+    one = as_type(1.0, d)
+    zero = as_type(0.0, d)
+    return (one if d > 0 else zero) - (one if d < 0 else zero)
+
+
+@njit(cache=True, inline="always")
+def error_slope(d, power):
+    """``p |d|^(p-1) sign(d)``: ``2 d`` (p = 2), ``sign(d)`` (p = 1)."""
+    return as_type(2.0, d) * d if power == 2 else error_sign(d)
+
+
+@njit(cache=True, inline="always")
+def error_term(x, m, s, power):
+    """``(q, dll/dm, dll/ds)`` with ``e = |x - m|^p exp(-s)``, ``q = e + s``,
+    ``dll/dm = p |x - m|^(p-1) sign(x - m) exp(-s)``, ``dll/ds = e - 1``."""
+    d = x - m
+    iv = math.exp(-s)
+    e = (d * d if power == 2 else abs(d)) * iv
+    return e + s, error_slope(d, power) * iv, e - as_type(1.0, s)
+
+
+# One shared log-scale s: a row needs only S = sum_d |x_d - m_d|^p and exp(-s) once. dll/ds summed
+# over a row, S exp(-s) - n, cancels once the scale fits the data, so S is float64 (as the Gaussian's).
+
+
+@njit(cache=True, inline="always")
+def error_shared_err(x, m, power):
+    """``(x - m, |x - m|^p)`` with the difference in T and its power in float64."""
+    d = x - m
+    d64 = float(d)
+    return d, d64 * d64 if power == 2 else abs(d64)
+
+
+@njit(cache=True, inline="always")
+def error_shared_row(err_sum, s, inv_scale, n):
+    """Row log-likelihood, float64: ``-(S exp(-s) + n s)``."""
+    return -(err_sum * inv_scale + n * s)
+
+
+@njit(cache=True, inline="always")
+def error_shared_grad_log_scale(err_sum, inv_scale, n):
+    """Row sum of dll/ds, float64: ``S exp(-s) - n``."""
+    return err_sum * inv_scale - n
