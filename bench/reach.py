@@ -6,6 +6,8 @@ lines, ``torch.compile`` of them, and the one fastaevb call, with the memory a l
 - latent diffusion's autoencoder loss (no LPIPS / GAN): ``|x - x_hat| / exp(s) + s`` summed / B with
   a learned scalar s, + ``kl_weight`` * KL of clamped feature-map latents, images
   ``(4, 3, 256, 256)``, latents ``(4, 4, 32, 32)``.
+- AntixK's beta-VAE, ``loss_type='B'``: the same with ``gamma * kld_weight * |KL - C|`` and a
+  capacity C that grows every step (a 0-d tensor).
 - beta-VAE (1Konny's 'H' objective on dSprites-sized logits ``(64, 1, 64, 64)``, J = 10) with a
   KL weight that changes every step (annealing), passed as a 0-d tensor to every implementation.
 
@@ -20,6 +22,7 @@ above the inputs during the step (the inputs' ``.grad`` included, the same for a
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +33,7 @@ import fastaevb
 from fastaevb import functional as FF
 
 KLD_WEIGHT, LDM_KL_WEIGHT, BETA = 0.00025, 1e-6, 4.0
+GAMMA, C_PER_WEIGHT = 1000.0, 6.25  # AntixK's beta_vae.py 'B': gamma, and C growing to C_max = 25
 
 
 def antixk_eager(recons, x, mu, log_var, scale, weight):
@@ -42,6 +46,20 @@ def antixk_fastaevb(recons, x, mu, log_var, scale, weight):
     return FF.sgvb_loss(
         recons, x, mu, log_var, likelihood="mse", reduction="mean", recon_reduction="mean", kl_weight=KLD_WEIGHT
     )
+
+
+def antixk_b_eager(recons, x, mu, log_var, scale, weight):
+    capacity = C_PER_WEIGHT * weight  # the schedule's C for this step, a 0-d tensor
+    recons_loss = torch_F.mse_loss(recons, x)
+    kld_loss = torch.mean(-0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp(), dim=1), dim=0)
+    return recons_loss + GAMMA * KLD_WEIGHT * (kld_loss - capacity).abs()
+
+
+def antixk_b_fastaevb(recons, x, mu, log_var, scale, weight):
+    return FF.sgvb_loss(
+        recons, x, mu, log_var, likelihood="mse", reduction="mean", recon_reduction="mean",
+        kl_weight=GAMMA * KLD_WEIGHT, capacity=C_PER_WEIGHT * weight,
+    )  # fmt: skip
 
 
 def ldm_eager(reconstructions, inputs, mean, logvar, s, weight):
@@ -104,6 +122,15 @@ class Reach:
 
 REACH = [
     Reach("AntixK vanilla VAE (64,3,64,64) J=128", (64, 3, 64, 64), (64, 128), "real", antixk_eager, antixk_fastaevb),
+    Reach(
+        "AntixK beta-VAE B growing capacity (64,3,64,64) J=128",
+        (64, 3, 64, 64),
+        (64, 128),
+        "real",
+        antixk_b_eager,
+        antixk_b_fastaevb,
+        annealed=True,
+    ),
     Reach(
         "latent diffusion AE (4,3,256,256) z (4,4,32,32)",
         (4, 3, 256, 256),
@@ -181,6 +208,34 @@ def step_memory(step, inputs) -> tuple[int, int]:
             held = live
     del loss
     return held, peak
+
+
+def benchmark_step(benchmark, name: str, implementation: str, elements: int, step, inputs, rounds: int, inputs_of=None):
+    """pytest-benchmark of one forward + backward of ``step``: the first call (compiles, warms up)
+    outside the timing, the held and peak memory (:func:`step_memory`) and the compile time in
+    ``extra_info``, then ``rounds`` rounds; ``inputs_of(k)`` gives round k's inputs (default: the same)."""
+    benchmark.group = f"{name}, fwd+bwd"
+    start = time.perf_counter()
+    run(step, inputs)  # compiles / warms up outside the timing
+    compile_s = time.perf_counter() - start
+    held, peak = step_memory(step, inputs)
+    benchmark.extra_info.update(
+        workload=name,
+        implementation=implementation,
+        backward=True,
+        elements=elements,
+        held_bytes=held,
+        peak_bytes=peak,
+        compile_s=compile_s,
+        threads=torch.get_num_threads(),
+    )
+    state = {"k": 0}
+
+    def one_round():
+        state["k"] += 1
+        return run(step, inputs if inputs_of is None else inputs_of(state["k"]))
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
 def main() -> None:

@@ -64,7 +64,9 @@ void RowsT(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
       const auto v = LoadAt<kTail>(d, in + at, i, count);
       const auto xv = LoadTarget<kTail>(d, xr, i, count);
       if (check_x) bad_x += CountOutOfUnit(d, xv);
-      if constexpr (kForward && kProbs) bad_in += CountOutOfUnit(d, v);
+      // probabilities outside [0, 1] are an error; logits all inside it look like probabilities
+      // (sgvb_loss warns), counted in the sum modes of the loss only
+      if constexpr (kForward && (kProbs || kMode != kFwdElements)) bad_in += CountOutOfUnit(d, v);
       const auto q = kPos ? LoadFactor<kTail>(d, qr, job.pos_weight.col_stride, i, count) : v;
       auto t = Terms<kProbs, kPos, kTgt>(d, v, xv, q);
       if constexpr (kExtras != 0) {  // weight (1 when only pos_weight / the target gradient is asked for)
@@ -156,6 +158,10 @@ HWY_AFTER_NAMESPACE();
 
 namespace fastaevb {
 HWY_EXPORT(BernoulliRows);
+
+void bernoulli_rows(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad) {
+  HWY_DYNAMIC_DISPATCH(BernoulliRows)(job, r0, r1, bad);
+}
 
 namespace {
 
@@ -273,12 +279,13 @@ void backward(bool probs, addr grad, addr grad_out, addr in, addr x, int64_t R, 
 
 }  // namespace
 
-int64_t bernoulli_log_likelihood_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B,
-                                         int64_t D, int reduction, double scale, bool with_grad, int dtype,
-                                         int xtype, int nthreads, const BernoulliExtras& extras) {
+std::pair<int64_t, int64_t> bernoulli_log_likelihood_forward(addr out, addr grad, addr logits, addr x,
+                                                             int64_t R, int64_t B, int64_t D, int reduction,
+                                                             double scale, bool with_grad, int dtype,
+                                                             int xtype, int nthreads,
+                                                             const BernoulliExtras& extras) {
   return forward(false, out, grad, logits, x, R, B, D, reduction, scale, with_grad, dtype, xtype, nthreads,
-                 extras)
-      .second;
+                 extras);
 }
 
 void bernoulli_log_likelihood_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B,

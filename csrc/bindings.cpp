@@ -86,6 +86,17 @@ PYBIND11_MODULE(_C, m) {
         "grad_decoder_logvar"_a, "grad_mu"_a, "grad_logvar"_a, "decoded"_a, "x"_a, "decoder_logvar"_a, "mu"_a,
         "logvar"_a, "R"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared_logvar"_a, "kl_scale"_a, "ll_scale"_a,
         "with_grad"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+  m.def("iwae_loss_forward", &f::iwae_loss_forward, guard(), "out"_a, "grad_decoded"_a,
+        "grad_decoder_logvar"_a, "grad_z"_a, "grad_mu"_a, "grad_logvar"_a, "grad_gate"_a, "decoded"_a, "x"_a,
+        "decoder_logvar"_a, "z"_a, "mu"_a, "logvar"_a, "K"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared"_a,
+        "gradient"_a, "reduction"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+  m.def("iwae_loss_backward", &f::iwae_loss_backward, guard(), "grad_decoded"_a, "grad_decoder_logvar"_a,
+        "grad_z"_a, "grad_mu"_a, "grad_logvar"_a, "grad_gate"_a, "grad_out"_a, "decoded"_a, "x"_a,
+        "decoder_logvar"_a, "z"_a, "mu"_a, "logvar"_a, "K"_a, "B"_a, "D"_a, "J"_a, "likelihood"_a, "shared"_a,
+        "gradient"_a, "reduction"_a, "scale"_a, "dtype"_a, "xtype"_a, "nthreads"_a);
+  m.attr("IWAE_GRADIENTS") =
+      py::dict("iwae"_a = static_cast<int>(f::kGradientIwae), "stl"_a = static_cast<int>(f::kGradientStl),
+               "dreg"_a = static_cast<int>(f::kGradientDreg));
   m.attr("LIKELIHOODS") =
       py::dict("bernoulli"_a = static_cast<int>(f::kLikelihoodBernoulli),
                "bernoulli_probs"_a = static_cast<int>(f::kLikelihoodProbs),

@@ -45,10 +45,12 @@ struct BernoulliExtras {
   addr grad_x = 0;
 };
 
-// Returns the number of out-of-range targets.
-int64_t bernoulli_log_likelihood_forward(addr out, addr grad, addr logits, addr x, int64_t R, int64_t B,
-                                         int64_t D, int reduction, double scale, bool with_grad, int dtype,
-                                         int xtype, int nthreads, const BernoulliExtras& extras = {});
+// Returns (logits outside [0, 1] in the sum modes, else 0; out-of-range targets).
+std::pair<int64_t, int64_t> bernoulli_log_likelihood_forward(addr out, addr grad, addr logits, addr x,
+                                                             int64_t R, int64_t B, int64_t D, int reduction,
+                                                             double scale, bool with_grad, int dtype,
+                                                             int xtype, int nthreads,
+                                                             const BernoulliExtras& extras = {});
 void bernoulli_log_likelihood_backward(addr grad, addr grad_out, addr logits, addr x, int64_t R, int64_t B,
                                        int64_t D, int reduction, double scale, int dtype, int xtype,
                                        int nthreads, const BernoulliExtras& extras = {});
@@ -97,5 +99,24 @@ std::pair<int64_t, int64_t> sgvb_loss_forward(addr out, addr grad_decoded, addr 
                                               int64_t D, int64_t J, int likelihood, bool shared_logvar,
                                               double kl_scale, double ll_scale, bool with_grad, int dtype,
                                               int xtype, int nthreads);
+
+// The negative importance-weighted bound (iwae_loss.cpp): decoder output (K B, D) (row k B + b),
+// x (B, D), z (K, B, J), mu / logvar (B, J), decoder_logvar as sgvb_loss's. Value: out (B,) for
+// kReductionRows, one value for kReductionSum, times scale. A gradient output of address 0 is
+// not written (grad_mu / grad_logvar: 'iwae' only; grad_gate (K, B): with a DReG gate);
+// backward: the same gradients times grad_out ((B,) rows, or one value). Returns (out-of-range
+// decoder inputs, out-of-range targets) as sgvb_loss_forward.
+enum IwaeGradient : int { kGradientIwae = 0, kGradientStl = 1, kGradientDreg = 2 };
+std::pair<int64_t, int64_t> iwae_loss_forward(addr out, addr grad_decoded, addr grad_decoder_logvar,
+                                              addr grad_z, addr grad_mu, addr grad_logvar, addr grad_gate,
+                                              addr decoded, addr x, addr decoder_logvar, addr z, addr mu,
+                                              addr logvar, int64_t K, int64_t B, int64_t D, int64_t J,
+                                              int likelihood, bool shared, int gradient, int reduction,
+                                              double scale, int dtype, int xtype, int nthreads);
+void iwae_loss_backward(addr grad_decoded, addr grad_decoder_logvar, addr grad_z, addr grad_mu,
+                        addr grad_logvar, addr grad_gate, addr grad_out, addr decoded, addr x,
+                        addr decoder_logvar, addr z, addr mu, addr logvar, int64_t K, int64_t B, int64_t D,
+                        int64_t J, int likelihood, bool shared, int gradient, int reduction, double scale,
+                        int dtype, int xtype, int nthreads);
 
 }  // namespace fastaevb

@@ -58,39 +58,59 @@ struct BernoulliJob {
   void* grad_x;  // (R, D) like grad
 };
 
-struct GaussianJob {
-  Rows rows;
-  int mode, dtype;
-  bool shared_logvar;  // one log-variance for every element: logvar[0]
-  double inv_var;      // exp(-logvar[0]) when shared_logvar
-  double scale;
-  const void* x;
-  const void* mean;
-  const void* logvar;
-  void* grad_mean;
-  void* grad_logvar;  // per element; unused when shared_logvar (the driver sums it)
-  const void* grad_out;
-  bool upstream_total;
-  double* sums;  // sum_d q_d (per-element logvar) or sum_d (x - m)^2 (shared)
+// The location-scale decoders, ll = -sum_d (a |x - m|^p exp(-s) + a s + c), one row kernel and
+// driver for both ops (gaussian_log_likelihood.cpp): the form says which constants.
+enum LocScaleForm : int {
+  kGaussianForm = 0,  // a = 1/2, p = 2, c = log(2 pi) / 2; s the log-variance
+  kAbsErrorForm = 1,  // a = 1, p = 1, c = 0; s the log-scale (the error forms are their power)
+  kSqErrorForm = 2,   // a = 1, p = 2, c = 0
 };
 
-// The error decoders (error_log_likelihood.cpp): the Gaussian job's layout with the log-scale s
-// in place of the log-variance and the error's power p (2: squared, 1: absolute).
-struct ErrorJob {
+struct LocScaleJob {
   Rows rows;
-  int mode, dtype, power;
-  bool shared_log_scale;  // one log-scale for every element: log_scale[0]
-  double inv_scale;       // exp(-log_scale[0]) when shared_log_scale
+  int mode, dtype, form;
+  bool shared;       // one log-scale for every element: log_scale[0]
+  double inv_scale;  // exp(-log_scale[0]) when shared
   double scale;
   const void* x;
   const void* mean;
   const void* log_scale;
   void* grad_mean;
-  void* grad_log_scale;  // per element; unused when shared_log_scale (the driver sums it)
+  void* grad_log_scale;  // per element; unused when shared (the driver sums it)
   const void* grad_out;
   bool upstream_total;
   double* sums;  // sum_d (|x - m|^p exp(-s) + s) (per-element s) or sum_d |x - m|^p (shared)
 };
+
+// -a and c / a of a location-scale form, in the order the Gaussian's row formulas always rounded.
+inline double loc_scale_neg_a(int form) { return form == kGaussianForm ? -0.5 : -1.0; }
+inline double loc_scale_norm(int form) {
+  return form == kGaussianForm ? 1.8378770664093454835606594728112 : 0.0;
+}
+
+// A row's log-likelihood from its kernel sum (LocScaleJob::sums) and s = log_scale[0] when shared,
+// and (shared only) its derivative in s: -a (D - S exp(-s)).
+inline double location_scale_row(const LocScaleJob& job, double sum, double s) {
+  const double D = static_cast<double>(job.rows.D), a = loc_scale_neg_a(job.form),
+               c = loc_scale_norm(job.form);
+  return job.shared ? a * (D * (c + s) + sum * job.inv_scale) : a * (D * c + sum);
+}
+inline double location_scale_row_dlog_scale(const LocScaleJob& job, double sum) {
+  return loc_scale_neg_a(job.form) * (static_cast<double>(job.rows.D) - sum * job.inv_scale);
+}
+
+// The per-target row kernels (dispatched to the best SIMD target), for the drivers of other ops
+// that run them a few rows at a time (iwae_loss.cpp). bad: (out-of-range inputs, targets) added.
+void bernoulli_rows(const BernoulliJob& job, int64_t r0, int64_t r1, int64_t* bad);
+void location_scale_rows(const LocScaleJob& job, int64_t r0, int64_t r1);
+
+// The location-scale drivers behind both ops' entries (kernels.h, addresses as there).
+void location_scale_forward(uintptr_t out, uintptr_t grad_mean, uintptr_t grad_log_scale, uintptr_t x,
+                            uintptr_t mean, uintptr_t log_scale, int64_t R, int64_t B, int64_t D, bool shared,
+                            int reduction, double scale, int form, bool with_grad, int dtype, int nthreads);
+void location_scale_backward(uintptr_t grad_mean, uintptr_t grad_log_scale, uintptr_t grad_out, uintptr_t x,
+                             uintptr_t mean, uintptr_t log_scale, int64_t R, int64_t B, int64_t D,
+                             bool shared, int reduction, double scale, int form, int dtype, int nthreads);
 
 struct KLJob {
   Rows rows;

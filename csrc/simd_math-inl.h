@@ -18,6 +18,7 @@
 
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
+#include "row_job.h"  // LocScaleForm
 
 HWY_BEFORE_NAMESPACE();
 namespace fastaevb {
@@ -257,39 +258,26 @@ HWY_INLINE V<D> BernoulliProbsGrad(D d, V<D> p, V<D> x) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Gaussian decoder (Appendix C.2): ll = -0.5 (log 2pi + q), q = v + (x - m)^2 exp(-v);
-// dll/dm = (x - m) exp(-v), dll/dv = -0.5 (1 - (x - m)^2 exp(-v)).
+// Location-scale decoders (row_job.h's forms): the Gaussian (Appendix C.2, s = v) and the error
+// decoders (torch's mse / l1 losses with a log-scale s), ll = -a q - c with
+//   q = |x - m|^p exp(-s) + s,  dll/dm = a p |x - m|^(p-1) sign(x - m) exp(-s),
+//   dll/ds = a (|x - m|^p exp(-s) - 1).
+// Error<form> is |d|^p; Slope<form> is dll/dm without exp(-s) (the Gaussian's a p = 1: d).
 // ---------------------------------------------------------------------------------------
-template <class D>
-struct GaussTerm {
-  V<D> q, dm, dv;
-};
-
-template <class D>
-HWY_INLINE GaussTerm<D> Gaussian(D d, V<D> x, V<D> m, V<D> v) {
-  const V<D> diff = hn::Sub(x, m);
-  const V<D> iv = ExpSafe(d, hn::Neg(v));
-  const V<D> sq = hn::Mul(hn::Mul(diff, diff), iv);
-  return {hn::Add(v, sq), hn::Mul(diff, iv), hn::Mul(hn::Set(d, -0.5), hn::Sub(hn::Set(d, 1), sq))};
-}
-
-// ---------------------------------------------------------------------------------------
-// Error decoders (torch's mse / l1 losses with a log-scale s), power p in {1, 2}:
-// ll = -q, q = |x - m|^p exp(-s) + s; dll/dm = p |x - m|^(p-1) sign(x - m) exp(-s),
-// dll/ds = |x - m|^p exp(-s) - 1. Error<p> is |d|^p; ErrorSlope<p> is dm without exp(-s).
-// ---------------------------------------------------------------------------------------
-template <int kPower, class D>
+template <int kForm, class D>
 HWY_INLINE V<D> Error(D /*d*/, V<D> diff) {
-  if constexpr (kPower == 2)
-    return hn::Mul(diff, diff);
-  else
+  if constexpr (kForm == kAbsErrorForm)
     return hn::Abs(diff);
+  else
+    return hn::Mul(diff, diff);
 }
 
-// 2 (x - m), or sign(x - m) with sign(0) = 0 and NaN kept (torch's abs backward).
-template <int kPower, class D>
-HWY_INLINE V<D> ErrorSlope(D d, V<D> diff) {
-  if constexpr (kPower == 2) {
+// d, 2 d, or sign(d) with sign(0) = 0 and NaN kept (torch's abs backward).
+template <int kForm, class D>
+HWY_INLINE V<D> Slope(D d, V<D> diff) {
+  if constexpr (kForm == kGaussianForm) {
+    return diff;
+  } else if constexpr (kForm == kSqErrorForm) {
     return hn::Add(diff, diff);
   } else {
     const V<D> one = hn::Set(d, 1);
@@ -299,16 +287,22 @@ HWY_INLINE V<D> ErrorSlope(D d, V<D> diff) {
 }
 
 template <class D>
-struct ErrorTerm {
+struct LocScaleTerm {
   V<D> q, dm, ds;
 };
 
-template <int kPower, class D>
-HWY_INLINE ErrorTerm<D> ErrorLL(D d, V<D> x, V<D> m, V<D> s) {
+template <int kForm, class D>
+HWY_INLINE LocScaleTerm<D> LocScale(D d, V<D> x, V<D> m, V<D> s) {
   const V<D> diff = hn::Sub(x, m);
   const V<D> is = ExpSafe(d, hn::Neg(s));
-  const V<D> e = hn::Mul(Error<kPower>(d, diff), is);
-  return {hn::Add(e, s), hn::Mul(ErrorSlope<kPower>(d, diff), is), hn::Sub(e, hn::Set(d, 1))};
+  const V<D> e = hn::Mul(Error<kForm>(d, diff), is);
+  const V<D> one = hn::Set(d, 1);
+  V<D> ds;
+  if constexpr (kForm == kGaussianForm)
+    ds = hn::Mul(hn::Set(d, -0.5), hn::Sub(one, e));  // the Gaussian's rounding: -0 where e = 1
+  else
+    ds = hn::Sub(e, one);
+  return {hn::Add(e, s), hn::Mul(Slope<kForm>(d, diff), is), ds};
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,15 +6,18 @@ imported when their backend first runs.
 """
 
 from . import functional, ops, reference
+from ._errors import ProbabilitiesAsLogitsWarning
 from ._info import backend_for, build_info
 from .backends import available_backends, empty_cache, use_backend
-from .nn import SGVBLoss
+from .nn import IWAELoss, SGVBLoss
 
 __all__ = [
     "functional",
     "ops",
     "reference",
     "SGVBLoss",
+    "IWAELoss",
+    "ProbabilitiesAsLogitsWarning",
     "available_backends",
     "use_backend",
     "build_info",

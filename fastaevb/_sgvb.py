@@ -7,6 +7,11 @@ word (``recon_reduction``, ``kl_reduction``, default ``reduction``): ``'sum'``; 
 (sum / B, torch's ``F.kl_div`` word; the public ``'mean'`` of this function); ``'mean'`` over the
 elements (``F.mse_loss``'s default for the decoder term, ``kl.mean()`` of the KL elements). Each
 word is one factor on the fused op's ``kl_scale`` / ``ll_scale``, so every combination is one call.
+
+A capacity C or free bits lambda replace the KL term by ``|KL_term - C|`` (Burgess et al. 2018),
+``reduce_b |KL_b - C|`` (``capacity_per_datapoint``, pythae's form) or ``sum_j max(lambda,
+mean_b KL_bj)`` (Kingma et al. 2016), as reduced by ``kl_reduction``; the op takes them as a form
+and a threshold in units of the KL summed over the batch (``ops.table.SGVB_LOSS``).
 """
 
 from __future__ import annotations
@@ -96,17 +101,33 @@ def _term_scale(word: str, datapoints: int, elements: int) -> float:
     return 1.0 / count if count else math.nan
 
 
-def _kl_weight(kl_weight: object) -> tuple[float, Tensor | None]:
-    """A float weight (checked here) or a 0-d tensor, which the op reads (and checks) when it runs."""
-    if isinstance(kl_weight, Tensor):
-        check.floating("kl_weight", kl_weight)
-        if kl_weight.numel() != 1 or kl_weight.dim() > 1:
-            raise ValueError(f"kl_weight must be a float or a 0-d tensor, got shape {tuple(kl_weight.shape)}")
-        check.not_requiring_grad("kl_weight", kl_weight, "it is a weight, not a parameter of the loss")
-        return 1.0, kl_weight.reshape(())
-    if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)):
-        raise TypeError(f"kl_weight must be a float or a 0-d tensor, got {type(kl_weight).__name__}")
-    return check.weight("kl_weight", float(kl_weight)), None
+def _weight(name: str, value: object) -> tuple[float, Tensor | None]:
+    """A float weight >= 0 (checked here) or a 0-d tensor (for a value that changes every step
+    under torch.compile), which the op reads when it runs and checks, eagerly here."""
+    if isinstance(value, Tensor):
+        check.floating(name, value)
+        if value.numel() != 1 or value.dim() > 1:
+            raise ValueError(f"{name} must be a float or a 0-d tensor, got shape {tuple(value.shape)}")
+        check.not_requiring_grad(name, value, "it is a weight, not a parameter of the loss")
+        if not torch.compiler.is_compiling():  # a traced value the op checks
+            check.weight(name, float(value))
+        return 1.0, value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
+    return check.weight(name, float(value)), None
+
+
+def _kl_form(capacity: object, capacity_per_datapoint: bool, free_bits: object) -> tuple[str, float, Tensor | None]:
+    """The KL term's form (``ops.table.KL_FORMS``) and its threshold (a float, or 1 and a 0-d tensor)."""
+    if capacity is not None and free_bits is not None:
+        raise ValueError("capacity and free_bits are two forms of the KL term: give one of them")
+    if capacity_per_datapoint and capacity is None:
+        raise ValueError("capacity_per_datapoint needs a capacity")
+    if capacity is not None:
+        return ("capacity_datapoint" if capacity_per_datapoint else "capacity", *_weight("capacity", capacity))
+    if free_bits is not None:
+        return ("free_bits", *_weight("free_bits", free_bits))
+    return "kl", 0.0, None
 
 
 def _clamped(logvar: Tensor, logvar_clamp: tuple[float, float] | None) -> Tensor:
@@ -148,6 +169,9 @@ def sgvb_loss(
     recon_reduction: str | None = None,
     kl_reduction: str | None = None,
     logvar_clamp: tuple[float, float] | None = None,
+    capacity: float | Tensor | None = None,
+    capacity_per_datapoint: bool = False,
+    free_bits: float | Tensor | None = None,
 ) -> Tensor:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -155,9 +179,11 @@ def sgvb_loss(
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     reduction = check.reduction(reduction, ("none", "mean", "sum", "batchmean"))
     reduction = "mean" if reduction == "batchmean" else reduction
-    kl_value, kl_tensor = _kl_weight(kl_weight)
+    kl_value, kl_tensor = _weight("kl_weight", kl_weight)
+    kl_form, threshold, threshold_tensor = _kl_form(capacity, capacity_per_datapoint, free_bits)
     plain = (
         kl_tensor is None
+        and kl_form == "kl"
         and recon_weight == 1.0
         and recon_reduction is None
         and kl_reduction is None
@@ -194,16 +220,21 @@ def sgvb_loss(
                 f"got {tuple(decoder_param.shape)}"
             )
     if estimator == "generic":
-        if not (kl_tensor is None and kl_value == 1.0 and recon_weight == 1.0 and logvar_clamp is None):
-            raise ValueError("kl_weight, recon_weight and logvar_clamp weigh the analytic estimator's terms")
+        if not (
+            kl_tensor is None and kl_value == 1.0 and recon_weight == 1.0 and logvar_clamp is None and kl_form == "kl"
+        ):
+            raise ValueError(
+                "kl_weight, recon_weight, logvar_clamp, capacity and free_bits shape the analytic estimator's terms"
+            )
         return _generic_sgvb_loss(likelihood, recon, x, decoder_param, log_q, log_p, row_shape, reduction)
 
     if mu is None or logvar is None:
         raise ValueError("the analytic estimator needs mu and logvar (the encoder's outputs)")
     check_latents(mu, logvar, 1, None)
     check.same_device("recon", recon, x=x, mu=mu)
-    if kl_tensor is not None and kl_tensor.device not in (recon.device, torch.device("cpu")):
-        raise ValueError(f"kl_weight is on {kl_tensor.device}: it must be on the CPU or on recon's {recon.device}")
+    for name, t in (("kl_weight", kl_tensor), ("capacity" if free_bits is None else "free_bits", threshold_tensor)):
+        if t is not None and t.device not in (recon.device, torch.device("cpu")):
+            raise ValueError(f"{name} is on {t.device}: it must be on the CPU or on recon's {recon.device}")
     if mu.dim() < 2 or mu.shape[0] != batch:
         raise ValueError(
             f"mu of shape {tuple(mu.shape)} must be (B, J) or feature maps (B, C, h, w) with B = {batch}, "
@@ -214,9 +245,15 @@ def sgvb_loss(
     logvar = _clamped(logvar, logvar_clamp)
     # per datapoint, then reduced (also when x needs a gradient: the fused loss gives none)
     if reduction == "none" or check.differentiable(x):
+        if kl_form in ("capacity", "free_bits"):
+            raise ValueError(
+                f"{'capacity' if kl_form == 'capacity' else 'free_bits'} couples the datapoints of a batch: it needs "
+                "a scalar reduction and a target without a gradient (capacity_per_datapoint=True takes any)"
+            )
+        capacity_value = None if kl_form == "kl" else threshold if threshold_tensor is None else threshold_tensor
         return _per_datapoint(
             likelihood, recon, x, decoder_param, mu, logvar, samples, reduction, recon_word, kl_word,
-            kl_value, kl_tensor, recon_weight,
+            kl_value, kl_tensor, recon_weight, capacity_value,
         )  # fmt: skip
 
     # One fused call: kl_scale * sum KL - ll_scale * sum log p(x|z).
@@ -228,8 +265,11 @@ def sgvb_loss(
         if decoder_param is None:
             decoder_param = recon.new_zeros(1)
         x = x.to(recon.dtype)
-    kl_scale = kl_value * _term_scale(kl_word, batch, mu.shape[1])
+    kl_term_scale = _term_scale(kl_word, batch, mu.shape[1])
+    kl_scale = kl_value * kl_term_scale
     ll_scale = recon_weight * _term_scale(recon_word, batch, event) / samples
+    # the threshold t of the op's forms, in units of the KL summed over the batch (ops.table)
+    threshold *= {"kl": 0.0, "capacity": 1 / kl_term_scale, "capacity_datapoint": 1.0, "free_bits": batch}[kl_form]
     grad_from = (recon, mu, logvar) if decoder_param is None else (recon, mu, logvar, decoder_param)
     return ops.sgvb_loss(
         recon,
@@ -242,6 +282,9 @@ def sgvb_loss(
         kl_scale,
         ll_scale,
         wants_grad_in_forward("sum", *grad_from),
+        threshold_tensor,
+        kl_form,
+        threshold,
     )
 
 
@@ -259,15 +302,17 @@ def _per_datapoint(
     kl_value: float,
     kl_tensor: Tensor | None,
     recon_weight: float,
+    capacity: float | Tensor | None,
 ) -> Tensor:
     """The loss from the decoder and KL ops per datapoint: ``reduction='none'``, or a target that
-    needs a gradient (which the fused op does not give)."""
+    needs a gradient (which the fused op does not give); ``capacity``: each datapoint's
+    ``|KL_b - C|`` (``capacity_per_datapoint``)."""
     batch = x.shape[0]
     log_px = _decoder_log_likelihood(likelihood, recon, x, decoder_param, "none").reshape(samples, batch).mean(0)
     kl = gaussian_kl(mu, logvar, "none")
+    if capacity is not None:
+        kl = (kl - capacity).abs()
     if kl_tensor is not None:
-        if not torch.compiler.is_compiling():  # checked here eagerly; a traced value the op checks
-            check.weight("kl_weight", float(kl_tensor))
         kl = kl * kl_tensor
     if reduction == "none":
         return kl_value * kl - recon_weight * log_px

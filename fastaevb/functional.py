@@ -23,14 +23,15 @@ import torch
 from torch import Tensor
 
 from . import _drop_in as drop_in
+from . import _iwae as iwae
 from . import _latents as latents
 from . import _likelihoods as likelihoods
 from . import _sgvb as sgvb
 from ._sgvb import ESTIMATORS
-from .ops.table import LIKELIHOODS
+from .ops.table import IWAE_GRADIENTS, LIKELIHOODS
 from .reference import importance_weighted_bound
 
-LIKELIHOODS, ESTIMATORS = LIKELIHOODS, ESTIMATORS  # the names SGVBLoss checks
+LIKELIHOODS, ESTIMATORS, IWAE_GRADIENTS = LIKELIHOODS, ESTIMATORS, IWAE_GRADIENTS  # the names the modules check
 
 __all__ = [
     "reparameterize",
@@ -43,6 +44,8 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "sgvb_loss",
+    "iwae_loss",
+    "dreg_gate",
     "importance_weighted_bound",
 ]
 
@@ -255,6 +258,9 @@ def sgvb_loss(
     decoder_logvar: Tensor | None = None,
     decoder_log_scale: Tensor | None = None,
     logvar_clamp: tuple[float, float] | None = None,
+    capacity: float | Tensor | None = None,
+    capacity_per_datapoint: bool = False,
+    free_bits: float | Tensor | None = None,
     estimator: str = "analytic",
     log_q: Tensor | None = None,
     log_p: Tensor | None = None,
@@ -304,6 +310,17 @@ def sgvb_loss(
         logvar_clamp: ``(low, high)`` clamps the encoder log-variance first, as diffusers'
             ``DiagonalGaussianDistribution`` (``(-30, 20)``), with ``torch.clamp``'s gradient (0
             outside). Opt-in: it guards ``exp(logvar)`` against inf.
+        capacity: C of Burgess et al. (2018): the KL term becomes ``kl_weight * |KL_term - C|``
+            with ``KL_term`` the KL reduced by ``kl_reduction`` (AntixK's and 1Konny's
+            ``gamma * |kld - C|``: ``reduction='mean'``, ``kl_weight=gamma``); a float >= 0, or a 0-d
+            tensor for a capacity that grows every step under ``torch.compile``. The KL gradient
+            is multiplied by the sign of ``KL_term - C`` (0 at equality, as ``abs``).
+        capacity_per_datapoint: with ``capacity``, take ``|KL_b - C|`` per datapoint, then reduce
+            (pythae's disentangled beta-VAE: ``mean_b |KL_b - C|``).
+        free_bits: lambda of Kingma et al. (2016): the KL term becomes ``kl_weight * sum_j
+            max(lambda, mean_b KL_bj)`` over the latent elements j (times B for
+            ``kl_reduction='sum'``, over J for ``'mean'``); a dimension held at lambda gets no
+            KL gradient (``torch.clamp(min=lambda)``'s). A float >= 0 or a 0-d tensor.
         log_q, log_p: ``(*L, B)`` log-weights (generic estimator).
 
     With a scalar reduction and a fused backend, the whole loss (KL, decoder term and all their
@@ -313,4 +330,58 @@ def sgvb_loss(
     return sgvb.sgvb_loss(
         recon, x, mu, logvar, likelihood, reduction, decoder_logvar, estimator, log_q, log_p,
         decoder_log_scale, kl_weight, recon_weight, recon_reduction, kl_reduction, logvar_clamp,
+        capacity, capacity_per_datapoint, free_bits,
     )  # fmt: skip
+
+
+def iwae_loss(
+    recon: Tensor,
+    x: Tensor,
+    z: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    likelihood: str,
+    reduction: str = "mean",
+    gradient: str = "iwae",
+    gate: Tensor | None = None,
+    decoder_logvar: Tensor | None = None,
+    decoder_log_scale: Tensor | None = None,
+) -> Tensor:
+    """Negative importance-weighted bound (Burda, Grosse & Salakhutdinov 2016), the IWAE loss:
+    ``-(logsumexp_k log w_k - log K)`` per datapoint, ``log w_k = log p(x|z_k) + log p(z_k) -
+    log q(z_k|x)`` (the paper's eq. 6 estimator inside a log-mean-exp; K = 1 is estimator A).
+
+    Args:
+        recon: the decoder output for the K samples: ``(K, *x.shape)`` or ``(K, B, D)``; the
+            sample dimension leads (pythae's ``(B, K, ...)`` layout: ``recon.transpose(0, 1)``).
+        x: ``(B, ...)`` data, as :func:`sgvb_loss`'s.
+        z: the samples ``(K, *mu.shape)``, e.g. ``reparameterize(mu, logvar, samples=K)`` (or
+            :func:`dreg_gate`'s z), ``mu`` / ``logvar``: q's ``(B, J)`` or ``(B, C, h, w)``.
+        likelihood, decoder_logvar, decoder_log_scale: the decoder, as :func:`sgvb_loss`'s
+            (``'mse'`` / ``'l1'`` leave out their constants, so the bound is shifted by one).
+        reduction: ``'mean'`` over datapoints, ``'sum'``, or ``'none'`` (one value per datapoint).
+        gradient: the encoder's gradient estimator. ``'iwae'``: the bound's own. ``'stl'`` (Roeder
+            et al. 2017, sticking the landing): log q's parameters held fixed (only the path
+            through z). ``'dreg'`` (Tucker et al. 2019, doubly reparameterized): as 'stl' with the
+            path weighted by ``w~_k^2``; needs the ``gate`` of :func:`dreg_gate`. The decoder's
+            gradient is IWAE's (``w~_k``) for all three; the value is the same.
+        gate: :func:`dreg_gate`'s token, with ``gradient='dreg'`` only.
+
+    One ``backward()`` gives every gradient (no second decoder pass): for DReG, ``z, gate =
+    dreg_gate(reparameterize(mu, logvar, samples=K))``, decode that z, pass both here.
+    """
+    return iwae.iwae_loss(
+        recon, x, z, mu, logvar, likelihood, reduction, gradient, gate, decoder_logvar, decoder_log_scale
+    )
+
+
+def dreg_gate(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(z, gate)`` for DReG (:func:`iwae_loss` with ``gradient='dreg'``): z unchanged, and a token
+    ``(K, B)`` of zeros to pass as ``gate=``. In backward the loss hands the normalized importance
+    weights ``w~`` to the token, and the gate multiplies the gradient reaching z (from the decoder
+    and the loss) by ``w~_k`` once more, DReG's ``w~_k^2`` (Tucker et al. 2019, eq. 8).
+
+    ``z``: the K samples ``(K, B, ...)``; decode the returned z (not the one passed in).
+    """
+    return iwae.dreg_gate(z)

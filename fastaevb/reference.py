@@ -108,3 +108,17 @@ def negative_elbo(log_px: Tensor, kl: Tensor) -> Tensor:
     if log_px.dim() > kl.dim():
         log_px = log_px.mean(0)
     return kl - log_px
+
+
+def capacity_kl(mu: Tensor, logvar: Tensor, capacity: float, per_datapoint: bool = False) -> Tensor:
+    """Burgess et al. (2018), ``|mean_b KL_b - C|`` (AntixK's and 1Konny's ``loss_type='B'``), or
+    ``mean_b |KL_b - C|`` with ``per_datapoint`` (pythae's disentangled beta-VAE), ``(B, J)`` latents."""
+    kl = gaussian_kl(mu, logvar)
+    return (kl - capacity).abs().mean() if per_datapoint else (kl.mean() - capacity).abs()
+
+
+def free_bits_kl(mu: Tensor, logvar: Tensor, free_bits: float) -> Tensor:
+    """Kingma et al. (2016), the IAF paper's free bits: ``sum_j max(lambda, mean_b KL_bj)`` with the
+    KL of latent element j, ``0.5 (mu^2 + exp(logvar) - 1 - logvar)``, ``(B, J)`` latents."""
+    elements = 0.5 * (mu.square() + torch.exp(logvar) - 1.0 - logvar)
+    return torch.clamp(elements.mean(0), min=free_bits).sum()

@@ -2,6 +2,11 @@
 
 Reference (fastaevb/reference.py): ``-0.5 * (log 2pi + v + (x - m)**2 * exp(-v))`` summed per
 row. ``mean`` is (R, D) and uses data row r % B; ``logvar`` is (R, D) or one shared value (1,).
+
+The kernels and launchers here are the location-scale decoders' one body,
+``-sum_d (a |x - m|^p exp(-s) + a s + c)``: the constexpr ``FORM`` is ``GAUSSIAN`` here and the
+error decoders' power in ``error_log_likelihood.py``, whose kernels call these (under their own
+names, which the AOT table and torch.compile's kernel caches go by).
 """
 
 from __future__ import annotations
@@ -32,16 +37,30 @@ from ._common import (
 from .gaussian_kl import kl_rows
 from .reduce import finish
 
+GAUSSIAN = 0  # FORM of the Gaussian; the error decoders' FORM is their power p (2 or 1)
+_GAUSSIAN = tl.constexpr(GAUSSIAN)  # as the kernels read it (globals there must be constexpr)
+
 
 @triton.jit
-def _load_tile(x_ptr, m_ptr, v_ptr, off, xoff, mask, SHARED_V: tl.constexpr, ACC: tl.constexpr):
+def _load_tile(x_ptr, m_ptr, v_ptr, off, xoff, mask, SHARED_V: tl.constexpr, FORM: tl.constexpr, ACC: tl.constexpr):
     x = tl.load(x_ptr + xoff, mask=mask, other=0.0).to(ACC)
     mean = tl.load(m_ptr + off, mask=mask, other=0.0).to(ACC)
     if SHARED_V:
-        v = tl.load(v_ptr).to(ACC) + tl.zeros(mean.shape, ACC)
+        v = tl.load(v_ptr).to(ACC)
+        if FORM == _GAUSSIAN:  # broadcast, as the Gaussian always loaded it (the errors take exp(-s) once)
+            v = v + tl.zeros(mean.shape, ACC)
     else:
         v = tl.load(v_ptr + off, mask=mask, other=0.0).to(ACC)
     return x, mean, v
+
+
+@triton.jit
+def _terms(x, mean, v, FORM: tl.constexpr):
+    """``(ll, dll/dm, dll/dv)`` per element: each form's formula (``formulas``)."""
+    if FORM == _GAUSSIAN:
+        return m.gaussian_ll(x, mean, v)
+    else:
+        return m.error_ll(x, mean, v, FORM)
 
 
 @triton.jit(do_not_specialize=["R", "B", "KR", "KJ"])
@@ -65,6 +84,7 @@ def gaussian_log_likelihood_fwd_kernel(
     KJ: tl.int32,
     kscale: tl.float64,
     SHARED_V: tl.constexpr,
+    FORM: tl.constexpr,
     WITH_GRAD: tl.constexpr,
     HAS_KL: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -83,14 +103,14 @@ def gaussian_log_likelihood_fwd_kernel(
     base = rows[:, None] * D
     xbase = (rows % B)[:, None] * D
     acc = tl.zeros([BLOCK_R, BLOCK_D], ACC)
-    acc_gv = tl.zeros([BLOCK_R, BLOCK_D], ACC)  # shared logvar: per-row partials of its gradient
+    acc_gv = tl.zeros([BLOCK_R, BLOCK_D], ACC)  # shared v: per-row partials of its gradient
     s = m.scalar_as(scale, acc)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = rmask[:, None] & (cols < D)[None, :]
         off = base + cols[None, :]
-        x, mean, v = _load_tile(x_ptr, m_ptr, v_ptr, off, xbase + cols[None, :], mask, SHARED_V, ACC)
-        ll, dm, dv = m.gaussian_ll(x, mean, v)
+        x, mean, v = _load_tile(x_ptr, m_ptr, v_ptr, off, xbase + cols[None, :], mask, SHARED_V, FORM, ACC)
+        ll, dm, dv = _terms(x, mean, v, FORM)
         acc += tl.where(mask, ll, 0.0)
         if WITH_GRAD:  # gradient of the scaled total, written in the same pass
             tl.store(gm_ptr + off, s * dm, mask=mask)
@@ -117,6 +137,7 @@ def gaussian_log_likelihood_bwd_kernel(
     D,
     scale: tl.float64,
     SHARED_V: tl.constexpr,
+    FORM: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -133,8 +154,8 @@ def gaussian_log_likelihood_bwd_kernel(
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = rmask[:, None] & (cols < D)[None, :]
         off = base + cols[None, :]
-        x, mean, v = _load_tile(x_ptr, m_ptr, v_ptr, off, xbase + cols[None, :], mask, SHARED_V, ACC)
-        _, dm, dv = m.gaussian_ll(x, mean, v)
+        x, mean, v = _load_tile(x_ptr, m_ptr, v_ptr, off, xbase + cols[None, :], mask, SHARED_V, FORM, ACC)
+        _, dm, dv = _terms(x, mean, v, FORM)
         tl.store(gm_ptr + off, g * dm, mask=mask)
         if SHARED_V:
             acc_gv += tl.where(mask, g * dv, 0.0)
@@ -148,14 +169,19 @@ def _shared(mean, logvar) -> bool:
     return logvar.numel() == 1 and logvar.shape != mean.shape
 
 
-def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=None):
-    """One forward launch; ``kl``: ``(mu, logvar, kl_partials, grad_mu, grad_logvar, kl_scale)``
-    for the fused loss."""
+def _flags(form: int, shared: bool) -> dict:
+    """The constexprs of a form's kernels (``error_log_likelihood.py`` names its own)."""
+    return dict(SHARED_V=shared, FORM=GAUSSIAN) if form == GAUSSIAN else dict(POWER=form, SHARED_S=shared)
+
+
+def _launch_forward(kernel, form, x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=None):
+    """One forward launch of ``kernel`` (this module's or the error decoders'); ``kl``:
+    ``(mu, logvar, kl_partials, grad_mu, grad_logvar, kl_scale)`` for the fused loss."""
     R, D = mean.shape
     tile = data_tile(D)
     grid, kl_args = fused_kl_launch_args(kl, grid_rows(R, tile), mean)
     launch(
-        gaussian_log_likelihood_fwd_kernel,
+        kernel,
         grid,
         mean.device,
         x,
@@ -169,7 +195,7 @@ def _launch_forward(x, mean, logvar, out, gm, gv, scale, shared, with_grad, kl=N
         D,
         float(scale),
         *kl_args,
-        SHARED_V=shared,
+        **_flags(form, shared),
         WITH_GRAD=bool(with_grad),
         HAS_KL=kl is not None,
         **tile,
@@ -194,9 +220,8 @@ def _finish_shared(grad_logvar, partials, shared, with_grad) -> None:
         finish(grad_logvar, (partials,))
 
 
-def gaussian_log_likelihood_forward(out, grad_mean, grad_logvar, x, mean, logvar, reduction, scale):
-    """``out``: ``(R,)`` for 'rows', 0-d for 'sum'; ``grad_mean`` ``(R, D)`` or ``(0,)``;
-    ``grad_logvar`` ``logvar``'s shape (``(1,)`` when shared) or ``(0,)``."""
+def _forward(kernel, form, out, grad_mean, grad_logvar, x, mean, logvar, reduction, scale):
+    """Either op's forward entry, launching its forward ``kernel`` in its ``form``."""
     R, D = mean.shape
     check_width(D)
     shared = _shared(mean, logvar)
@@ -207,13 +232,14 @@ def gaussian_log_likelihood_forward(out, grad_mean, grad_logvar, x, mean, logvar
     # D == 0 still runs: rows get scale * 0 (NaN for a NaN scale)
     with_grad, gm, gv = _grad_slots(grad_mean, grad_logvar, mean, logvar, shared)
     part = row_sums(out, reduction, R, mean.dtype)
-    _launch_forward(x, mean, logvar, part, gm, gv, scale, shared, with_grad)
+    _launch_forward(kernel, form, x, mean, logvar, part, gm, gv, scale, shared, with_grad)
     _finish_shared(grad_logvar, gv, shared, with_grad)
     if part is not out:
         finish(out, (part,))
 
 
-def gaussian_log_likelihood_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, reduction, scale):
+def _backward(kernel, form, grad_mean, grad_logvar, grad_out, x, mean, logvar, reduction, scale):
+    """Either op's backward entry, launching its backward ``kernel`` in its ``form``."""
     R, D = mean.shape
     shared = _shared(mean, logvar)
     if R == 0:
@@ -226,7 +252,7 @@ def gaussian_log_likelihood_backward(grad_mean, grad_logvar, grad_out, x, mean, 
     go = (grad_out if grad_out.dtype == mean.dtype else grad_out.to(mean.dtype)).contiguous()
     tile = data_tile(D)
     launch(
-        gaussian_log_likelihood_bwd_kernel,
+        kernel,
         grid_rows(R, tile),
         mean.device,
         go,
@@ -240,10 +266,33 @@ def gaussian_log_likelihood_backward(grad_mean, grad_logvar, grad_out, x, mean, 
         x.shape[0],
         D,
         float(scale),
-        SHARED_V=shared,
+        **_flags(form, shared),
         **tile,
     )
     _finish_shared(grad_logvar, gv, shared, True)
+
+
+def gaussian_log_likelihood_forward(out, grad_mean, grad_logvar, x, mean, logvar, reduction, scale):
+    """``out``: ``(R,)`` for 'rows', 0-d for 'sum'; ``grad_mean`` ``(R, D)`` or ``(0,)``;
+    ``grad_logvar`` ``logvar``'s shape (``(1,)`` when shared) or ``(0,)``."""
+    _forward(
+        gaussian_log_likelihood_fwd_kernel, GAUSSIAN, out, grad_mean, grad_logvar, x, mean, logvar, reduction, scale
+    )
+
+
+def gaussian_log_likelihood_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, reduction, scale):
+    _backward(
+        gaussian_log_likelihood_bwd_kernel,
+        GAUSSIAN,
+        grad_mean,
+        grad_logvar,
+        grad_out,
+        x,
+        mean,
+        logvar,
+        reduction,
+        scale,
+    )
 
 
 def aot_specs() -> list:

@@ -24,6 +24,11 @@ from .gaussian_kl import gaussian_kl_forward
 from .reduce import bad_counts, finish
 
 LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse", "l1")
+# The decoders with a second parameter (decoder_logvar): their forward kernel and form, one launcher.
+_LOCATION_SCALE = {
+    "gaussian": (gl.gaussian_log_likelihood_fwd_kernel, gl.GAUSSIAN),
+    **{name: (el.error_log_likelihood_fwd_kernel, power) for name, power in ERROR_POWERS.items()},
+}
 
 
 def _separately(out, grads, decoded, x, decoder_logvar, mu, logvar, likelihood, kl_scale, ll_scale) -> None:
@@ -31,22 +36,9 @@ def _separately(out, grads, decoded, x, decoder_logvar, mu, logvar, likelihood, 
     grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar = grads
     kl, ll = (torch.empty((), dtype=out.dtype, device=out.device) for _ in range(2))
     gaussian_kl_forward(kl, grad_mu, grad_logvar, mu, logvar, "sum", kl_scale)
-    if likelihood == "gaussian":
-        gl.gaussian_log_likelihood_forward(
-            ll, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, "sum", -ll_scale
-        )
-    elif likelihood in ERROR_POWERS:
-        el.error_log_likelihood_forward(
-            ll,
-            grad_decoded,
-            grad_decoder_logvar,
-            x,
-            decoded,
-            decoder_logvar,
-            "sum",
-            -ll_scale,
-            ERROR_POWERS[likelihood],
-        )
+    if likelihood in _LOCATION_SCALE:
+        kernel, form = _LOCATION_SCALE[likelihood]
+        gl._forward(kernel, form, ll, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, "sum", -ll_scale)
     elif likelihood == "bernoulli_probs":
         bn.bernoulli_probs_log_likelihood_forward(
             ll, grad_decoded, decoded.new_empty(0), decoded, x, None, "sum", -ll_scale
@@ -79,7 +71,7 @@ def sgvb_loss_forward(
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     # a decoder with a (log-variance or log-scale) parameter in decoder_logvar
-    scaled = likelihood == "gaussian" or likelihood in ERROR_POWERS
+    scaled = likelihood in _LOCATION_SCALE
     if scaled and decoder_logvar is None:  # the default decoder: one shared log-variance (log-scale) of 0
         decoder_logvar = _zero(decoded.dtype, str(decoded.device))  # cached, never written
     R, D = decoded.shape
@@ -102,11 +94,8 @@ def sgvb_loss_forward(
         with_grad, gd, gdv = gl._grad_slots(
             grad_decoded, grad_decoder_logvar, decoded, decoder_logvar, shared, always=any_grad
         )
-        if likelihood == "gaussian":
-            gl._launch_forward(x, decoded, decoder_logvar, part, gd, gdv, -ll_scale, shared, with_grad, kl=kl)
-        else:
-            power = ERROR_POWERS[likelihood]
-            el._launch_forward(x, decoded, decoder_logvar, part, gd, gdv, -ll_scale, shared, with_grad, power, kl=kl)
+        kernel, form = _LOCATION_SCALE[likelihood]
+        gl._launch_forward(kernel, form, x, decoded, decoder_logvar, part, gd, gdv, -ll_scale, shared, with_grad, kl=kl)
         gl._finish_shared(grad_decoder_logvar, gdv, shared, with_grad)
         finish(out, (part, kl_part))
         return
@@ -129,7 +118,7 @@ def aot_specs() -> list:
             mu = aot.rows(dtype, 5, aot.DATA_ROWS)
             out = aot.value_out(decoded, "sum")
             latent = aot.grads(mu, mu, wanted=with_grad)
-            if likelihood in ("gaussian", *ERROR_POWERS):
+            if likelihood in _LOCATION_SCALE:
                 x = aot.rows(dtype, D, aot.DATA_ROWS)
                 for decoder_logvar in (decoded, torch.zeros(1, dtype=dtype)):
                     decoder = aot.grads(decoded, decoder_logvar, wanted=with_grad)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The install path without a C++ compiler: build fastaevb with FASTAEVB_BUILD_CPP=0 into a fresh
 # venv (torch first, as always), check that the extension is absent and build_info() says so, and
-# run the tests that do not need C++ (numba and torch backends) with few hypothesis examples: this
-# run proves the install path, the main suite runs the same properties on numba and torch in
-# full (and the BCE drop-ins' torch OpInfo samples and weight layouts, which here would mostly
-# measure numba compiling one specialization per layout). Called by scripts/test.sh.
+# run the loss, error, extreme-value, backend-selection, noise and IWAE tests on the installed
+# wheel (numba and torch backends) with few hypothesis examples: this run proves the install
+# path; the main suite runs every op on numba and torch in full (tests/test_backends.py and
+# tests/test_drop_in.py, which here would mostly measure numba compiling one specialization per
+# weight layout). Called by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -20,8 +21,16 @@ import fastaevb
 info = fastaevb.build_info()
 assert 'cpp' not in info['available_backends'] and info['cpu_backend'] == 'numba', info
 print('no-compiler install:', info['available_backends'], '-', info['note'])")
+# without the 'train' extra the trainer names it at start-up (exit 2, nothing written), and trains
+# to the end without the progress bar and the pictures
+run=(env -C "$work" "$work/venv/bin/fastaevb" train --out "$work/run" --steps 2 --train-limit 200 --test-limit 100)
+if "${run[@]}" 2>"$work/err"; then echo "trained without the train extra" >&2; exit 1; fi
+grep -q "pip install 'fastaevb\[train\]'" "$work/err"
+test ! -e "$work/run"
+"${run[@]}" --no-progress --no-figures >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+test -e "$work/run/checkpoint.pt"
+echo "no train extra: named at start-up, and a run without it trains"
 # the venv's pytest does not put the checkout on sys.path: the tests import the installed wheel
 HYPOTHESIS_PROFILE=smoke "$work/venv/bin/pytest" -q -p no:cacheprovider -n "${FASTAEVB_TEST_WORKERS:-auto}" \
-  -k "not opinfo_samples and not weight_layouts and not broadcast_weights" tests/test_backends.py tests/test_drop_in.py \
   tests/test_fused_loss.py tests/test_errors.py tests/test_extremes.py tests/test_backend_selection.py \
-  tests/test_noise.py
+  tests/test_noise.py tests/test_iwae.py

@@ -67,11 +67,15 @@ def _calls(t):
         "gaussian_kl": (lambda m, v: F.gaussian_kl(m, v, "none"), (mu, logvar)),
         "gaussian_log_likelihood": (lambda x, r, s: F.gaussian_log_likelihood(x, r, s, "sum"), (x, recon, shared)),
         "sgvb_loss_backward": (
-            lambda g, r, x, m, v: ops.sgvb_loss_backward(g, r, x, None, m, v, None, "bernoulli", 1.0, 1.0),
+            lambda g, r, x, m, v: ops.sgvb_loss_backward(
+                g, r, x, None, m, v, None, None, "bernoulli", 1.0, 1.0, "kl", 0.0
+            ),
             (one, recon, x, mu, logvar),
         ),
         "sgvb_loss_backward_gaussian": (
-            lambda g, r, x, s, m, v: ops.sgvb_loss_backward(g, r, x, s, m, v, None, "gaussian", 1.0, 1.0),
+            lambda g, r, x, s, m, v: ops.sgvb_loss_backward(
+                g, r, x, s, m, v, None, None, "gaussian", 1.0, 1.0, "kl", 0.0
+            ),
             (one, recon, x, shared, mu, logvar),
         ),
         "reparameterize_kl_backward": (
@@ -86,6 +90,17 @@ def _calls(t):
             (t["mu16"], t["logvar16"]),
         ),
         "sgvb_loss_gaussian_bf16": (loss("gaussian"), (t["recon16"], t["recon16"], t["mu16"], t["logvar16"])),
+        # the IWAE loss of K = 2 samples: the decoder's row pass (and its backward) with torch ops between
+        "iwae_loss": (
+            lambda r, x, z, m, v: F.iwae_loss(r, x, z, m, v, likelihood="bernoulli"),
+            (t["recon2"], x, t["z"], mu, logvar),
+        ),
+        "iwae_loss_backward": (
+            lambda g, r, x, z, m, v: ops.iwae_loss_backward(
+                g, r, x, None, z, m, v, None, "bernoulli", "iwae", "sum", 1.0
+            ),
+            (one, t["recon2"].view(16, 784), x, t["z"], mu, logvar),
+        ),
     }
 
 
@@ -188,6 +203,7 @@ def main(device: str, entries: bool = False) -> None:
             mu=torch.empty(8, 20, **cuda),
             logvar=torch.empty(8, 20, **cuda),
             z=torch.empty(2, 8, 20, **cuda),
+            recon2=torch.empty(2, 8, 784, **cuda),
             shared=torch.empty(1, **cuda),
             seed=torch.empty((), dtype=torch.int64, **cuda),
             rows=torch.empty(8, **cuda),

@@ -107,3 +107,17 @@ def test_estimators_agree(trained):
         a = torch.stack([analytic(x[:20]) for _ in range(300)])
         g = torch.stack([generic(x[:20]) for _ in range(300)])
     _agree(a, g)
+
+
+def test_the_importance_weighted_bound_tightens_with_k(trained):
+    """The trainer's K-sample bound (``--estimator iwae``): K = 1 is estimator A's bound, and it
+    grows with K towards log p(x) (Burda et al. 2016, Theorem 1)."""
+    model, x = trained
+    x = x[:20].repeat(50, 1)
+    gen = torch.Generator().manual_seed(6)
+    _agree(
+        elbo(model, x, estimator="iwae", samples=1, generator=gen), elbo(model, x, estimator="generic", generator=gen)
+    )
+    bounds = [elbo(model, x, estimator="iwae", samples=k, generator=gen).mean().item() for k in (1, 10, 100)]
+    log_px = log_marginal(model, x[:20], samples=2000, generator=gen).mean().item()
+    assert bounds[0] < bounds[1] < bounds[2] < log_px + 0.5, (bounds, log_px)

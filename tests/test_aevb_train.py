@@ -157,9 +157,48 @@ def test_generic_estimator_trains(tmp_path, data_dir):
     assert train(tmp_path / "g", data_dir, 20, "--estimator", "generic", "--samples", "2") == 0
 
 
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+def test_importance_weighted_estimators_train(tmp_path, data_dir, capsys, estimator):
+    """``--estimator iwae|dreg --samples K``: trains on the K-sample bound, and eval reports that
+    bound (L = K by default) next to log p(x)."""
+    out = tmp_path / estimator
+    assert train(out, data_dir, 10, "--estimator", estimator, "--samples", "3") == 0
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert all(float(r["train_bound"]) < 0 for r in rows if r["train_bound"])
+    assert evaluate(out, "--samples", "20", "--limit", "20") == 0
+    text = capsys.readouterr().out
+    assert f"test lower bound ({estimator} estimator, L=3)" in text
+
+
 def test_missing_data_message(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "none"), "--steps", "1"]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "hidden, options, says",
+    [
+        ("matplotlib", ["--no-progress"], "no matplotlib (for the pictures)"),
+        ("tqdm", ["--no-figures"], "no tqdm (for the progress bar)"),
+    ],
+)
+def test_a_missing_train_extra_is_named_before_any_work(tmp_path, data_dir, capsys, monkeypatch, hidden, options, says):
+    """``pip install fastaevb`` without the ``train`` extra: the command stops at start-up with the
+    module, the install command and the option that does without it (not a traceback after
+    training); with that option it trains to the end."""
+    monkeypatch.setitem(sys.modules, hidden, None)  # as if not installed: find_spec and import fail
+    out = tmp_path / "run"
+    assert main(train_args(out, data_dir, 5, "--hidden", "8", "--latent", "2", "--batch-size", "20", *options)) == 2
+    err = capsys.readouterr().err
+    assert says in err and "pip install 'fastaevb[train]'" in err
+    assert not out.exists()
+    without = "--no-figures" if hidden == "matplotlib" else "--no-progress"
+    assert without in err
+    assert (
+        main(train_args(out, data_dir, 5, "--hidden", "8", "--latent", "2", "--batch-size", "20", *options, without))
+        == 0
+    )
+    assert (out / "checkpoint.pt").exists()
 
 
 def test_every_option_is_explained():

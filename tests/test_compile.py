@@ -32,7 +32,14 @@ def iwae_step(model, x):
     return -F.importance_weighted_bound(log_px, log_p, log_q).sum()
 
 
-STEPS = {"elbo": elbo_step, "iwae": iwae_step}
+def dreg_step(model, x):
+    """The fused IWAE loss with DReG's encoder gradient: the gate between the samples and the decoder."""
+    mu, logvar = model.encode(x)
+    z, gate = F.dreg_gate(F.reparameterize(mu, logvar, samples=5))
+    return F.iwae_loss(model.decoder(z), x, z, mu, logvar, likelihood="bernoulli", gradient="dreg", gate=gate)
+
+
+STEPS = {"elbo": elbo_step, "iwae": iwae_step, "dreg": dreg_step}
 
 
 def run(step, model, x, seed):
@@ -76,10 +83,14 @@ def check_compiled_step(step, compiler, backend):
     assert explanation.graph_count == 1
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "l1"])
-def test_a_kl_weight_tensor_changing_every_step_compiles_once(likelihood):
-    """KL annealing under torch.compile(fullgraph=True): a 0-d tensor weight is an input of the op
-    (one graph for every value), where a Python float is baked in (a recompile per value)."""
+@pytest.mark.parametrize(
+    "likelihood, argument",
+    [("bernoulli", "kl_weight"), ("l1", "kl_weight"), ("bernoulli", "capacity"), ("mse", "free_bits")],
+)
+def test_a_kl_weight_tensor_changing_every_step_compiles_once(likelihood, argument):
+    """KL annealing (or a growing capacity, a free-bits schedule) under torch.compile(fullgraph=True):
+    a 0-d tensor is an input of the op (one graph for every value), where a Python float is baked
+    in (a recompile per value)."""
     compiles = []
 
     def count(gm, example_inputs):
@@ -87,7 +98,7 @@ def test_a_kl_weight_tensor_changing_every_step_compiles_once(likelihood):
         return gm
 
     def loss(recon, x, mu, logvar, weight):
-        return F.sgvb_loss(recon, x, mu, logvar, likelihood=likelihood, reduction="mean", kl_weight=weight)
+        return F.sgvb_loss(recon, x, mu, logvar, likelihood=likelihood, reduction="mean", **{argument: weight})
 
     gen = torch.Generator().manual_seed(0)
     recon, mu, logvar = (torch.randn(n, d, generator=gen).requires_grad_() for n, d in ((8, 20), (8, 3), (8, 3)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pytest
 import torch
 
@@ -95,7 +98,10 @@ def test_gradcheck_float64(kernel_backend, likelihood, decoder_logvar):
         scale = {name: decoder_logvar[0]} if decoder_logvar else {}
         return fastaevb.functional.sgvb_loss(recon, x, mu, logvar, likelihood=likelihood, **scale)
 
-    assert torch.autograd.gradcheck(loss, free)
+    # the Triton interpreter takes ~0.1 s a call: there gradcheck's fast mode, which compares the
+    # Jacobian on random projections (a few calls, not two per input); the values and gradients
+    # of every Triton kernel are also compared with the float64 reference above
+    assert torch.autograd.gradcheck(loss, free, fast_mode=kernel_backend == "triton")
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])
@@ -146,3 +152,102 @@ def test_out_of_range_messages_name_the_likely_cause(backend_name):
             fastaevb.SGVBLoss("bernoulli")(torch.randn(4, 6), pixels, mu, logvar)
         with pytest.raises(ValueError, match=r"input \(probs\).*SGVBLoss\('bernoulli'\)"):
             fastaevb.SGVBLoss("bernoulli_probs")(3 * torch.randn(4, 6), torch.rand(4, 6), mu, logvar)
+
+
+KL_FORMS = {  # the keyword of each thresholded KL term and its float64 reference (batch-mean form)
+    "capacity": ({}, lambda mu, logvar, t: reference.capacity_kl(mu, logvar, t)),
+    "capacity_datapoint": (
+        {"capacity_per_datapoint": True},
+        lambda mu, logvar, t: reference.capacity_kl(mu, logvar, t, per_datapoint=True),
+    ),
+    "free_bits": ({}, lambda mu, logvar, t: reference.free_bits_kl(mu, logvar, t)),
+}
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("threshold", [0.1, "tensor", 40.0])  # below, among (2.0) and above the KLs
+@pytest.mark.parametrize("form", KL_FORMS)
+def test_thresholded_kl_forms_match_the_reference(kernel_backend, form, threshold, reduction):
+    """Capacity (both forms) and free bits: value and every gradient against the float64 reference,
+    the threshold as a float or a 0-d tensor (a schedule's value); 'sum' is B times the batch mean
+    (the capacity of the batch form then compared with the summed KL: C / B in the mean form)."""
+    device = device_for(kernel_backend)
+    recon, x, mu, logvar = (t.to(device).detach().requires_grad_(t.requires_grad) for t in inputs("mse", 2))
+    keywords, kl_term = KL_FORMS[form]
+    value = 2.0 if threshold == "tensor" else threshold
+    given = torch.tensor(value, dtype=torch.float64) if threshold == "tensor" else value
+    name = "free_bits" if form == "free_bits" else "capacity"
+    loss = fastaevb.functional.sgvb_loss(
+        recon, x, mu, logvar, likelihood="mse", reduction=reduction, kl_weight=3.0, **{name: given}, **keywords
+    )
+    batch = x.shape[0]
+    per_mean = value / batch if (form == "capacity" and reduction == "sum") else value
+    factor = batch if reduction == "sum" else 1
+    log_px = reference.error_log_likelihood(x.reshape(batch, -1), recon, torch.zeros((), dtype=recon.dtype), 2)
+    want = factor * (3.0 * kl_term(mu, logvar, per_mean) - log_px.reshape(-1, batch).mean(0).mean())
+    torch.testing.assert_close(loss, want)
+    got = torch.autograd.grad(loss, (recon, mu, logvar))
+    torch.testing.assert_close(got, torch.autograd.grad(want, (recon, mu, logvar)))
+
+
+@pytest.mark.parametrize("form", KL_FORMS)
+def test_thresholded_kl_forms_gradcheck(kernel_backend, form):
+    """The backward entry path too (gradcheck's upstream gradient is not 1); thresholds away from the
+    KLs. Only mu and logvar are perturbed: the forms change only their gradients (the decoder's is
+    test_gradcheck_float64's), and each perturbed element costs a call (slow in the Triton interpreter)."""
+    device = device_for(kernel_backend)
+    recon, x, mu, logvar = (t.to(device).detach().requires_grad_(t.requires_grad) for t in inputs("bernoulli", 2))
+    keywords, _ = KL_FORMS[form]
+    name = "free_bits" if form == "free_bits" else "capacity"
+
+    def loss(mu, logvar):
+        return fastaevb.functional.sgvb_loss(
+            recon, x, mu, logvar, likelihood="bernoulli", reduction="mean", **{name: 0.3}, **keywords
+        )
+
+    assert torch.autograd.gradcheck(loss, (mu, logvar))
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"capacity": 1.0, "free_bits": 0.5}, "give one of them"),
+        ({"capacity": -1.0}, "capacity"),
+        ({"free_bits": float("nan")}, "free_bits"),
+        ({"capacity": torch.ones(2)}, r"capacity must be a float or a 0-d tensor, got shape \(2,\)"),
+        ({"capacity_per_datapoint": True}, "needs a capacity"),
+        ({"capacity": 1.0, "reduction": "none"}, "couples the datapoints"),
+        ({"free_bits": 1.0, "estimator": "generic"}, "analytic estimator"),
+    ],
+)
+def test_thresholded_kl_forms_refuse_bad_input(keywords, message):
+    recon, x, mu, logvar = inputs("bernoulli")
+    with pytest.raises((ValueError, TypeError), match=message):
+        fastaevb.functional.sgvb_loss(recon, x, mu, logvar, likelihood="bernoulli", **keywords)
+
+
+@pytest.mark.parametrize("path", ["native", "python_autograd", "custom_op"])
+@pytest.mark.parametrize("backend_name", [b for b in ("cpp", "numba") if b in fastaevb.available_backends()])
+def test_probabilities_passed_as_logits_warn_once(backend_name, path):
+    """The half-done swap: SGVBLoss("bernoulli") with the decoder's sigmoid still in place. The
+    kernel counts the logits outside [0, 1] in its one pass; a large batch with none warns once
+    per call site (Python's default filter), naming the user's line and 'bernoulli_probs'. Real
+    logits, a small batch and the probabilities' own likelihood do not warn. CPU backends only."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 100, generator=gen).bernoulli()
+    mu, logvar = torch.randn(64, 5, generator=gen), torch.randn(64, 5, generator=gen)
+    logits = torch.randn(64, 100, generator=gen).requires_grad_()
+    probs = torch.sigmoid(logits.detach()).requires_grad_()
+    contexts = {"native": contextlib.nullcontext, "python_autograd": fastaevb.ops.use_python_autograd}
+    with fastaevb.use_backend(backend_name), contexts.get(path, fastaevb.ops.use_custom_ops)():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            for _ in range(3):
+                fastaevb.SGVBLoss("bernoulli")(probs, x, mu, logvar).backward()
+        assert [w.category for w in caught] == [fastaevb.ProbabilitiesAsLogitsWarning]
+        assert "bernoulli_probs" in str(caught[0].message) and caught[0].filename == __file__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fastaevb.SGVBLoss("bernoulli")(logits, x, mu, logvar)
+            fastaevb.SGVBLoss("bernoulli")(probs[:8], x[:8], mu[:8], logvar[:8])  # 800 values: too few to tell
+            fastaevb.SGVBLoss("bernoulli_probs")(probs, x, mu, logvar)

@@ -45,6 +45,7 @@ class Row:
 
 
 BETA, KLD_WEIGHT, KL_COEFF, KL_WEIGHT = 4.0, 0.00025, 0.1, 1e-6
+GAMMA, CAPACITY = 1000.0, 25.0  # AntixK's beta_vae.py defaults (C_max; C grows to it)
 
 ROWS = {
     # pytorch/examples vae/main.py loss_function
@@ -74,6 +75,25 @@ ROWS = {
         lambda r, x, m, v, s: F.sgvb_loss(
             r, x, m, v, likelihood="mse", reduction="mean", recon_reduction="mean", kl_weight=BETA * KLD_WEIGHT
         ),
+    ),
+    # AntixK/PyTorch-VAE models/beta_vae.py loss_function, loss_type 'B' (gamma 1000, C up to C_max 25)
+    "antixk-beta-b": Row(
+        "real",
+        (6,),
+        lambda r, x, m, v, s: (
+            torch_f.mse_loss(r, x) + GAMMA * KLD_WEIGHT * (torch.mean(_kld_rows(m, v), dim=0) - CAPACITY).abs()
+        ),
+        lambda r, x, m, v, s: F.sgvb_loss(
+            r,
+            x,
+            m,
+            v,
+            likelihood="mse",
+            reduction="mean",
+            recon_reduction="mean",
+            kl_weight=GAMMA * KLD_WEIGHT,
+            capacity=CAPACITY,
+        ),  # fmt: skip
     ),
     # pythae models/vae/vae_model.py loss_function, reconstruction_loss 'mse'
     "pythae-vae-mse": Row(
@@ -116,6 +136,49 @@ ROWS = {
             + BETA * (-0.5 * (1 + v - m.pow(2) - v.exp())).sum(1).mean(0, True)[0]
         ),
         lambda r, x, m, v, s: F.sgvb_loss(r, x, m, v, likelihood="bernoulli", reduction="mean", kl_weight=BETA),
+    ),
+    # 1Konny/Beta-VAE solver.py objective 'B': gamma * |total_kld - C|, C a growing 0-d tensor
+    "1konny-beta-b": Row(
+        "logits",
+        (6,),
+        lambda r, x, m, v, s: (
+            torch_f.binary_cross_entropy_with_logits(r, x, reduction="sum").div(4)
+            + GAMMA * ((-0.5 * (1 + v - m.pow(2) - v.exp())).sum(1).mean(0, True)[0] - 2.0).abs()
+        ),
+        lambda r, x, m, v, s: F.sgvb_loss(
+            r, x, m, v, likelihood="bernoulli", reduction="mean", kl_weight=GAMMA, capacity=torch.tensor(2.0)
+        ),
+    ),
+    # pythae models/disentangled_beta_vae/disentangled_beta_vae_model.py loss_function (per datapoint)
+    "pythae-disentangled-beta-vae": Row(
+        "real",
+        (6,),
+        lambda r, x, m, v, s: (
+            0.5 * torch_f.mse_loss(r.reshape(4, -1), x.reshape(4, -1), reduction="none").sum(dim=-1)
+            + BETA * torch.abs(-0.5 * torch.sum(1 + v - m.pow(2) - v.exp(), dim=-1) - 3.0)
+        ).mean(dim=0),
+        lambda r, x, m, v, s: F.sgvb_loss(
+            r,
+            x,
+            m,
+            v,
+            likelihood="mse",
+            reduction="mean",
+            recon_weight=0.5,
+            kl_weight=BETA,
+            capacity=3.0,
+            capacity_per_datapoint=True,
+        ),  # fmt: skip
+    ),
+    # free bits, Kingma et al. 2016 (IAF), from the paper's formula: sum_j max(lambda, mean_b KL_bj)
+    "free-bits": Row(
+        "logits",
+        (6,),
+        lambda r, x, m, v, s: (
+            torch_f.binary_cross_entropy_with_logits(r, x, reduction="sum") / 4
+            + torch.clamp((0.5 * (m.pow(2) + v.exp() - 1 - v)).mean(dim=0), min=0.5).sum()
+        ),
+        lambda r, x, m, v, s: F.sgvb_loss(r, x, m, v, likelihood="bernoulli", reduction="mean", free_bits=0.5),
     ),
     # 1Konny/Beta-VAE solver.py reconstruction_loss 'gaussian' (sigmoid, then summed MSE / B), 'H'
     "1konny-gaussian": Row(

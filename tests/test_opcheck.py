@@ -31,6 +31,7 @@ def sample_args(device):
     seed, eps = torch.tensor(123456789), rand(2, 4, 3, low=-2, high=2)
     mu3, logvar3 = rand(3, 4, low=-1, grad=True), rand(3, 4, low=-1, grad=True)  # the latents of x's batch
     kl_weight = torch.tensor(0.25, dtype=torch.float64)  # a 0-d weight: an input, not a constant
+    logits_, mean_, shared_, mu3_, logvar3_ = (t.detach() for t in (logits, mean, shared, mu3, logvar3))
     by_op = {
         ops.reparameterize_kl: [
             (mu, logvar, None, seed, 1, False, False),
@@ -95,20 +96,39 @@ def sample_args(device):
             (rand(()), x, mean.detach(), shared.detach(), "sum", 3.0, 2),
         ],
         ops.sgvb_loss: [
-            (logits, x, None, mu3, logvar3, None, "bernoulli", 1.0, 0.5, True),
-            (probs, x8, None, mu3, logvar3, kl_weight, "bernoulli_probs", 1.0, 0.5, False),
-            (mean, x, shared, mu3, logvar3, None, "gaussian", 0.5, 1.0, True),
-            (mean, x, shared, mu3, logvar3, kl_weight, "l1", 0.5, 0.25, True),
-            (mean, x, gauss_logvar, mu3, logvar3, None, "mse", 1.0, 1.0, False),
+            (logits, x, None, mu3, logvar3, None, None, "bernoulli", 1.0, 0.5, "kl", 0.0, True),
+            (probs, x8, None, mu3, logvar3, kl_weight, None, "bernoulli_probs", 1.0, 0.5, "kl", 0.0, False),
+            (mean, x, shared, mu3, logvar3, None, None, "gaussian", 0.5, 1.0, "kl", 0.0, True),
+            (mean, x, shared, mu3, logvar3, kl_weight, None, "l1", 0.5, 0.25, "kl", 0.0, True),
+            (mean, x, gauss_logvar, mu3, logvar3, None, None, "mse", 1.0, 1.0, "kl", 0.0, False),
+            # the thresholded KL forms, a 0-d capacity as a schedule passes it
+            (logits, x, None, mu3, logvar3, kl_weight, kl_weight, "bernoulli", 0.5, 1.0, "capacity", 2.0, True),
+            (mean, x, shared, mu3, logvar3, None, None, "mse", 1.0, 1.0, "capacity_datapoint", 1.5, True),
+            (probs, x8, None, mu3, logvar3, None, kl_weight, "bernoulli_probs", 1.0, 1.0, "free_bits", 0.5, True),
         ],
         ops.sgvb_loss_backward: [
-            (rand(()), logits.detach(), x, None, mu3.detach(), logvar3.detach(), kl_weight, "bernoulli", 1.0, 0.5),
-            (rand(()), mean.detach(), x, shared.detach(), mu3.detach(), logvar3.detach(), None, "mse", 1.0, 0.5),
+            (rand(()), logits_, x, None, mu3_, logvar3_, kl_weight, None, "bernoulli", 1.0, 0.5, "kl", 0.0),
+            (rand(()), mean_, x, shared_, mu3_, logvar3_, None, None, "mse", 1.0, 0.5, "kl", 0.0),
+            (rand(()), logits_, x, None, mu3_, logvar3_, None, kl_weight, "bernoulli", 1.0, 0.5, "capacity", 1.0),
+            (rand(()), mean_, x, shared_, mu3_, logvar3_, None, None, "gaussian", 1.0, 0.5, "free_bits", 0.2),
         ],
     }
+    # the importance-weighted bound: K = 2 samples of the 3 datapoints, decoder rows k B + b
+    z_ = rand(2, 3, 4, low=-2, high=2)
+    z, gate = z_.clone().requires_grad_(), rand(2, 3, grad=True)
+    by_op[ops.iwae_loss] = [
+        (logits, x, None, z, mu3, logvar3, None, "bernoulli", "iwae", "sum", 0.5, True),
+        (probs, x8, None, z, mu3, logvar3, None, "bernoulli_probs", "stl", "rows", 1.0, False),
+        (mean, x, shared, z, mu3, logvar3, gate, "gaussian", "dreg", "sum", 1.0, True),
+        (mean, x, gauss_logvar, z, mu3, logvar3, None, "l1", "iwae", "rows", 1.0, False),
+    ]
+    by_op[ops.iwae_loss_backward] = [
+        (rand(()), logits_, x, None, z_, mu3_, logvar3_, None, "bernoulli", "iwae", "sum", 0.5),
+        (rand(3), mean_, x, shared_, z_, mu3_, logvar3_, gate.detach(), "mse", "dreg", "rows", 1.0),
+    ]
     # every op of the table and its backward op has cases
     named = {op.__name__: (op, args) for op, args in by_op.items()}
-    assert set(named) >= {f"{name}{part}" for name in CUSTOM if name != "sgvb_loss" for part in ("", "_backward")}
+    assert set(named) >= {f"{name}{part}" for name in CUSTOM for part in ("", "_backward")}
     return named
 
 

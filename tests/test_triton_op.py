@@ -34,6 +34,7 @@ OPS = (
     "bernoulli_log_likelihood",
     "bernoulli_probs_log_likelihood",
     "gaussian_log_likelihood",
+    "iwae_loss",
 )
 SCRIPT = Path(__file__).with_name("fake_cuda_trace.py")
 
@@ -53,6 +54,14 @@ EXPECTED_KERNELS = {
     "gaussian_kl_bf16": ["gaussian_kl_fwd_kernel"],
     "reparameterize_kl_bf16": ["reparameterize_kl_fwd_kernel"],
     "sgvb_loss_gaussian_bf16": ["gaussian_log_likelihood_fwd_kernel", "finish_kernel"],
+    # the IWAE loss on CUDA: the decoder's row pass (and, in backward, its kernel with one upstream
+    # value per row) with the log weights in torch ops between them
+    "iwae_loss": ["bernoulli_log_likelihood_fwd_kernel", "finish_kernel"],
+    "iwae_loss_backward": [
+        "bernoulli_log_likelihood_fwd_kernel",
+        "finish_kernel",
+        "bernoulli_log_likelihood_bwd_kernel",
+    ],
 }
 
 

@@ -14,8 +14,10 @@ import torch
 from . import checkpoint as ckpt
 from . import data as D
 from . import distributed as dist_utils
+from . import extras
+from .extras import progress_bar
 from .models import DECODER_VARIANCES, LIKELIHOODS, VAE, ModelConfig
-from .objective import ESTIMATORS
+from .objective import ESTIMATORS, IMPORTANCE_WEIGHTED
 
 DEFAULT_HIDDEN = {"bernoulli": 500, "gaussian": 200}
 
@@ -112,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator",
         choices=ESTIMATORS,
         default="analytic",
-        help="SGVB estimator: B (eq. 7, analytic KL, the paper's experiments) or A (eq. 6, "
-        "log p(x|z) + log p(z) - log q(z|x))",
+        help="SGVB estimator: B (eq. 7, analytic KL, the paper's experiments), A (eq. 6, "
+        "log p(x|z) + log p(z) - log q(z|x)), or the importance-weighted bound of --samples K "
+        "(Burda et al. 2016) with IWAE's encoder gradient or DReG's (Tucker et al. 2019)",
     )
     t.add_argument(
         "--batch-size", type=int, default=100, help="minibatch size M (global: split over the processes under torchrun)"
     )
-    t.add_argument("--samples", type=int, default=1, help="samples L per datapoint")
+    t.add_argument("--samples", type=int, default=1, help="samples L per datapoint (K of --estimator iwae / dreg)")
     t.add_argument("--lr", type=float, default=0.02, help="Adagrad step size (the paper chose from 0.01, 0.02, 0.1)")
     t.add_argument(
         "--weight-decay",
@@ -163,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1 << 23,
         help="memory bound: importance samples are drawn k at a time with k * batch * pixels <= this",
     )
-    e.add_argument("--bound-samples", type=int, default=1, help="samples L of the test lower bound's estimate")
+    e.add_argument(
+        "--bound-samples",
+        type=int,
+        default=None,
+        help="samples L of the test lower bound's estimate (default 1; K trained with for iwae / dreg)",
+    )
     e.add_argument(
         "--estimator",
         choices=ESTIMATORS,
@@ -286,28 +294,28 @@ def _load_for_eval(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from .evaluate import Estimate, elbo, log_marginal
 
-    if args.samples < 1 or args.bound_samples < 1 or args.batch_size < 1:
-        raise ValueError("--samples, --bound-samples and --batch-size must be >= 1")
     state, model, data_dir, device = _load_for_eval(args)
     run = state["run_config"]
+    estimator = args.estimator or run.get("estimator", "analytic")
+    if args.bound_samples is None:  # the importance-weighted runs report the K-sample bound they train on
+        args.bound_samples = run.get("samples", 1) if estimator in IMPORTANCE_WEIGHTED else 1
+    if args.samples < 1 or args.bound_samples < 1 or args.batch_size < 1:
+        raise ValueError("--samples, --bound-samples and --batch-size must be >= 1")
     test_grey, _ = D.load_split(data_dir, "test", args.limit)
     x = D.prepare_test(test_grey, model.config.likelihood, run.get("binarization", "dynamic")).to(device)
-    estimator = args.estimator or run.get("estimator", "analytic")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.perf_counter()
     bound = Estimate.of(elbo(model, x, estimator=estimator, samples=args.bound_samples, generator=gen))
     t1 = time.perf_counter()
     print(f"checkpoint {args.checkpoint}: step {state['step']}, {model.config}")
     print(f"test lower bound ({estimator} estimator, L={args.bound_samples}): {bound} nats/datapoint [{t1 - t0:.1f} s]")
-    with tqdm(
+    with progress_bar(
+        args.progress,
         total=x.shape[0],
         unit="dp",
         desc=f"log p(x), K={args.samples}",
-        disable=not args.progress,
         file=sys.stderr,
         dynamic_ncols=True,
     ) as bar:
@@ -357,6 +365,10 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = extras.missing_message(args)
+    if missing:  # before any work: not a traceback after training
+        print(f"fastaevb {args.command}: error: {missing}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -18,7 +18,7 @@ from torch import Tensor
 from fastaevb import functional as FF
 
 from .models import VAE
-from .objective import make_loss
+from .objective import IMPORTANCE_WEIGHTED, make_loss
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
 
@@ -57,12 +57,17 @@ def elbo(
     batch_size: int = 1000,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """The SGVB estimate of the lower bound for each datapoint of ``x`` (shape ``(N,)``, nats)."""
-    loss = make_loss(model.config.likelihood, estimator, reduction="none")
+    """The SGVB estimate of the lower bound for each datapoint of ``x`` (shape ``(N,)``, nats); for
+    the importance-weighted estimators the K-sample bound with K = ``samples``."""
+    loss = make_loss(model.config.likelihood, "iwae" if estimator in IMPORTANCE_WEIGHTED else estimator, "none")
     out = []
     for xb in _batches(x, batch_size):
         mu, logvar = model.encode(xb)
-        if estimator == "analytic":
+        if estimator in IMPORTANCE_WEIGHTED:
+            z = FF.reparameterize(mu, logvar, samples=samples, generator=generator)
+            z = z.unsqueeze(0) if samples == 1 else z
+            out.append(-loss(model.decode(z), xb, z, mu, logvar))
+        elif estimator == "analytic":
             z = FF.reparameterize(mu, logvar, samples=samples, generator=generator)
             out.append(-loss(model.decode(z), xb, mu, logvar))
         else:

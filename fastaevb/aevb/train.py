@@ -33,8 +33,9 @@ from . import checkpoint as ckpt
 from . import data as D
 from . import distributed as dist_utils
 from .evaluate import Estimate, elbo
+from .extras import progress_bar
 from .models import VAE, ModelConfig
-from .objective import ESTIMATORS, SGVBObjective
+from .objective import ESTIMATORS, IMPORTANCE_WEIGHTED, SGVBObjective
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
@@ -251,24 +252,24 @@ class Trainer:
     def test_bound(self, test_x: Tensor) -> Estimate:
         self.model.eval()
         gen = torch.Generator(device=test_x.device).manual_seed(TEST_SEED)
-        values = elbo(self.model, test_x, estimator=self.run.estimator, generator=gen)
+        # the importance-weighted estimators report the K-sample bound they train on
+        samples = self.run.samples if self.run.estimator in IMPORTANCE_WEIGHTED else 1
+        values = elbo(self.model, test_x, estimator=self.run.estimator, samples=samples, generator=gen)
         self.model.train()
         return Estimate.of(values)
 
     def fit(self, schedule: Schedule, out: Path | None, test_x: Tensor | None) -> int:
         """Train up to ``schedule.steps``; returns 0, or 128 + signal number when interrupted."""
-        from tqdm.auto import tqdm
-
         main = self.ctx.is_main
         M = self.run.batch_size
-        bar = tqdm(
+        bar = progress_bar(
+            main and schedule.progress,
             total=schedule.steps * M,
             initial=self.step * M,
             unit="dp",
             unit_scale=True,
             smoothing=0.05,
             desc="train",
-            disable=not (main and schedule.progress),
             dynamic_ncols=True,
             file=sys.stderr,
         )

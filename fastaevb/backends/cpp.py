@@ -4,7 +4,7 @@ Each entry point hands the raw data pointers of the outputs it is given (allocat
 ``fastaevb/ops/calls.py`` from the op's shape rule) and of the (contiguous, CPU, float32 /
 float64) inputs, with sizes and dtype codes, to the extension (which releases the GIL and runs
 ``torch.get_num_threads()`` OpenMP threads), and turns the out-of-range counts the kernel
-returns into :func:`fastaevb._errors.check_range` errors. No math happens here. Upstream
+returns into :func:`fastaevb._errors.check_counts` errors. No math happens here. Upstream
 gradients are made contiguous here because autograd may hand in expanded ones.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _C  # type: ignore[attr-defined]  # the compiled extension (CMakeLists.txt)
-from .._errors import check_range
+from .._errors import check_counts
 
 try:  # the C++ autograd nodes: built when torch was importable at build time (CMakeLists.txt)
     from .. import _autograd  # type: ignore[attr-defined]
@@ -170,6 +170,11 @@ def _extras(weight: Tensor | None, pos_weight: Tensor | None, grad_x: Tensor, wi
     )
 
 
+def _logits_count(likelihood: str, decoded: Tensor) -> int | None:
+    """How many logits the sgvb_loss kernel checked for looking like probabilities (None: not logits)."""
+    return decoded.numel() if likelihood == "bernoulli" else None
+
+
 def _bernoulli_forward(
     kernel,
     out: Tensor,
@@ -183,7 +188,7 @@ def _bernoulli_forward(
     scale: float,
 ) -> None:
     """``_C.bernoulli*_forward``; raises on the out-of-range counts it returns (probabilities and
-    targets, or targets alone for logits)."""
+    targets, or targets alone for logits: their first count is sgvb_loss's, unused here)."""
     R, D = decoded.shape
     x, xtype = _target(x, decoded.dtype)
     bad = kernel(
@@ -191,9 +196,8 @@ def _bernoulli_forward(
         _REDUCTION[reduction], float(scale), grad.numel() > 0, _DTYPE_CODE[decoded.dtype], xtype,
         _num_threads(), _extras(weight, pos_weight, grad_x, D),
     )  # fmt: skip
-    bad_in, bad_x = bad if isinstance(bad, tuple) else (0, bad)
-    check_range(bad_in, "input")
-    check_range(bad_x, "target")
+    bad_in, bad_x = bad
+    check_counts(kernel is _C.bernoulli_probs_log_likelihood_forward, bad_in, bad_x)
 
 
 def _bernoulli_backward(
@@ -380,8 +384,51 @@ def sgvb_loss_forward(
         _wanted(grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar),
         _DTYPE_CODE[decoded.dtype], xtype, _num_threads(),
     )  # fmt: skip
-    check_range(bad_in, "input")
-    check_range(bad_x, "target")
+    check_counts(likelihood == "bernoulli_probs", bad_in, bad_x, _logits_count(likelihood, decoded))
+
+
+def _given(t: Tensor) -> int:
+    """The address of an output the shape rule asked for; 0 for an empty placeholder (not written)."""
+    return t.data_ptr() if t.numel() else 0
+
+
+def _iwae_loss(
+    entry, grads: tuple, grad_out, decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale
+):
+    K, B, J = z.shape
+    scaled = likelihood in _SCALED_LIKELIHOODS
+    x, xtype = (x, 0) if scaled else _target(x, decoded.dtype)
+    return entry(
+        *(_given(g) for g in grads), *(() if grad_out is None else (grad_out.data_ptr(),)),
+        decoded.data_ptr(), x.data_ptr(), _ptr(decoder_logvar), z.data_ptr(), mu.data_ptr(), logvar.data_ptr(),
+        K, B, decoded.shape[1], J, _C.LIKELIHOODS[likelihood],
+        scaled and decoder_logvar is not None and decoder_logvar.numel() == 1, _C.IWAE_GRADIENTS[gradient],
+        _REDUCTION[reduction], float(scale), _DTYPE_CODE[decoded.dtype], xtype, _num_threads(),
+    )  # fmt: skip
+
+
+def iwae_loss_forward(
+    out, grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate,
+    decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale,
+) -> None:  # fmt: skip
+    """The negative IWAE bound (and its gradients) in one pass per datapoint, one ``_C`` call."""
+    grads = (out, grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate)
+    bad_in, bad_x = _iwae_loss(
+        _C.iwae_loss_forward, grads, None, decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient,
+        reduction, scale,
+    )  # fmt: skip
+    check_counts(likelihood == "bernoulli_probs", bad_in, bad_x, _logits_count(likelihood, decoded))
+
+
+def iwae_loss_backward(
+    grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate, grad_out,
+    decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale,
+) -> None:  # fmt: skip
+    grads = (grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate)
+    _iwae_loss(
+        _C.iwae_loss_backward, grads, grad_out.contiguous(), decoded, x, decoder_logvar, z, mu, logvar,
+        likelihood, gradient, reduction, scale,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -439,6 +486,5 @@ def autograd_sgvb_loss(
     loss, bad_in, bad_x = _autograd.sgvb_loss(
         decoded, x, decoder_logvar, mu, logvar, _C.LIKELIHOODS[likelihood], kl_scale, ll_scale, with_grad
     )
-    check_range(bad_in, "input")
-    check_range(bad_x, "target")
+    check_counts(likelihood == "bernoulli_probs", bad_in, bad_x, _logits_count(likelihood, decoded))
     return loss

@@ -605,17 +605,123 @@ def bernoulli_probs_log_likelihood_backward(
         torch.logit(probs, out=grad_x).mul_(g)
 
 
-# --- Gaussian decoder --------------------------------------------------------------------------
+# --- location-scale decoders: Gaussian and error (squared / absolute) ------------------------------
+# ll = -sum_d (a |x - m|^p exp(-s) + a s + c), one driver each way for both ops: ``form`` _GAUSSIAN
+# (a = 1/2, p = 2, c = log(2 pi) / 2, s the log-variance) or the error decoders' power p = 2 or 1
+# (a = 1, c = 0, s the log-scale). Where the two ops' rounding orders differ, each form keeps its own.
+
+_GAUSSIAN = 0
+_FORMS = {"gaussian": _GAUSSIAN, **ERROR_POWERS}  # sgvb_loss's decoders with a second parameter
 
 
-def _gaussian_shared(x: Tensor, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One shared log-variance v: ``(x - m)`` (R, D) in the input dtype, ``S2`` per row (sum of
-    squares, float64, as the kernels: its gradient cancels once the variance fits), ``exp(-v)`` (float64)."""
+def _half(form: int) -> float:
+    return 0.5 if form == _GAUSSIAN else 1.0
+
+
+def _error(d: Tensor, form: int) -> Tensor:
+    """``|d|^p``, a new tensor."""
+    return d.square() if form in (_GAUSSIAN, 2) else d.abs()
+
+
+def _slope(d: Tensor, form: int, factor: Tensor | float, out: Tensor) -> None:
+    """``out = factor * a p |d|^(p-1) sign(d)``: d (the Gaussian's a p = 1), 2 d, or torch's sign(d)
+    (0 at 0 and NaN, as abs and l1_loss backward)."""
+    if form in (_GAUSSIAN, 2):
+        torch.mul(d, factor, out=out)
+        if form == 2:
+            out.mul_(2.0)
+    else:
+        torch.sign(d, out=out).mul_(factor)
+
+
+def _shared_terms(x: Tensor, mean: Tensor, log_scale: Tensor, form: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One shared s: ``(x - m)`` (R, D) in the input dtype, ``S`` per row (sum of ``|x - m|^p``,
+    float64, as the kernels: its gradient cancels once the scale fits), ``exp(-s)`` (float64)."""
     batch = x.shape[0]
     d = torch.sub(x, _samples_view(mean, batch)).reshape(mean.shape)
-    sq = torch.sum(d.square(), 1, dtype=torch.float64)
-    inv_var = torch.exp(-logvar.reshape(()).double())
-    return d, sq, inv_var
+    err = torch.sum(_error(d, form), 1, dtype=torch.float64)
+    inv_scale = torch.exp(-log_scale.reshape(()).double())
+    return d, err, inv_scale
+
+
+def _mean_grad_and_error(d: Tensor, iv: Tensor, form: int, grad_mean: Tensor | None, factor) -> Tensor:
+    """Writes ``grad_mean = factor * dll/dm`` (when given) and returns ``|d|^p exp(-s)``; d and iv
+    are overwritten. The Gaussian's is ``d (d exp(-v))``, from its dll/dm (its rounding order)."""
+    if form == _GAUSSIAN:
+        t = iv.mul_(d)
+        if grad_mean is not None:
+            torch.mul(t, factor, out=grad_mean)
+        return d.mul_(t)
+    if grad_mean is not None:
+        _slope(d, form, iv, grad_mean)
+        grad_mean.mul_(factor)
+    return (d.square_() if form == 2 else d.abs_()).mul_(iv)
+
+
+def _location_scale_forward(out, grad_mean, grad_log_scale, x, mean, log_scale, reduction, scale, form) -> None:
+    """scale * -sum_d (a |x - m|^p exp(-s) + a s + c) per row or in total; gradients
+    scale * a p |x - m|^(p-1) sign(x - m) exp(-s) and scale * a (|x - m|^p exp(-s) - 1) (summed when s is shared)."""
+    R, D = mean.shape
+    if R == 0:
+        if reduction == "sum":
+            _write_rows(out, mean.new_zeros(0), "sum", 1.0)
+        if _wanted(grad_log_scale) and log_scale.numel() == 1:
+            grad_log_scale.zero_()
+        return
+    x = _float_target(x, mean.dtype)
+    batch = x.shape[0]
+    a = _half(form)
+    if log_scale.numel() == 1 and log_scale.dim() == 1:
+        d, err, inv_scale = _shared_terms(x, mean, log_scale, form)
+        s = log_scale.reshape(()).double()
+        shift = s + LOG_2PI if form == _GAUSSIAN else s  # c / a + s
+        rows = err.mul(inv_scale).add_(D * shift).mul_(-a)  # float64
+        _write_rows(out, rows, reduction, scale)
+        if _wanted(grad_mean):
+            _slope(d, form, (inv_scale * scale).to(mean.dtype), grad_mean)
+        if _wanted(grad_log_scale):
+            grad_log_scale.copy_(err.mul(inv_scale).sub_(D).sum().mul_(a * scale).reshape(1))
+        return
+    m, s = _samples_view(mean, batch), _samples_view(log_scale, batch)
+    gm = _samples_view(grad_mean, batch) if _wanted(grad_mean) else None
+    e = _mean_grad_and_error(torch.sub(x, m), torch.neg(s).exp_(), form, gm, scale)
+    if _wanted(grad_log_scale):
+        torch.sub(e, 1.0, out=_samples_view(grad_log_scale, batch)).mul_(a * scale)
+    rows = e.add_(s).sum(-1).reshape(-1)
+    if form == _GAUSSIAN:
+        rows.add_(D * LOG_2PI)
+    _write_rows(out, rows, reduction, -a * scale)
+
+
+def _location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, reduction, scale, form):
+    R, D = mean.shape
+    shared = log_scale.numel() == 1 and log_scale.dim() == 1
+    if R == 0:
+        if shared and _wanted(grad_log_scale):
+            grad_log_scale.zero_()
+        return
+    x = _float_target(x, mean.dtype)
+    batch = x.shape[0]
+    a = _half(form)
+    if shared:
+        d, err, inv_scale = _shared_terms(x, mean, log_scale, form)
+        # w_r = scale * grad_out[r] (or grad_out for 'sum'), float64
+        w = grad_out.reshape(-1 if reduction == "rows" else ()).double() * scale
+        if _wanted(grad_mean):
+            g_mean = w.mul(inv_scale).to(mean.dtype)
+            _slope(d, form, g_mean.unsqueeze(1) if g_mean.dim() else g_mean, grad_mean)
+        if _wanted(grad_log_scale):
+            grad_log_scale.copy_(err.mul(inv_scale).sub_(D).mul_(w).sum().mul_(a).reshape(1))
+        return
+    g = _upstream(grad_out, reduction, scale)
+    m, s = _samples_view(mean, batch), _samples_view(log_scale, batch)
+    gs = g if g.dim() < 2 else _samples_view(g, batch)
+    gm = _samples_view(grad_mean, batch) if _wanted(grad_mean) else None
+    e = _mean_grad_and_error(torch.sub(x, m), torch.neg(s).exp_(), form, gm, gs)
+    if _wanted(grad_log_scale):
+        g_s = torch.sub(e, 1.0, out=_samples_view(grad_log_scale, batch)).mul_(gs)
+        if a != 1.0:
+            g_s.mul_(a)
 
 
 @_entry
@@ -631,35 +737,7 @@ def gaussian_log_likelihood_forward(
 ) -> None:
     """scale * -0.5 sum_d (log 2pi + v + (x - m)^2 exp(-v)) per row or in total; gradients
     scale * (x - m) exp(-v) and scale * -0.5 (1 - (x - m)^2 exp(-v)) (summed when v is shared)."""
-    R, D = mean.shape
-    if R == 0:
-        if reduction == "sum":
-            _write_rows(out, mean.new_zeros(0), "sum", 1.0)
-        if _wanted(grad_logvar) and logvar.numel() == 1:
-            grad_logvar.zero_()
-        return
-    x = _float_target(x, mean.dtype)
-    batch = x.shape[0]
-    if logvar.numel() == 1 and logvar.dim() == 1:
-        d, sq, inv_var = _gaussian_shared(x, mean, logvar)
-        v = logvar.reshape(()).double()
-        rows = sq.mul(inv_var).add_(D * (LOG_2PI + v)).mul_(-0.5)  # float64
-        _write_rows(out, rows, reduction, scale)
-        if _wanted(grad_mean):
-            torch.mul(d, (inv_var * scale).to(mean.dtype), out=grad_mean)
-        if _wanted(grad_logvar):
-            grad_logvar.copy_(sq.mul(inv_var).sub_(D).sum().mul_(0.5 * scale).reshape(1))
-        return
-    m, v = _samples_view(mean, batch), _samples_view(logvar, batch)
-    d = torch.sub(x, m)
-    t = torch.neg(v).exp_().mul_(d)  # dll/dm = (x - m) exp(-v)
-    q = d.mul_(t)  # (x - m)^2 exp(-v)
-    if _wanted(grad_logvar):  # -0.5 (1 - q) scale
-        torch.sub(q, 1.0, out=_samples_view(grad_logvar, batch)).mul_(0.5 * scale)
-    rows = q.add_(v).sum(-1).reshape(-1)
-    _write_rows(out, rows.add_(D * LOG_2PI), reduction, -0.5 * scale)
-    if _wanted(grad_mean):
-        torch.mul(t, scale, out=_samples_view(grad_mean, batch))
+    _location_scale_forward(out, grad_mean, grad_logvar, x, mean, logvar, reduction, scale, _GAUSSIAN)
 
 
 @_entry
@@ -673,57 +751,7 @@ def gaussian_log_likelihood_backward(
     reduction: str,
     scale: float,
 ) -> None:
-    R, D = mean.shape
-    shared = logvar.numel() == 1 and logvar.dim() == 1
-    if R == 0:
-        if shared:
-            grad_logvar.zero_()
-        return
-    x = _float_target(x, mean.dtype)
-    batch = x.shape[0]
-    if shared:
-        d, sq, inv_var = _gaussian_shared(x, mean, logvar)
-        # w_r = scale * grad_out[r] (or grad_out for 'sum'), float64
-        w = grad_out.reshape(-1 if reduction == "rows" else ()).double() * scale
-        g_mean = w.mul(inv_var).to(mean.dtype)
-        torch.mul(d, g_mean.unsqueeze(1) if g_mean.dim() else g_mean, out=grad_mean)
-        grad_logvar.copy_(sq.mul(inv_var).sub_(D).mul_(w).sum().mul_(0.5).reshape(1))
-        return
-    g = _upstream(grad_out, reduction, scale)
-    m, v = _samples_view(mean, batch), _samples_view(logvar, batch)
-    gs = g if g.dim() < 2 else _samples_view(g, batch)
-    d = torch.sub(x, m)
-    t = torch.neg(v).exp_().mul_(d)
-    gm = _samples_view(grad_mean, batch)
-    torch.mul(t, gs, out=gm)
-    q = d.mul_(t)
-    torch.sub(q, 1.0, out=_samples_view(grad_logvar, batch)).mul_(gs).mul_(0.5)
-
-
-# --- error decoders (squared / absolute error) ------------------------------------------------------
-
-
-def _error(d: Tensor, power: int) -> Tensor:
-    """``|d|^p``, a new tensor."""
-    return d.square() if power == 2 else d.abs()
-
-
-def _error_slope(d: Tensor, power: int, factor: Tensor | float, out: Tensor) -> None:
-    """``out = factor * p |d|^(p-1) sign(d)`` (torch's sign: 0 at 0 and NaN, as abs and l1_loss backward)."""
-    if power == 2:
-        torch.mul(d, factor, out=out).mul_(2.0)
-    else:
-        torch.sign(d, out=out).mul_(factor)
-
-
-def _error_shared(x: Tensor, mean: Tensor, log_scale: Tensor, power: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One shared log-scale s: ``(x - m)`` (R, D) in the input dtype, ``S`` per row (sum of
-    ``|x - m|^p``, float64 as the Gaussian's sum of squares), ``exp(-s)`` (float64)."""
-    batch = x.shape[0]
-    d = torch.sub(x, _samples_view(mean, batch)).reshape(mean.shape)
-    err = torch.sum(_error(d, power), 1, dtype=torch.float64)
-    inv_scale = torch.exp(-log_scale.reshape(()).double())
-    return d, err, inv_scale
+    _location_scale_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, reduction, scale, _GAUSSIAN)
 
 
 @_entry
@@ -740,36 +768,7 @@ def error_log_likelihood_forward(
 ) -> None:
     """scale * -sum_d (|x - m|^p exp(-s) + s) per row or in total; gradients
     scale * p |x - m|^(p-1) sign(x - m) exp(-s) and scale * (|x - m|^p exp(-s) - 1) (summed when s is shared)."""
-    R, D = mean.shape
-    if R == 0:
-        if reduction == "sum":
-            _write_rows(out, mean.new_zeros(0), "sum", 1.0)
-        if _wanted(grad_log_scale) and log_scale.numel() == 1:
-            grad_log_scale.zero_()
-        return
-    x = _float_target(x, mean.dtype)
-    batch = x.shape[0]
-    if log_scale.numel() == 1 and log_scale.dim() == 1:
-        d, err, inv_scale = _error_shared(x, mean, log_scale, power)
-        s = log_scale.reshape(()).double()
-        rows = err.mul(inv_scale).add_(D * s)  # float64
-        _write_rows(out, rows, reduction, -scale)
-        if _wanted(grad_mean):
-            _error_slope(d, power, (inv_scale * scale).to(mean.dtype), grad_mean)
-        if _wanted(grad_log_scale):
-            grad_log_scale.copy_(err.mul(inv_scale).sub_(D).sum().mul_(scale).reshape(1))
-        return
-    m, s = _samples_view(mean, batch), _samples_view(log_scale, batch)
-    d = torch.sub(x, m)
-    iv = torch.neg(s).exp_()
-    if _wanted(grad_mean):
-        _error_slope(d, power, iv, _samples_view(grad_mean, batch))
-        grad_mean.mul_(scale)
-    e = (d.square_() if power == 2 else d.abs_()).mul_(iv)  # |x - m|^p exp(-s)
-    if _wanted(grad_log_scale):
-        torch.sub(e, 1.0, out=_samples_view(grad_log_scale, batch)).mul_(scale)
-    rows = e.add_(s).sum(-1).reshape(-1)
-    _write_rows(out, rows, reduction, -scale)
+    _location_scale_forward(out, grad_mean, grad_log_scale, x, mean, log_scale, reduction, scale, power)
 
 
 @_entry
@@ -784,36 +783,7 @@ def error_log_likelihood_backward(
     scale: float,
     power: int,
 ) -> None:
-    R, D = mean.shape
-    shared = log_scale.numel() == 1 and log_scale.dim() == 1
-    if R == 0:
-        if shared and _wanted(grad_log_scale):
-            grad_log_scale.zero_()
-        return
-    x = _float_target(x, mean.dtype)
-    batch = x.shape[0]
-    if shared:
-        d, err, inv_scale = _error_shared(x, mean, log_scale, power)
-        # w_r = scale * grad_out[r] (or grad_out for 'sum'), float64
-        w = grad_out.reshape(-1 if reduction == "rows" else ()).double() * scale
-        if _wanted(grad_mean):
-            g_mean = w.mul(inv_scale).to(mean.dtype)
-            _error_slope(d, power, g_mean.unsqueeze(1) if g_mean.dim() else g_mean, grad_mean)
-        if _wanted(grad_log_scale):
-            grad_log_scale.copy_(err.mul(inv_scale).sub_(D).mul_(w).sum().reshape(1))
-        return
-    g = _upstream(grad_out, reduction, scale)
-    m, s = _samples_view(mean, batch), _samples_view(log_scale, batch)
-    gs = g if g.dim() < 2 else _samples_view(g, batch)
-    d = torch.sub(x, m)
-    iv = torch.neg(s).exp_()
-    if _wanted(grad_mean):
-        gm = _samples_view(grad_mean, batch)
-        _error_slope(d, power, iv, gm)
-        gm.mul_(gs)
-    if _wanted(grad_log_scale):
-        e = (d.square_() if power == 2 else d.abs_()).mul_(iv)
-        torch.sub(e, 1.0, out=_samples_view(grad_log_scale, batch)).mul_(gs)
+    _location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, reduction, scale, power)
 
 
 # --- the whole loss of a step ------------------------------------------------------------------
@@ -844,23 +814,10 @@ def sgvb_loss_forward(
         bernoulli_log_likelihood_forward(totals, grad_decoded, empty, decoded, x, None, None, "sum", -ll_scale)
     elif likelihood == "bernoulli_probs":
         bernoulli_probs_log_likelihood_forward(totals, grad_decoded, empty, decoded, x, None, "sum", -ll_scale)
-    elif likelihood == "gaussian":
-        assert decoder_logvar is not None
-        gaussian_log_likelihood_forward(
-            totals, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, "sum", -ll_scale
-        )
-    elif likelihood in ERROR_POWERS:
-        assert decoder_logvar is not None  # the log-scale s (zeros(1) when none is learned)
-        error_log_likelihood_forward(
-            totals,
-            grad_decoded,
-            grad_decoder_logvar,
-            x,
-            decoded,
-            decoder_logvar,
-            "sum",
-            -ll_scale,
-            ERROR_POWERS[likelihood],
+    elif likelihood in _FORMS:  # a decoder with a second parameter: the log-variance or log-scale
+        assert decoder_logvar is not None  # zeros(1) when none is learned
+        _location_scale_forward(
+            totals, grad_decoded, grad_decoder_logvar, x, decoded, decoder_logvar, "sum", -ll_scale, _FORMS[likelihood]
         )
     else:
         raise ValueError(f"unknown likelihood {likelihood!r}")

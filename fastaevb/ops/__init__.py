@@ -107,17 +107,28 @@ def sgvb_loss(
     kl_scale: float,
     ll_scale: float,
     with_grad: bool,
+    kl_threshold: Tensor | None = None,
+    kl_form: str = "kl",
+    kl_threshold_scale: float = 0.0,
 ) -> Tensor:
     """The ``sgvb_loss`` op (``ops.table``) on a decoder output of ``R * D`` values for data ``x``
     of ``B`` rows of ``D`` values, in a layout the public API validated: the C++ node takes it as
-    it is (no view nodes in the step), the other paths as ``(R, D)`` rows. A 0-d ``kl_weight``
-    stays a tensor only on the custom-op path (torch.compile); eagerly it is read here."""
-    if kl_weight is not None and not _custom_path():
-        kl_scale, kl_weight = kl_scale * calls.weight_value("kl_weight", kl_weight), None
-    args = (decoded, x, decoder_logvar, mu, logvar, kl_weight, likelihood, kl_scale, ll_scale, with_grad)
-    native = native_entry(OPS["sgvb_loss"].native, decoded.device)  # type: ignore[arg-type]
+    it is (no view nodes in the step), the other paths as ``(R, D)`` rows. A 0-d ``kl_weight`` or
+    ``kl_threshold`` stays a tensor only on the custom-op path (torch.compile); eagerly it is read
+    here. The C++ node takes the plain KL form only."""
+    if not _custom_path():
+        if kl_weight is not None:
+            kl_scale, kl_weight = kl_scale * calls.weight_value("kl_weight", kl_weight), None
+        if kl_threshold is not None:
+            kl_threshold_scale *= calls.weight_value("kl_threshold", kl_threshold)
+            kl_threshold = None
+    args = (
+        decoded, x, decoder_logvar, mu, logvar, kl_weight, kl_threshold,
+        likelihood, kl_scale, ll_scale, kl_form, kl_threshold_scale, with_grad,
+    )  # fmt: skip
+    native = native_entry(OPS["sgvb_loss"].native, decoded.device) if kl_form == "kl" else None  # type: ignore[arg-type]
     if native is not None:
-        value = native(*args)
+        value = native(decoded, x, decoder_logvar, mu, logvar, kl_weight, likelihood, kl_scale, ll_scale, with_grad)
         if value is not None:
             return value
     if not _custom_path():  # flattened inside the node: no view nodes in the step's graph

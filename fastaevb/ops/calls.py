@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import backends
 from .._dtypes import value_dtype
 from . import table
-from .table import FACTOR, FLOAT, SCALE, SEED, TARGET, Op
+from .table import FACTOR, FLOAT, SCALE, SEED, TARGET, TOKEN, Op
 
 
 def kernels_for(device: torch.device) -> ModuleType:
@@ -83,7 +83,7 @@ _PREPARE = {FLOAT: prepared, TARGET: _target, FACTOR: _factor, SEED: lambda t, d
 
 
 def _entry_args(op: Op, a: SimpleNamespace, dtype: torch.dtype) -> list:
-    tensors = [_PREPARE[t.role](getattr(a, t.name), dtype) for t in op.tensors if t.role != SCALE]
+    tensors = [_PREPARE[t.role](getattr(a, t.name), dtype) for t in op.tensors if t.role not in (SCALE, TOKEN)]
     return tensors + [getattr(a, name) for name in op.entry_scalars]
 
 
@@ -121,6 +121,8 @@ def forward(op: Op, args: tuple) -> tuple[Tensor, ...]:
     a = _arguments(op, args)
     if op is table.SGVB_LOSS:
         return _sgvb_loss_forward(a)
+    if op is table.IWAE_LOSS:
+        return _iwae_loss_forward(a)
     main: Tensor = getattr(a, op.main)
     kernels = kernels_for(main.device)
     dtype = compute_dtype(kernels, main.dtype)
@@ -140,6 +142,8 @@ def backward(op: Op, grad_out: Tensor, args: tuple) -> tuple[Tensor, ...]:
     a = _arguments(op, args)
     if op is table.SGVB_LOSS:
         return _sgvb_loss_backward(grad_out, a)
+    if op is table.IWAE_LOSS:
+        return _iwae_loss_backward(grad_out, a)
     main: Tensor = getattr(a, op.main)
     kernels = kernels_for(main.device)
     dtype = compute_dtype(kernels, main.dtype)
@@ -163,15 +167,16 @@ def sample_backward(op: Op, upstream: tuple[Tensor | None, ...], args: tuple) ->
 # --- the whole loss of a step: the fused entry, or the KL and decoder entries one after the other ---
 
 
-def _parts(a: SimpleNamespace, with_grad: bool) -> tuple[tuple, tuple]:
-    """The argument tuples of the KL and decoder ops that make up ``sgvb_loss``."""
-    kl = (a.mu, a.logvar, "sum", a.kl_scale, with_grad)
+def _decoder_args(a: SimpleNamespace, with_grad: bool, reduction: str = "sum", scale: float | None = None) -> tuple:
+    """The argument tuple of the decoder op of ``sgvb_loss`` (its other part is the KL's) or of
+    ``iwae_loss`` (its rows)."""
+    scale = -a.ll_scale if scale is None else scale
     if a.likelihood == "gaussian":
-        return kl, (a.x, a.decoded, a.decoder_logvar, "sum", -a.ll_scale, with_grad)
+        return (a.x, a.decoded, a.decoder_logvar, reduction, scale, with_grad)
     if a.likelihood in table.ERROR_POWERS:
-        return kl, (a.x, a.decoded, a.decoder_logvar, "sum", -a.ll_scale, with_grad, table.ERROR_POWERS[a.likelihood])
+        return (a.x, a.decoded, a.decoder_logvar, reduction, scale, with_grad, table.ERROR_POWERS[a.likelihood])
     extra = (None,) if a.likelihood == "bernoulli" else ()
-    return kl, (a.decoded, a.x, None, *extra, "sum", -a.ll_scale, with_grad, False)
+    return (a.decoded, a.x, None, *extra, reduction, scale, with_grad, False)
 
 
 def flat_loss_inputs(decoded: Tensor, x: Tensor, decoder_logvar: Tensor | None) -> tuple:
@@ -192,31 +197,133 @@ def _flat(a: SimpleNamespace) -> SimpleNamespace:
     return SimpleNamespace(**{**vars(a), "decoded": decoded, "x": x, "decoder_logvar": decoder_logvar})
 
 
+def _kl_term(a: SimpleNamespace, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``w kl_scale`` times the KL term of ``a.kl_form`` (``table.SGVB_LOSS``) and its gradients:
+    the KL entry's total or rows (with the plain gradients), then, for a thresholded form, the
+    term and the factor of each gradient (a sign per total or row, an indicator per latent
+    column) from those few values: ``(R,)`` or ``(J,)``, never a pass over the decoder's data."""
+    form = a.kl_form
+    rows = form in ("capacity", "capacity_datapoint")
+    kl, grad_mu, grad_logvar = forward(
+        table.GAUSSIAN_KL, (a.mu, a.logvar, "rows" if rows else "sum", a.kl_scale, with_grad)
+    )
+    if form == "kl":
+        return kl, grad_mu, grad_logvar
+    threshold = a.kl_scale * a.kl_threshold_scale  # in the scaled units of the entry's output
+    if rows:
+        excess = kl.sum() - threshold if form == "capacity" else kl - threshold
+        value, factor = excess.abs().sum(), torch.sign(excess).unsqueeze(-1)
+    else:  # free bits: the KL of each latent column summed over the rows
+        mu, logvar = (t.to(kl.dtype) for t in (a.mu, a.logvar))
+        columns = (mu * mu + logvar.exp() - 1 - logvar).sum(0) * (0.5 * a.kl_scale)
+        kept = columns >= threshold  # as torch.clamp(min=...): the gradient passes at equality
+        value, factor = torch.where(kept, columns, threshold).sum(), kept
+    if with_grad:
+        factor = factor.to(grad_mu.dtype)
+        grad_mu.mul_(factor)
+        grad_logvar.mul_(factor)
+    return value, grad_mu, grad_logvar
+
+
 def _sgvb_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
     op = table.SGVB_LOSS
     a = _flat(a)
     kernels = kernels_for(a.decoded.device)
-    fused = getattr(kernels, "sgvb_loss_forward", None)
+    fused = getattr(kernels, "sgvb_loss_forward", None) if a.kl_form == "kl" else None
     if fused is not None and a.decoded.dtype in kernels.DTYPES and a.mu.dtype == a.decoded.dtype:
         outputs = empty_outputs(op, a, a.decoded.dtype)
         fused(*outputs, *_entry_args(op, a, a.decoded.dtype))
         return tuple(outputs)
-    kl_args, decoder_args = _parts(a, a.with_grad)
-    kl, grad_mu, grad_logvar = forward(table.GAUSSIAN_KL, kl_args)
+    kl, grad_mu, grad_logvar = _kl_term(a, a.with_grad)
     decoder = table.DECODER_OPS[a.likelihood]
-    ll, grad_decoded, *rest = forward(decoder, decoder_args)
+    ll, grad_decoded, *rest = forward(decoder, _decoder_args(a, a.with_grad))
     grad_decoder_logvar = rest[0] if _has_decoder_scale(a) else a.decoded.new_empty(0)
     return kl.add_(ll), grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
 
 
 def _sgvb_loss_backward(grad_out: Tensor, a: SimpleNamespace) -> tuple[Tensor, ...]:
     a = _flat(a)
-    kl_args, decoder_args = _parts(a, False)
-    grad_mu, grad_logvar = backward(table.GAUSSIAN_KL, grad_out, kl_args)
-    grad_decoded, *rest = backward(table.DECODER_OPS[a.likelihood], grad_out, decoder_args)
+    if a.kl_form == "kl":
+        grad_mu, grad_logvar = backward(table.GAUSSIAN_KL, grad_out, (a.mu, a.logvar, "sum", a.kl_scale, False))
+    else:  # the factors need the forward's values: recomputed, then scaled
+        _, grad_mu, grad_logvar = _kl_term(a, True)
+        grad_mu, grad_logvar = grad_mu * grad_out, grad_logvar * grad_out
+    grad_decoded, *rest = backward(table.DECODER_OPS[a.likelihood], grad_out, _decoder_args(a, False))
     grad_decoder_logvar = rest[0] if _has_decoder_scale(a) else a.decoded.new_empty(0)
     return grad_decoded, grad_decoder_logvar, grad_mu, grad_logvar
 
 
 def _has_decoder_scale(a: SimpleNamespace) -> bool:
     return a.likelihood == "gaussian" or a.likelihood in table.ERROR_POWERS
+
+
+# --- the importance-weighted bound: the decoder op's rows and backward, torch ops on the latents ---
+
+
+def _iwae_weights(a: SimpleNamespace) -> tuple[Tensor, Tensor, Tensor]:
+    """``(bound, w~, (z - mu) exp(-logvar / 2))`` of ``table.IWAE_LOSS``: the bound ``(B,)`` and the
+    normalized weights ``(K, B)`` in the value dtype, from one decoder pass (its rows)."""
+    samples = a.z.shape[0]
+    ll = forward(table.DECODER_OPS[a.likelihood], _decoder_args(a, False, "rows", 1.0))[0]
+    z, mu, logvar = (t.to(ll.dtype) for t in (a.z, a.mu, a.logvar))
+    standard = (z - mu) * torch.exp(-0.5 * logvar)
+    # log p(z) - log q(z|x) = 0.5 sum_j (eps^2 - z^2 + logvar): the log(2 pi) terms cancel
+    log_w = ll.view(samples, -1) + 0.5 * (standard.square() - z.square() + logvar).sum(-1)
+    top = torch.logsumexp(log_w, 0)
+    return top - math.log(samples), torch.exp(log_w - top), standard
+
+
+def _iwae_grads(a: SimpleNamespace, upstream: Tensor | float, weights: Tensor, standard: Tensor) -> list[Tensor]:
+    """The gradients of ``table.IWAE_LOSS`` (placeholders where its shape rule says so), times the
+    upstream gradient (0-d, or ``(B,)`` per datapoint for 'rows')."""
+    coef = weights * (-a.scale * upstream)  # (K, B): d loss / d log w_k
+    # the decoder term: its backward with one upstream value per row, coef_kb for row k B + b
+    grad_decoded, *rest = backward(
+        table.DECODER_OPS[a.likelihood], coef.reshape(-1), _decoder_args(a, False, "rows", 1.0)
+    )
+    grad_decoder_logvar = rest[0] if _has_decoder_scale(a) else a.decoded.new_empty(0)
+    z, logvar = a.z.to(coef.dtype), a.logvar.to(coef.dtype)
+    inv_std = torch.exp(-0.5 * logvar)
+    c = coef.unsqueeze(-1)
+    grads = [grad_decoded, grad_decoder_logvar, c * (standard * inv_std - z)]  # d(log p(z) - log q(z|x))/dz
+    if a.gradient == "iwae":  # log q's parameters: d(-log q)/dmu = -(z - mu) exp(-v), /dv = 0.5 (1 - eps^2)
+        grads += [-(c * standard).sum(0) * inv_std, (c * (1 - standard.square())).sum(0) * 0.5]
+    else:
+        grads += [a.mu.new_empty(0), a.mu.new_empty(0)]
+    grads.append(-coef if a.gate is not None else a.mu.new_empty(0))
+    dtype = a.decoded.dtype
+    return [g if g.dtype == dtype else g.to(dtype) for g in grads]
+
+
+def _fused_iwae_entry(a: SimpleNamespace, part: str):
+    """The backend's fused ``iwae_loss_<part>`` entry where it takes these dtypes, else None."""
+    kernels = kernels_for(a.decoded.device)
+    entry = getattr(kernels, f"iwae_loss_{part}", None)
+    same = a.decoded.dtype == a.z.dtype == a.mu.dtype == a.logvar.dtype
+    return entry if entry is not None and same and a.decoded.dtype in kernels.DTYPES else None
+
+
+def _iwae_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
+    op = table.IWAE_LOSS
+    fused = _fused_iwae_entry(a, "forward")
+    if fused is not None:
+        outputs = empty_outputs(op, a, a.decoded.dtype)
+        fused(*outputs, *_entry_args(op, a, a.decoded.dtype))
+        return tuple(outputs)
+    bound, weights, standard = _iwae_weights(a)
+    rows = bound * -a.scale
+    value = rows if a.reduction == "rows" else rows.sum()
+    if a.with_grad:
+        return (value, *_iwae_grads(a, 1.0, weights, standard))
+    return (value, *empty_outputs(table.IWAE_LOSS, a, a.decoded.dtype, range(1, len(table.IWAE_LOSS.outputs))))
+
+
+def _iwae_loss_backward(grad_out: Tensor, a: SimpleNamespace) -> tuple[Tensor, ...]:
+    op = table.IWAE_LOSS
+    fused = _fused_iwae_entry(a, "backward")
+    if fused is not None:
+        grads = _grad_outputs(op, a, a.decoded.dtype)
+        fused(*grads, prepared(grad_out, a.decoded.dtype), *_entry_args(op, a, a.decoded.dtype))
+        return tuple(grads)
+    _, weights, standard = _iwae_weights(a)  # recomputed: a few values per datapoint, one decoder pass
+    return tuple(_iwae_grads(a, grad_out.to(weights.dtype), weights, standard))

@@ -40,6 +40,9 @@ SEED = "seed"  # the Philox seed: a CPU int64 tensor, or a device tensor on CUDA
 # does not bake it into the graph (a float is specialized: one recompile per value); ops.calls
 # multiplies it into the scalar named by ``scales`` and does not pass it to the backend entry.
 SCALE = "scale"
+# The DReG gate's token (``functional.dreg_gate``): a zero tensor that only carries a gradient
+# back to the gate (the normalized importance weights); not passed to the backend entries.
+TOKEN = "token"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class Op:
     native: str | None = None  # the backend's C++ autograd entry, where one is measurably faster
     # the scalars the backend entries take (a loss op's, less with_grad; the sample op's samples)
     entry_scalars: tuple[str, ...] = field(default=())
+    # scalars ops.calls applies around the backend entries (not passed to them; backward takes them)
+    composite_scalars: tuple[str, ...] = field(default=())
+    # backends may leave out the fused entries: ops.calls then builds the op from other ops' entries
+    optional_entries: bool = False
 
     @property
     def schema(self) -> str:
@@ -107,8 +114,10 @@ class Op:
 
     @property
     def backward_scalars(self) -> tuple[Scalar, ...]:
-        """The scalars of the backward op: the entries' (and ``target_grad``, which picks its outputs)."""
-        return tuple(s for s in self.scalars if s.name in self.entry_scalars or s.name == "target_grad")
+        """The scalars of the backward op: the entries', the composite ones and ``target_grad``
+        (which picks its outputs)."""
+        kept = {*self.entry_scalars, *self.composite_scalars, "target_grad"}
+        return tuple(s for s in self.scalars if s.name in kept)
 
     @property
     def differentiable_positions(self) -> tuple[int, ...]:
@@ -291,11 +300,14 @@ SGVB_LOSS = Op(
         Tensor_("mu", differentiable=True),
         Tensor_("logvar", differentiable=True),
         Tensor_("kl_weight", SCALE, optional=True, scales="kl_scale"),
+        Tensor_("kl_threshold", SCALE, optional=True, scales="kl_threshold_scale"),
     ),
     scalars=(
         Scalar("likelihood", "str"),
         Scalar("kl_scale", "float"),
         Scalar("ll_scale", "float"),
+        Scalar("kl_form", "str"),
+        Scalar("kl_threshold_scale", "float"),
         Scalar("with_grad", "bool"),
     ),
     outputs=(
@@ -308,6 +320,8 @@ SGVB_LOSS = Op(
     main="decoded",
     native="autograd_sgvb_loss",
     entry_scalars=("likelihood", "kl_scale", "ll_scale"),
+    optional_entries=True,
+    composite_scalars=("kl_form", "kl_threshold_scale"),
     doc="""The negative ELBO of eq. (10) in one call: ``w kl_scale * sum_r KL_r - ll_scale * sum_r
     log p(x_r|z_r)`` with the KL of Appendix B and the decoder of Appendix C (``likelihood``:
     'bernoulli' (logits), 'bernoulli_probs', 'gaussian' with ``decoder_logvar`` of ``decoded``'s
@@ -315,7 +329,64 @@ SGVB_LOSS = Op(
     ``decoder_logvar`` holding their log-scale s, zeros(1) when none is learned), w the 0-d
     ``kl_weight`` (1 when None: a weight that changes every step, e.g. KL annealing);
     with ``with_grad`` its gradients in the same pass. decoded ``(R, D)``,
-    x ``(B, D)``, mu / logvar ``(B, J)``.""",
+    x ``(B, D)``, mu / logvar ``(B, J)``.
+
+    ``kl_form`` other than 'kl' replaces ``sum_r KL_r`` by a thresholded KL term, with t =
+    ``kl_threshold_scale`` times the 0-d ``kl_threshold`` (1 when None: a capacity that grows
+    every step): 'capacity' ``|sum_r KL_r - t|`` (Burgess et al.'s ``gamma |KL - C|``),
+    'capacity_datapoint' ``sum_r |KL_r - t|``, 'free_bits' ``sum_j max(sum_r KL_rj, t)`` (Kingma et
+    al. 2016), each times ``w kl_scale``; their KL gradients are the plain ones times the sign of
+    ``KL - t`` (0 at equality, as ``abs``) or the indicator of ``sum_r KL_rj >= t`` (as ``clamp``).
+    ``ops.calls`` applies them around the KL entry's rows (``KL_FORMS``); the backends' fused
+    entries and the C++ node take the plain form only.""",
+)
+
+
+def _direct(name: str) -> Callable[[SimpleNamespace], tuple[int, ...]]:
+    """The IWAE gradient's direct term of ``mu`` / ``logvar`` (from ``log q``'s parameters): STL and
+    DReG hold them fixed, so only the path through z moves them (a placeholder ``(0,)``)."""
+    wanted = grad(name)
+    return lambda a: wanted(a) if a.gradient == "iwae" else (0,)
+
+
+IWAE_LOSS = Op(
+    name="iwae_loss",
+    kind="loss",
+    tensors=(
+        Tensor_("decoded", differentiable=True),
+        Tensor_("x", TARGET),
+        Tensor_("decoder_logvar", optional=True, differentiable=True),
+        Tensor_("z", differentiable=True),
+        Tensor_("mu", differentiable=True),
+        Tensor_("logvar", differentiable=True),
+        Tensor_("gate", TOKEN, optional=True, differentiable=True),
+    ),
+    scalars=(Scalar("likelihood", "str"), Scalar("gradient", "str"), *_REDUCED_SCALARS),
+    outputs=(
+        summed_output("out", reduced("mu")),
+        Output("grad_decoded", grad("decoded")),
+        Output("grad_decoder_logvar", grad("decoder_logvar")),
+        Output("grad_z", grad("z")),
+        Output("grad_mu", _direct("mu")),
+        Output("grad_logvar", _direct("logvar")),
+        Output("grad_gate", grad("gate")),
+    ),
+    main="decoded",
+    entry_scalars=("likelihood", "gradient", "reduction", "scale"),
+    optional_entries=True,  # without them ops.calls builds the op from the decoder op's entries
+    doc="""The negative importance-weighted bound of Burda et al. (2016), ``-scale * (logsumexp_k
+    log w_k - log K)`` per datapoint ('rows') or in total ('sum'), ``log w_k = log p(x|z_k) +
+    log p(z_k) - log q(z_k|x)`` for the K samples z ``(K, B, J)`` of q = N(mu, exp(logvar)), with
+    the decoder ``likelihood`` of ``sgvb_loss`` on decoded ``(K B, D)`` (row ``k B + b``), x ``(B, D)``.
+    With ``w~ = softmax_k log w_k``: ``d/d decoded_k = -scale w~_k d log p(x|z_k)``, ``d/dz_k = -scale
+    w~_k ((z_k - mu) exp(-logvar) - z_k)``; ``gradient`` 'iwae' adds the direct terms of log q's
+    parameters, ``d/dmu = -scale sum_k w~_k (mu - z_k) exp(-logvar)`` and ``d/dlogvar = -scale
+    sum_k w~_k 0.5 (1 - (z_k - mu)^2 exp(-logvar))``; 'stl' (Roeder et al. 2017) and 'dreg'
+    (Tucker et al. 2019) drop them. The ``gate`` token ``(K, B)`` gets ``scale w~`` back, which
+    ``functional.dreg_gate`` normalizes and multiplies into the gradient of z once more: DReG's
+    ``w~_k^2``. The fused entries (cpp) make one pass per datapoint; elsewhere ``ops.calls``
+    builds it from the decoder op's rows and backward (two passes over the decoder output) and
+    torch ops on the ``(K, B, J)`` latents.""",
 )
 
 OPS: dict[str, Op] = {
@@ -328,9 +399,14 @@ OPS: dict[str, Op] = {
         GAUSSIAN_LOG_LIKELIHOOD,
         ERROR_LOG_LIKELIHOOD,
         SGVB_LOSS,
+        IWAE_LOSS,
     )
 }
 LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse", "l1")
+# The encoder gradient of iwae_loss (IWAE_LOSS's gradient): the bound's own, sticking the landing, DReG.
+IWAE_GRADIENTS = ("iwae", "stl", "dreg")
+# The KL term of sgvb_loss (SGVB_LOSS's kl_form): the plain KL, the two capacity forms, free bits.
+KL_FORMS = ("kl", "capacity", "capacity_datapoint", "free_bits")
 # The power p of the error likelihoods (ERROR_LOG_LIKELIHOOD): squared error, absolute error.
 ERROR_POWERS = {"mse": 2, "l1": 1}
 # The decoder op of each sgvb_loss likelihood (the composite path of backends without the fused entry).

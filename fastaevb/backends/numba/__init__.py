@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..._errors import check_range
+from ..._errors import check_range, warn_if_probabilities
 from ...ops.table import ERROR_POWERS
 from . import kernels as K
 
@@ -221,7 +221,7 @@ def bernoulli_log_likelihood_forward(
     dtype = logits.dtype
     _threads()
     if weight is None and pos_weight is None:
-        bad_x = K.bernoulli_logits_forward(
+        _, bad_x = K.bernoulli_logits_forward(
             _flat(out),
             _flat(grad_logits),
             _flat(grad_x),
@@ -329,13 +329,50 @@ def bernoulli_probs_log_likelihood_backward(
     )
 
 
-# --- Gaussian decoder -------------------------------------------------------------------------
+# --- location-scale decoders: Gaussian and error (squared / absolute) --------------------------
+# One kernel pair for both ops (``kernels.location_scale_*``): ``form`` GAUSSIAN or the error's power.
+
+# The form of each decoder with a second parameter (decoder_logvar) of sgvb_loss.
+_FORMS = {"gaussian": K.GAUSSIAN, **ERROR_POWERS}
 
 
 def _logvar_2d(logvar: Tensor) -> tuple[np.ndarray, bool]:
     """(R, D) log-variances (or error log-scales), or one shared value (shape (1,)) as a (1, 1) array."""
     shared = logvar.dim() == 1
     return _a(logvar.view(1, 1) if shared else logvar), shared
+
+
+def _location_scale_forward(out_a, grad_mean, grad_log_scale, x, mean, log_scale, reduce, scale, form) -> None:
+    """``out_a``: the flat numpy output (``sgvb_loss_forward`` passes its slot of the two totals)."""
+    log_scale_a, shared = _logvar_2d(log_scale)
+    K.location_scale_forward(
+        out_a,
+        _flat(grad_mean),
+        _flat(grad_log_scale),
+        _float_input(x, mean.dtype),
+        _a(mean),
+        log_scale_a,
+        shared,
+        reduce,
+        float(scale),
+        form,
+    )
+
+
+def _location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, reduction, scale, form):
+    log_scale_a, shared = _logvar_2d(log_scale)
+    K.location_scale_backward(
+        _flat(grad_mean),
+        _flat(grad_log_scale),
+        _in(grad_out).reshape(-1),
+        _float_input(x, mean.dtype),
+        _a(mean),
+        log_scale_a,
+        shared,
+        _REDUCE[reduction],
+        float(scale),
+        form,
+    )
 
 
 def gaussian_log_likelihood_forward(
@@ -350,19 +387,8 @@ def gaussian_log_likelihood_forward(
 ) -> None:
     """out (R,) 'rows' / 0-d 'sum'; grad_mean (R, D) or (0,); grad_logvar like logvar ((R, D) or
     (1,) shared) or (0,)."""
-    logvar_a, shared = _logvar_2d(logvar)
     _threads()
-    K.gaussian_forward(
-        _flat(out),
-        _flat(grad_mean),
-        _flat(grad_logvar),
-        _float_input(x, mean.dtype),
-        _a(mean),
-        logvar_a,
-        shared,
-        _REDUCE[reduction],
-        float(scale),
-    )
+    _location_scale_forward(_flat(out), grad_mean, grad_logvar, x, mean, logvar, _REDUCE[reduction], scale, K.GAUSSIAN)
 
 
 def gaussian_log_likelihood_backward(
@@ -375,22 +401,8 @@ def gaussian_log_likelihood_backward(
     reduction: str,
     scale: float,
 ) -> None:
-    logvar_a, shared = _logvar_2d(logvar)
     _threads()
-    K.gaussian_backward(
-        _flat(grad_mean),
-        _flat(grad_logvar),
-        _in(grad_out).reshape(-1),
-        _float_input(x, mean.dtype),
-        _a(mean),
-        logvar_a,
-        shared,
-        _REDUCE[reduction],
-        float(scale),
-    )
-
-
-# --- error decoders (squared / absolute error) ------------------------------------------------
+    _location_scale_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, reduction, scale, K.GAUSSIAN)
 
 
 def error_log_likelihood_forward(
@@ -404,21 +416,11 @@ def error_log_likelihood_forward(
     scale: float,
     power: int,
 ) -> None:
-    """out (R,) 'rows' / 0-d 'sum'; grad_mean (R, D) or (0,); grad_log_scale like log_scale ((R, D)
-    or (1,) shared) or (0,). ``power`` 2 (squared error) or 1 (absolute error)."""
-    log_scale_a, shared = _logvar_2d(log_scale)
+    """As the Gaussian's, the log-scale in place of the log-variance; ``power`` 2 (squared error)
+    or 1 (absolute error)."""
     _threads()
-    K.error_forward(
-        _flat(out),
-        _flat(grad_mean),
-        _flat(grad_log_scale),
-        _float_input(x, mean.dtype),
-        _a(mean),
-        log_scale_a,
-        shared,
-        _REDUCE[reduction],
-        float(scale),
-        int(power),
+    _location_scale_forward(
+        _flat(out), grad_mean, grad_log_scale, x, mean, log_scale, _REDUCE[reduction], scale, int(power)
     )
 
 
@@ -433,20 +435,8 @@ def error_log_likelihood_backward(
     scale: float,
     power: int,
 ) -> None:
-    log_scale_a, shared = _logvar_2d(log_scale)
     _threads()
-    K.error_backward(
-        _flat(grad_mean),
-        _flat(grad_log_scale),
-        _in(grad_out).reshape(-1),
-        _float_input(x, mean.dtype),
-        _a(mean),
-        log_scale_a,
-        shared,
-        _REDUCE[reduction],
-        float(scale),
-        int(power),
-    )
+    _location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, reduction, scale, int(power))
 
 
 # --- the whole loss of a step (optional fused entry) -------------------------------------------
@@ -475,39 +465,24 @@ def sgvb_loss_forward(
     _threads()
     K.gaussian_kl_forward(total[0:1], _flat(grad_mu), _flat(grad_logvar), _a(mu), _a(logvar), K.SUM, float(kl_scale))
     bad_in = bad_x = 0
-    if likelihood == "gaussian":
-        assert decoder_logvar is not None
-        logvar_a, shared = _logvar_2d(decoder_logvar)
-        K.gaussian_forward(
+    if likelihood in _FORMS:  # a decoder with a second parameter: the log-variance or log-scale
+        assert decoder_logvar is not None  # zeros(1) when none is learned
+        _location_scale_forward(
             total[1:2],
-            _flat(grad_decoded),
-            _flat(grad_decoder_logvar),
-            _float_input(x, dtype),
-            _a(decoded),
-            logvar_a,
-            shared,
+            grad_decoded,
+            grad_decoder_logvar,
+            x,
+            decoded,
+            decoder_logvar,
             K.SUM,
             -float(ll_scale),
-        )
-    elif likelihood in ERROR_POWERS:
-        assert decoder_logvar is not None  # the log-scale s (zeros(1) when none is learned)
-        log_scale_a, shared = _logvar_2d(decoder_logvar)
-        K.error_forward(
-            total[1:2],
-            _flat(grad_decoded),
-            _flat(grad_decoder_logvar),
-            _float_input(x, dtype),
-            _a(decoded),
-            log_scale_a,
-            shared,
-            K.SUM,
-            -float(ll_scale),
-            ERROR_POWERS[likelihood],
+            _FORMS[likelihood],
         )
     elif likelihood == "bernoulli":
-        bad_x = K.bernoulli_logits_forward(
+        outside, bad_x = K.bernoulli_logits_forward(
             total[1:2], _flat(grad_decoded), _EMPTY[dtype], _a(decoded), _target(x, dtype), K.SUM, -float(ll_scale)
         )
+        warn_if_probabilities(outside, decoded.numel())
     else:
         probs = likelihood == "bernoulli_probs"
         if not probs:

@@ -40,7 +40,6 @@ from .math import (
     gaussian_row,
     gaussian_shared_grad_logvar,
     gaussian_shared_row,
-    gaussian_shared_sq,
     gaussian_term,
     kl_row,
     kl_term,
@@ -340,8 +339,9 @@ def bernoulli_logits_forward(out, grad, grad_x, logits, x, reduce, scale):
     """From logits without weight / pos_weight (the training loss): the kernel of
     :func:`bernoulli_forward` with each row's elementwise loop free of reductions and libm calls,
     so LLVM vectorizes it; the row's values go to a contiguous row buffer, summed by :func:`_row_sum`
-    (or scaled into ``out`` for 'none'). Returns the out-of-range targets (data rows counted on their
-    first use)."""
+    (or scaled into ``out`` for 'none'). Returns the logits outside [0, 1] (none in a large batch:
+    probabilities passed as logits, which sgvb_loss warns of) and the out-of-range targets (data
+    rows counted on their first use)."""
     rows, cols = logits.shape
     batch = x.shape[0]
     with_grad = grad.size > 0
@@ -350,14 +350,17 @@ def bernoulli_logits_forward(out, grad, grad_x, logits, x, reduce, scale):
     row_scale = _row_scale(scale, reduce, logits)
     v_scale = as_type(scale, logits)
     bad = 0
+    outside = 0
     for r in prange(rows):
         b = r % batch
         buf = np.empty(cols, logits.dtype)  # not a view of out: a strided type would not vectorize
         row_bad = 0
+        row_outside = 0
         if with_grad:
             for c in range(cols):
                 xv = x[b, c]
                 row_bad += out_of_range(xv)
+                row_outside += out_of_range(logits[r, c])
                 ll, dl = bernoulli_logits_term(logits[r, c], as_type(xv, logits))
                 buf[c] = ll
                 grad[r * cols + c] = v_scale * dl
@@ -365,6 +368,7 @@ def bernoulli_logits_forward(out, grad, grad_x, logits, x, reduce, scale):
             for c in range(cols):
                 xv = x[b, c]
                 row_bad += out_of_range(xv)
+                row_outside += out_of_range(logits[r, c])
                 buf[c] = bernoulli_logits_term(logits[r, c], as_type(xv, logits))[0]
         if target_grad:
             for c in range(cols):
@@ -375,8 +379,9 @@ def bernoulli_logits_forward(out, grad, grad_x, logits, x, reduce, scale):
         else:
             sums[r] = row_scale * _row_sum(buf)
         bad += row_bad if r < batch else 0
+        outside += row_outside
     _finish_total(sums, scale, reduce, out)
-    return bad
+    return outside, bad
 
 
 @kernel(parallel=True)
@@ -403,119 +408,69 @@ def bernoulli_backward(
                 grad_x[r * cols + c] = g * dx
 
 
-# --- Gaussian decoder -------------------------------------------------------------------------
-# logvar is (R, D), or (1, 1) with ``shared``: one log-variance for every element. Then v and
-# exp(-v) are float64 scalars, the per-row sums of squares S2 float64 (see math.py), and the
-# gradient of v sums the rows' -0.5 (D - S2 exp(-v)) in float64 in row order.
+# --- location-scale decoders (Gaussian and error) ---------------------------------------------
+# ll = -sum_d (a |x - m|^p exp(-s) + a s + c), one loop each way for both ops. ``form`` is GAUSSIAN
+# (a = 1/2, p = 2, c = log(2 pi) / 2, s the log-variance) or the error decoders' power p = 2 or 1
+# (a = 1, c = 0, s the log-scale): a loop-invariant branch to math's per-op formulas, which keep
+# each op's rounding. log_scale is (R, D), or (1, 1) with ``shared``: then s and exp(-s) are float64
+# scalars, the per-row sums S = sum_d |x - m|^p float64 (see math.py), and the gradient of s sums
+# the rows' dll_row/ds in float64 in row order.
+GAUSSIAN = 0
+
+
+@kernel(inline="always")
+def _ls_term(x, m, s, form):
+    """``(q, dll/dm, dll/ds)`` per element, ``q = |x - m|^p exp(-s) + s``."""
+    if form == GAUSSIAN:
+        return gaussian_term(x, m, s)
+    return error_term(x, m, s, form)
+
+
+@kernel(inline="always")
+def _ls_row(q_sum, n, form):
+    """Row log-likelihood from ``q_sum = sum_d q_d``."""
+    return gaussian_row(q_sum, n) if form == GAUSSIAN else -q_sum
+
+
+@kernel(inline="always")
+def _ls_shared_err(x, m, form):
+    """Shared s: ``(x - m, |x - m|^p)``, the power in float64."""
+    return error_shared_err(x, m, 2 if form == GAUSSIAN else form)
+
+
+@kernel(inline="always")
+def _ls_shared_slope(d, form):
+    """Shared s: dll/dm without exp(-s), ``a p |d|^(p-1) sign(d)`` (the Gaussian's a p = 1: d)."""
+    return d if form == GAUSSIAN else error_slope(d, form)
+
+
+@kernel(inline="always")
+def _ls_shared_row(err_sum, s, inv_scale, n, form):
+    """Shared s: the row log-likelihood from ``S``, float64."""
+    if form == GAUSSIAN:
+        return gaussian_shared_row(err_sum, s, inv_scale, n)
+    return error_shared_row(err_sum, s, inv_scale, n)
 
 
 @kernel()
-def _shared_grad_logvar(sq_sums, grad_out, weighted, reduce, scale, inv_var, cols):
-    """``sum_r w_r * gaussian_shared_grad_logvar(sq_sums[r])`` in float64 in row order, with
-    ``w_r = scale * grad_out[r]`` (``grad_out[0]`` for 'sum') when ``weighted``, else ``scale``.
-    The weight goes into each term, so no rows give 0 whatever the scale (a mean over 0 rows)."""
-    total = 0.0
-    for r in range(sq_sums.shape[0]):
-        w = scale
-        if weighted:
-            w *= np.float64(grad_out[r] if reduce == ROWS else grad_out[0])
-        total += w * gaussian_shared_grad_logvar(sq_sums[r], inv_var, cols)
-    return total
-
-
-@kernel(parallel=True)
-def gaussian_forward(out, grad_mean, grad_logvar, x, mean, logvar, shared, reduce, scale):
-    """out (R,) or (1,); grad_mean (R*D,), grad_logvar (R*D,) or (1,) when shared, each when non-empty."""
-    rows, cols = mean.shape
-    with_grad_mean = grad_mean.size > 0
-    with_grad_logvar = grad_logvar.size > 0
-    batch = x.shape[0]
-    sums = _row_sums(out, rows, reduce)
-    row_scale = _row_scale(scale, reduce, mean)
-    g_scale = as_type(scale, mean)
-    if shared:
-        v = np.float64(logvar[0, 0])
-        inv_var = math.exp(-v)
-        g_mean = as_type(scale * inv_var, mean)  # d (scale * ll) / dm = scale exp(-v) (x - m)
-        sq_sums = np.empty(rows, np.float64)
-        for r in prange(rows):
-            b = r % batch
-            sq = 0.0
-            for c in range(cols):
-                d, d2 = gaussian_shared_sq(x[b, c], mean[r, c])
-                sq += d2
-                if with_grad_mean:
-                    grad_mean[r * cols + c] = g_mean * d
-            sq_sums[r] = sq
-            sums[r] = row_scale * as_type(gaussian_shared_row(sq, v, inv_var, cols), mean)
-        if with_grad_logvar:
-            grad_logvar[0] = as_type(_shared_grad_logvar(sq_sums, out, False, reduce, scale, inv_var, cols), mean)
-    else:
-        for r in prange(rows):
-            b = r % batch
-            s = as_type(0.0, mean)
-            for c in range(cols):
-                q, d_m, d_v = gaussian_term(x[b, c], mean[r, c], logvar[r, c])
-                s += q
-                if with_grad_mean:
-                    grad_mean[r * cols + c] = g_scale * d_m
-                if with_grad_logvar:
-                    grad_logvar[r * cols + c] = g_scale * d_v
-            sums[r] = row_scale * gaussian_row(s, cols)
-    _finish_total(sums, scale, reduce, out)
-
-
-@kernel(parallel=True)
-def gaussian_backward(grad_mean, grad_logvar, grad_out, x, mean, logvar, shared, reduce, scale):
-    """grad_out (R,) or (1,) -> grad_mean (R*D,), grad_logvar (R*D,) or (1,) when shared."""
-    rows, cols = mean.shape
-    batch = x.shape[0]
-    if shared:
-        inv_var = math.exp(-np.float64(logvar[0, 0]))
-        sq_sums = np.empty(rows, np.float64)
-        for r in prange(rows):
-            b = r % batch
-            go = grad_out[r] if reduce == ROWS else grad_out[0]
-            g_mean = as_type(np.float64(go) * scale * inv_var, mean)
-            sq = 0.0
-            for c in range(cols):
-                d, d2 = gaussian_shared_sq(x[b, c], mean[r, c])
-                sq += d2
-                grad_mean[r * cols + c] = g_mean * d
-            sq_sums[r] = sq
-        grad_logvar[0] = as_type(_shared_grad_logvar(sq_sums, grad_out, True, reduce, scale, inv_var, cols), mean)
-    else:
-        for r in prange(rows):
-            b = r % batch
-            w = _grad_weight(grad_out, reduce, scale, r, cols, 0)
-            for c in range(cols):
-                _, d_m, d_v = gaussian_term(x[b, c], mean[r, c], logvar[r, c])
-                grad_mean[r * cols + c] = w * d_m
-                grad_logvar[r * cols + c] = w * d_v
-
-
-# --- error decoders (squared / absolute error, error_log_likelihood) ----------------------------
-# The Gaussian decoder's kernels with ll = -(|x - m|^p exp(-s) + s), ``power`` p = 2 or 1 (a
-# loop-invariant branch). log_scale is (R, D), or (1, 1) with ``shared``: then s and exp(-s) are
-# float64 scalars, the per-row error sums S float64, and the gradient of s sums the rows'
-# S exp(-s) - D in float64 in row order.
-
-
-@kernel()
-def _shared_grad_log_scale(err_sums, grad_out, weighted, reduce, scale, inv_scale, cols):
-    """``sum_r w_r * error_shared_grad_log_scale(err_sums[r])`` in float64 in row order, ``w_r`` as in
-    :func:`_shared_grad_logvar` (the weight in each term: no rows give 0 whatever the scale)."""
+def _shared_grad_log_scale(err_sums, grad_out, weighted, reduce, scale, inv_scale, cols, form):
+    """``sum_r w_r * dll_row/ds(err_sums[r])`` in float64 in row order, with ``w_r = scale *
+    grad_out[r]`` (``grad_out[0]`` for 'sum') when ``weighted``, else ``scale``. The weight goes
+    into each term, so no rows give 0 whatever the scale (a mean over 0 rows)."""
     total = 0.0
     for r in range(err_sums.shape[0]):
         w = scale
         if weighted:
             w *= np.float64(grad_out[r] if reduce == ROWS else grad_out[0])
-        total += w * error_shared_grad_log_scale(err_sums[r], inv_scale, cols)
+        if form == GAUSSIAN:
+            total += w * gaussian_shared_grad_logvar(err_sums[r], inv_scale, cols)
+        else:
+            total += w * error_shared_grad_log_scale(err_sums[r], inv_scale, cols)
     return total
 
 
 @kernel(parallel=True)
-def error_forward(out, grad_mean, grad_log_scale, x, mean, log_scale, shared, reduce, scale, power):
+def location_scale_forward(out, grad_mean, grad_log_scale, x, mean, log_scale, shared, reduce, scale, form):
     """out (R,) or (1,); grad_mean (R*D,), grad_log_scale (R*D,) or (1,) when shared, each when non-empty."""
     rows, cols = mean.shape
     with_grad_mean = grad_mean.size > 0
@@ -527,39 +482,39 @@ def error_forward(out, grad_mean, grad_log_scale, x, mean, log_scale, shared, re
     if shared:
         s = np.float64(log_scale[0, 0])
         inv_scale = math.exp(-s)
-        g_mean = as_type(scale * inv_scale, mean)  # d (scale * ll) / dm = scale exp(-s) p |d|^(p-1) sign(d)
+        g_mean = as_type(scale * inv_scale, mean)  # d (scale * ll) / dm = scale exp(-s) * slope
         err_sums = np.empty(rows, np.float64)
         for r in prange(rows):
             b = r % batch
             err = 0.0
             for c in range(cols):
-                d, e = error_shared_err(x[b, c], mean[r, c], power)
+                d, e = _ls_shared_err(x[b, c], mean[r, c], form)
                 err += e
                 if with_grad_mean:
-                    grad_mean[r * cols + c] = g_mean * error_slope(d, power)
+                    grad_mean[r * cols + c] = g_mean * _ls_shared_slope(d, form)
             err_sums[r] = err
-            sums[r] = row_scale * as_type(error_shared_row(err, s, inv_scale, cols), mean)
+            sums[r] = row_scale * as_type(_ls_shared_row(err, s, inv_scale, cols, form), mean)
         if with_grad_log_scale:
             grad_log_scale[0] = as_type(
-                _shared_grad_log_scale(err_sums, out, False, reduce, scale, inv_scale, cols), mean
+                _shared_grad_log_scale(err_sums, out, False, reduce, scale, inv_scale, cols, form), mean
             )
     else:
         for r in prange(rows):
             b = r % batch
             q_sum = as_type(0.0, mean)
             for c in range(cols):
-                q, d_m, d_s = error_term(x[b, c], mean[r, c], log_scale[r, c], power)
+                q, d_m, d_s = _ls_term(x[b, c], mean[r, c], log_scale[r, c], form)
                 q_sum += q
                 if with_grad_mean:
                     grad_mean[r * cols + c] = g_scale * d_m
                 if with_grad_log_scale:
                     grad_log_scale[r * cols + c] = g_scale * d_s
-            sums[r] = row_scale * -q_sum
+            sums[r] = row_scale * _ls_row(q_sum, cols, form)
     _finish_total(sums, scale, reduce, out)
 
 
 @kernel(parallel=True)
-def error_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, shared, reduce, scale, power):
+def location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, shared, reduce, scale, form):
     """grad_out (R,) or (1,) -> grad_mean (R*D,), grad_log_scale (R*D,) or (1,) when shared, each when non-empty."""
     rows, cols = mean.shape
     with_grad_mean = grad_mean.size > 0
@@ -574,21 +529,21 @@ def error_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_scale, shar
             g_mean = as_type(np.float64(go) * scale * inv_scale, mean)
             err = 0.0
             for c in range(cols):
-                d, e = error_shared_err(x[b, c], mean[r, c], power)
+                d, e = _ls_shared_err(x[b, c], mean[r, c], form)
                 err += e
                 if with_grad_mean:
-                    grad_mean[r * cols + c] = g_mean * error_slope(d, power)
+                    grad_mean[r * cols + c] = g_mean * _ls_shared_slope(d, form)
             err_sums[r] = err
         if with_grad_log_scale:
             grad_log_scale[0] = as_type(
-                _shared_grad_log_scale(err_sums, grad_out, True, reduce, scale, inv_scale, cols), mean
+                _shared_grad_log_scale(err_sums, grad_out, True, reduce, scale, inv_scale, cols, form), mean
             )
     else:
         for r in prange(rows):
             b = r % batch
             w = _grad_weight(grad_out, reduce, scale, r, cols, 0)
             for c in range(cols):
-                _, d_m, d_s = error_term(x[b, c], mean[r, c], log_scale[r, c], power)
+                _, d_m, d_s = _ls_term(x[b, c], mean[r, c], log_scale[r, c], form)
                 if with_grad_mean:
                     grad_mean[r * cols + c] = w * d_m
                 if with_grad_log_scale:
