@@ -502,3 +502,77 @@ def sgvb_loss_forward(
     check_range(bad_in, "input")
     check_range(bad_x, "target")
     _flat(out)[0] = float(total[0]) + float(total[1])
+
+
+# --- the importance-weighted bound (optional fused entries) -----------------------------------
+
+
+def _iwae_loss(grads, grad_out, decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale):
+    """The decoder rows (with their gradients at scale 1 when wanted) in one pass of the decoder's
+    row kernel, then ``K.iwae_weights`` per datapoint; a shared log-scale's gradient from one more
+    pass with the weights as the rows' upstream values. Returns (bounds (B,) float64, bad_in, bad_x)."""
+    grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate = grads
+    dtype = decoded.dtype
+    _threads()
+    rows = np.empty(decoded.shape[0], _NP_DTYPE[dtype])
+    wanted = grad_decoded.numel() > 0
+    row_grad = _flat(grad_decoded) if wanted else _EMPTY[dtype]
+    bad_in = bad_x = 0
+    shared = decoder_logvar is not None and decoder_logvar.numel() == 1
+    if likelihood in _FORMS:
+        per_element = grad_decoder_logvar if wanted and not shared else decoded.new_empty(0)
+        _location_scale_forward(
+            rows, grad_decoded if wanted else decoded.new_empty(0), per_element, x, decoded, decoder_logvar,
+            K.ROWS, 1.0, _FORMS[likelihood],
+        )  # fmt: skip
+    elif likelihood == "bernoulli":
+        outside, bad_x = K.bernoulli_logits_forward(
+            rows, row_grad, _EMPTY[dtype], _a(decoded), _target(x, dtype), K.ROWS, 1.0
+        )
+        warn_if_probabilities(outside, decoded.numel())
+    else:
+        bad_in, bad_x = K.bernoulli_forward(
+            rows, row_grad, _EMPTY[dtype], _a(decoded), _target(x, dtype), *_factor(None, dtype),
+            *_factor(None, dtype), K.ROWS, 1.0, True,
+        )  # fmt: skip
+    check_range(bad_in, "input")
+    check_range(bad_x, "target")
+    batch = mu.shape[0]
+    bounds = np.empty(batch, np.float64)
+    coef = np.empty(decoded.shape[0] if wanted else 0, _NP_DTYPE[dtype])
+    upstream = None if grad_out is None else _in(grad_out).reshape(-1)
+    K.iwae_weights(
+        bounds, coef, row_grad, _flat(grad_decoder_logvar) if wanted else _EMPTY[dtype], _flat(grad_z),
+        _flat(grad_mu), _flat(grad_logvar), _flat(grad_gate), rows, _a(z), _a(mu), _a(logvar),
+        np.ones(1, _NP_DTYPE[dtype]) if grad_out is None else upstream,
+        grad_out is not None and reduction == "rows", float(scale),
+    )  # fmt: skip
+    if wanted and shared and grad_decoder_logvar.numel():
+        log_scale_a, _ = _logvar_2d(decoder_logvar)
+        K.location_scale_backward(
+            _EMPTY[dtype], _flat(grad_decoder_logvar), coef, _float_input(x, dtype), _a(decoded), log_scale_a,
+            True, K.ROWS, 1.0, _FORMS[likelihood],
+        )  # fmt: skip
+    return bounds
+
+
+def iwae_loss_forward(
+    out, grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate,
+    decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale,
+) -> None:  # fmt: skip
+    """out (B,) 'rows' / 0-d 'sum' = ``-scale (logsumexp_k log w_k - log K)``; the gradients (each
+    given or (0,)) of the scaled total, in the same call."""
+    grads = (grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate)
+    bounds = _iwae_loss(grads, None, decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale)
+    if reduction == "rows":
+        _flat(out)[:] = -float(scale) * bounds
+    else:  # in datapoint order, float64
+        _flat(out)[0] = -float(scale) * float(bounds.sum())
+
+
+def iwae_loss_backward(
+    grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate, grad_out,
+    decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale,
+) -> None:  # fmt: skip
+    grads = (grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate)
+    _iwae_loss(grads, grad_out, decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale)

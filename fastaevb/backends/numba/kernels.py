@@ -548,3 +548,72 @@ def location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_sc
                     grad_mean[r * cols + c] = w * d_m
                 if with_grad_log_scale:
                     grad_log_scale[r * cols + c] = w * d_s
+
+
+# --- the importance-weighted bound (ops.table's iwae_loss) -------------------------------------
+
+
+@kernel(parallel=True)
+def iwae_weights(bounds, coef, grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate,
+                 ll, z, mu, logvar, grad_out, upstream_rows, scale):  # fmt: skip
+    """Per datapoint b, from the decoder rows ``ll`` (R,) (row k B + b): ``log w_k = ll_k + 0.5 sum_j
+    (eps_kj^2 - z_kj^2 + v_j)`` in float64, ``bounds[b] = logsumexp_k log w_k - log K`` and, when
+    ``coef`` is non-empty, ``coef[r] = -scale * upstream_b * w~_k`` (``upstream_b = grad_out[b]``
+    with ``upstream_rows``, else ``grad_out[0]``); the decoder's gradient rows (R*D,), written by
+    the row kernel with scale 1, and per-element log-scale rows are multiplied by it; then
+    ``d/dz_k = c_k (eps_k exp(-v / 2) - z_k)``, the direct ``d/dmu = -sum_k c_k eps_k exp(-v / 2)``
+    and ``d/dv = 0.5 sum_k c_k (1 - eps_k^2)``, and ``-c_k`` for the gate, each when non-empty."""
+    samples, batch, latent = z.shape
+    log_k = math.log(samples)
+    grads = coef.size > 0
+    cols = grad_decoded.size // ll.size if ll.size else 0
+    for b in prange(batch):
+        inv_std = np.empty(latent, np.float64)
+        half_v = 0.0
+        for j in range(latent):
+            v = np.float64(logvar[b, j])
+            inv_std[j] = math.exp(-0.5 * v)
+            half_v += v
+        log_w = np.empty(samples, np.float64)
+        top = -np.inf
+        for k in range(samples):
+            q = 0.0
+            for j in range(latent):
+                zj = np.float64(z[k, b, j])
+                e = (zj - np.float64(mu[b, j])) * inv_std[j]
+                q += e * e - zj * zj
+            log_w[k] = np.float64(ll[k * batch + b]) + 0.5 * (q + half_v)
+            top = max(top, log_w[k])
+        total = 0.0
+        for k in range(samples):
+            total += math.exp(log_w[k] - top)
+        lse = top + math.log(total)
+        bounds[b] = lse - log_k
+        if not grads:
+            continue
+        up = np.float64(grad_out[b] if upstream_rows else grad_out[0])
+        acc_mu = np.zeros(latent, np.float64)
+        acc_v = np.zeros(latent, np.float64)
+        for k in range(samples):
+            r = k * batch + b
+            c = -scale * up * math.exp(log_w[k] - lse)
+            coef[r] = c
+            ct = as_type(c, grad_decoded)
+            for i in range(cols):
+                grad_decoded[r * cols + i] *= ct
+            if grad_decoder_logvar.size > 1:
+                for i in range(cols):
+                    grad_decoder_logvar[r * cols + i] *= ct
+            for j in range(latent):
+                zj = np.float64(z[k, b, j])
+                e = (zj - np.float64(mu[b, j])) * inv_std[j]
+                if grad_z.size > 0:
+                    grad_z[r * latent + j] = as_type(c * (e * inv_std[j] - zj), grad_decoded)
+                acc_mu[j] -= c * e
+                acc_v[j] += c * (1.0 - e * e)
+            if grad_gate.size > 0:
+                grad_gate[r] = as_type(-c, grad_decoded)
+        if grad_mu.size > 0:
+            for j in range(latent):
+                grad_mu[b * latent + j] = as_type(acc_mu[j] * inv_std[j], grad_decoded)
+                grad_logvar[b * latent + j] = as_type(0.5 * acc_v[j], grad_decoded)
