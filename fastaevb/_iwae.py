@@ -20,7 +20,7 @@ from torch import Tensor
 from . import _torch_private as private
 from . import _validation as check
 from . import ops
-from ._latents import check_latents, wants_grad_in_forward
+from ._latents import check_latents, row_reduction, wants_grad_in_forward
 from ._sgvb import DECODER_PARAMETER, _decoder_parameter
 from .ops import autocast
 from .ops.table import IWAE_GRADIENTS, LIKELIHOODS
@@ -108,6 +108,11 @@ def iwae_loss(
         recon, x, z, mu, logvar, decoder_param = autocast.to_float32(recon, x, z, mu, logvar, decoder_param)  # type: ignore[assignment]
     check.floating("recon", recon)
     check.floating("z", z)
+    bernoulli = likelihood in ("bernoulli", "bernoulli_probs")
+    if bernoulli:
+        check.target("x", x)
+    else:
+        check.floating("x", x)
     check_latents(mu, logvar, 1, None)
     check.same_device("recon", recon, x=x, z=z, mu=mu, gate=gate)
     if decoder_param is not None:
@@ -119,10 +124,7 @@ def iwae_loss(
             f"gate of shape {tuple(gate.shape)} must be (K, B) = {(samples, batch)}, dreg_gate's token of z"
         )
     check.not_requiring_grad("x", x, "the bound is not differentiated with respect to the data")
-    if likelihood in ("bernoulli", "bernoulli_probs"):
-        check.target("x", x)
-    else:
-        check.floating("x", x)
+    if not bernoulli:
         x = x.to(recon.dtype)
         if decoder_param is None:
             decoder_param = recon.new_zeros(1)
@@ -135,8 +137,7 @@ def iwae_loss(
             )
         decoder_param = decoder_param.reshape(1) if decoder_param.numel() == 1 else decoder_param.reshape(-1, event)
     latent = mu.numel() // batch if batch else math.prod(mu.shape[1:])
-    op_reduction = "rows" if reduction == "none" else "sum"
-    scale = 1.0 / batch if reduction == "mean" and batch else math.nan if reduction == "mean" else 1.0
+    op_reduction, scale = row_reduction(reduction, batch)  # 'mean': 1/B
     with_grad = wants_grad_in_forward(op_reduction, recon, z, mu, logvar, decoder_param)
     return ops.loss(
         "iwae_loss",

@@ -30,10 +30,6 @@ DTYPES = (torch.float32, torch.float64)
 
 _REDUCE = {"none": K.NONE, "rows": K.ROWS, "sum": K.SUM}
 _EMPTY: dict[torch.dtype, np.ndarray] = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np.float64)}
-_EMPTY_ROWS: dict[torch.dtype, np.ndarray] = {
-    torch.float32: np.empty((0, 0), np.float32),
-    torch.float64: np.empty((0, 0), np.float64),
-}
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _U64 = (1 << 64) - 1
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # numba sets its config at import
@@ -87,11 +83,18 @@ def _float_input(x: Tensor, dtype: torch.dtype) -> np.ndarray:
     return _in(x if x.dtype == dtype else x.to(dtype))
 
 
-def _factor(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
-    """A broadcast (R, D) weight as a strided numpy view (no copy), or an empty stand-in."""
+def _factor(t: Tensor | None, dtype: torch.dtype) -> tuple[np.ndarray, int, int, bool]:
+    """A broadcast (R, D) weight as its memory, a 1-D view from its first element (no copy), and
+    its row and column strides; an empty stand-in when absent. Every layout (one value, per row,
+    per column, the input's shape) is then one numba type, so the kernel compiles once for all of
+    them, not once per layout (each a parallel kernel's tens of seconds)."""
     if t is None:
-        return _EMPTY_ROWS[dtype], False
-    return _a(t if t.dtype == dtype else t.to(dtype)), True
+        return _EMPTY[dtype], 0, 0, False
+    t = t if t.dtype == dtype else t.to(dtype)
+    rows, cols = t.shape
+    row_stride, col_stride = t.stride()
+    span = (rows - 1) * row_stride + (cols - 1) * col_stride + 1 if rows and cols else 0
+    return _a(t.as_strided((span,), (1,))), row_stride, col_stride, True
 
 
 # --- noise ------------------------------------------------------------------------------------

@@ -277,18 +277,22 @@ def _bernoulli_grads(v, x, q, has_pos, probs, target_grad):
 
 
 @kernel(inline="always")
-def _factor(f, has, r, c, like):
-    """Element (r, c) of a broadcast weight, or 1 when absent."""
-    return f[r, c] if has else as_type(1.0, like)
+def _factor(f, row_stride, col_stride, has, r, c, like):
+    """Element (r, c) of a broadcast weight (its memory ``f`` from its first element, and its
+    strides), or 1 when absent."""
+    return f[r * row_stride + c * col_stride] if has else as_type(1.0, like)
 
 
 @kernel(parallel=True)
-def bernoulli_forward(out, grad, grad_x, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, probs):
+def bernoulli_forward(
+    out, grad, grad_x, decoded, x, weight, w_rs, w_cs, has_weight, pos_weight, q_rs, q_cs, has_pos, reduce, scale, probs
+):
     """out (R*D,) / (R,) / (1,); grad (R*D,) and grad_x (R*D,) of the scaled total, each when non-empty.
     ``decoded`` holds logits, or probabilities (``-F.binary_cross_entropy``) when ``probs``;
     weight / pos_weight (R, D) (broadcast views) when ``has_*``. Returns (out-of-range
     probabilities, always 0 for logits; out-of-range targets, each data row counted once, on its
-    first use r < B)."""
+    first use r < B). A weight is its memory and its two strides (``_factor``): one compiled
+    specialization for every layout."""
     rows, cols = decoded.shape
     batch = x.shape[0]
     with_grad = grad.size > 0
@@ -312,9 +316,9 @@ def bernoulli_forward(out, grad, grad_x, decoded, x, weight, has_weight, pos_wei
             if first:
                 row_bad_x += out_of_range(xv)
             xf = as_type(xv, decoded)
-            q = _factor(pos_weight, has_pos, r, c, v)
+            q = _factor(pos_weight, q_rs, q_cs, has_pos, r, c, v)
             ll = _bernoulli_ll(v, xf, q, has_pos, probs)
-            w = _factor(weight, has_weight, r, c, v)
+            w = _factor(weight, w_rs, w_cs, has_weight, r, c, v)
             if has_weight:
                 ll *= w
             if with_grad or target_grad:
@@ -386,7 +390,22 @@ def bernoulli_logits_forward(out, grad, grad_x, logits, x, reduce, scale):
 
 @kernel(parallel=True)
 def bernoulli_backward(
-    grad, grad_x, grad_out, decoded, x, weight, has_weight, pos_weight, has_pos, reduce, scale, probs
+    grad,
+    grad_x,
+    grad_out,
+    decoded,
+    x,
+    weight,
+    w_rs,
+    w_cs,
+    has_weight,
+    pos_weight,
+    q_rs,
+    q_cs,
+    has_pos,
+    reduce,
+    scale,
+    probs,
 ):
     """grad (R, D) = grad_out (broadcast by ``reduce``) * scale * w * dll/dv: ``x - sigmoid(l)``
     from logits, ``(x - p) / max(p (1 - p), 1e-12)`` from probabilities (pos-weighted: see
@@ -398,11 +417,11 @@ def bernoulli_backward(
         b = r % batch
         for c in range(cols):
             v = decoded[r, c]
-            q = _factor(pos_weight, has_pos, r, c, v)
+            q = _factor(pos_weight, q_rs, q_cs, has_pos, r, c, v)
             dl, dx = _bernoulli_grads(v, as_type(x[b, c], decoded), q, has_pos, probs, target_grad)
             g = _grad_weight(grad_out, reduce, scale, r, cols, c)
             if has_weight:
-                g *= weight[r, c]
+                g *= _factor(weight, w_rs, w_cs, has_weight, r, c, v)
             grad[r, c] = g * dl
             if target_grad:
                 grad_x[r * cols + c] = g * dx
