@@ -21,7 +21,7 @@ from . import _torch_private as private
 from . import _validation as check
 from . import ops
 from ._latents import check_latents, row_reduction, wants_grad_in_forward
-from ._sgvb import DECODER_PARAMETER, _decoder_parameter
+from ._sgvb import _decoder_parameter, check_decoder_parameter
 from .ops import autocast
 from .ops.table import IWAE_GRADIENTS, LIKELIHOODS
 
@@ -69,8 +69,8 @@ def _check_shapes(recon: Tensor, x: Tensor, z: Tensor, mu: Tensor) -> tuple[int,
     samples, batch = z.shape[0], mu.shape[0]
     if x.dim() == 0 or x.shape[0] != batch:
         raise ValueError(f"x of shape {tuple(x.shape)} must have the batch of mu of shape {tuple(mu.shape)} first")
-    event = math.prod(x.shape[1:])
-    if tuple(recon.shape) not in ((samples, *x.shape), (samples, batch, event)):
+    row_shape, event = check.decoder_rows("recon", recon, "x", x)
+    if row_shape != (samples, batch):  # one sample dimension, z's K
         raise ValueError(
             f"recon of shape {tuple(recon.shape)} must be (K, *x.shape) = {(samples, *x.shape)} or (K, B, D) = "
             f"{(samples, batch, event)} for z of shape {tuple(z.shape)} and x of shape {tuple(x.shape)}"
@@ -115,8 +115,7 @@ def iwae_loss(
         check.floating("x", x)
     check_latents(mu, logvar, 1, None)
     check.same_device("recon", recon, x=x, z=z, mu=mu, gate=gate)
-    if decoder_param is not None:
-        check.same_device("recon", recon, **{DECODER_PARAMETER[likelihood]: decoder_param})
+    check_decoder_parameter(likelihood, decoder_param, recon)
     check.same_float_dtype("recon", recon, z=z, mu=mu)
     samples, batch, event = _check_shapes(recon, x, z, mu)
     if gate is not None and tuple(gate.shape) != (samples, batch):
@@ -128,13 +127,6 @@ def iwae_loss(
         x = x.to(recon.dtype)
         if decoder_param is None:
             decoder_param = recon.new_zeros(1)
-        name = DECODER_PARAMETER[likelihood]
-        check.floating(name, decoder_param)
-        if decoder_param.numel() != 1 and decoder_param.shape != recon.shape:
-            raise ValueError(
-                f"{name} must have recon's shape {tuple(recon.shape)} or hold one shared value, "
-                f"got {tuple(decoder_param.shape)}"
-            )
         decoder_param = decoder_param.reshape(1) if decoder_param.numel() == 1 else decoder_param.reshape(-1, event)
     latent = mu.numel() // batch if batch else math.prod(mu.shape[1:])
     op_reduction, scale = row_reduction(reduction, batch)  # 'mean': 1/B

@@ -152,6 +152,20 @@ def _decoder_parameter(likelihood: str, decoder_logvar: Tensor | None, decoder_l
     return decoder_logvar if likelihood == "gaussian" else decoder_log_scale
 
 
+def check_decoder_parameter(likelihood: str, decoder_param: Tensor | None, recon: Tensor) -> None:
+    """A learned decoder scale: floating point, on recon's device, recon's shape or one value."""
+    if decoder_param is None:
+        return
+    name = DECODER_PARAMETER[likelihood]
+    check.floating(name, decoder_param)
+    check.same_device("recon", recon, **{name: decoder_param})
+    if decoder_param.numel() != 1 and decoder_param.shape != recon.shape:
+        raise ValueError(
+            f"{name} must have recon's shape {tuple(recon.shape)} or hold one shared value, "
+            f"got {tuple(decoder_param.shape)}"
+        )
+
+
 def sgvb_loss(
     recon: Tensor,
     x: Tensor,
@@ -210,15 +224,7 @@ def sgvb_loss(
     row_shape, event = check.decoder_rows("recon", recon, "x", x)
     batch = x.shape[0]
     samples = math.prod(row_shape[:-1])
-    if decoder_param is not None:
-        name = DECODER_PARAMETER[likelihood]
-        check.floating(name, decoder_param)
-        check.same_device("recon", recon, **{name: decoder_param})
-        if decoder_param.numel() != 1 and decoder_param.shape != recon.shape:
-            raise ValueError(
-                f"{name} must have recon's shape {tuple(recon.shape)} or hold one shared value, "
-                f"got {tuple(decoder_param.shape)}"
-            )
+    check_decoder_parameter(likelihood, decoder_param, recon)
     if estimator == "generic":
         if not (
             kl_tensor is None and kl_value == 1.0 and recon_weight == 1.0 and logvar_clamp is None and kl_form == "kl"

@@ -241,7 +241,11 @@ def bad_calls():
     gate = torch.zeros(K, B)
     return {
         "z without the sample dimension": (dict(z=z[0]), r"z of shape \(3, 2\) must be \(K, \*mu.shape\)"),
-        "recon of another batch": (dict(recon=recon[:, :2]), r"recon of shape \(4, 2, 3, 4\) must be"),
+        "recon of another batch": (dict(recon=recon[:, :2]), r"recon of shape \(4, 2, 3, 4\) does not match x"),
+        "recon of other samples than z": (
+            dict(recon=recon[:3]),
+            r"recon of shape \(3, 3, 3, 4\) must be \(K, \*x.shape\)",
+        ),
         "x of another batch": (dict(x=x[:2]), r"x of shape \(2, 3, 4\) must have the batch of mu"),
         "dreg without its gate": (dict(gradient="dreg"), "gradient='dreg' needs the gate"),
         "a gate for iwae": (dict(gate=gate), "gate is DReG's"),

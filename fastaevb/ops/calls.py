@@ -225,12 +225,22 @@ def _kl_term(a: SimpleNamespace, with_grad: bool) -> tuple[Tensor, Tensor, Tenso
     return value, grad_mu, grad_logvar
 
 
+def _fused_entry(op: Op, part: str, a: SimpleNamespace, *same_dtype: Tensor):
+    """The backend's optional fused ``<op>_<part>`` entry where it computes ``a.decoded``'s dtype
+    and the tensors ``same_dtype`` share it, else None (the op is then built from other entries)."""
+    kernels = kernels_for(a.decoded.device)
+    entry = getattr(kernels, f"{op.name}_{part}", None)
+    dtype = a.decoded.dtype
+    return (
+        entry if entry is not None and dtype in kernels.DTYPES and all(t.dtype == dtype for t in same_dtype) else None
+    )
+
+
 def _sgvb_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
     op = table.SGVB_LOSS
     a = _flat(a)
-    kernels = kernels_for(a.decoded.device)
-    fused = getattr(kernels, "sgvb_loss_forward", None) if a.kl_form == "kl" else None
-    if fused is not None and a.decoded.dtype in kernels.DTYPES and a.mu.dtype == a.decoded.dtype:
+    fused = _fused_entry(op, "forward", a, a.mu) if a.kl_form == "kl" else None
+    if fused is not None:
         outputs = empty_outputs(op, a, a.decoded.dtype)
         fused(*outputs, *_entry_args(op, a, a.decoded.dtype))
         return tuple(outputs)
@@ -295,17 +305,9 @@ def _iwae_grads(a: SimpleNamespace, upstream: Tensor | float, weights: Tensor, s
     return [g if g.dtype == dtype else g.to(dtype) for g in grads]
 
 
-def _fused_iwae_entry(a: SimpleNamespace, part: str):
-    """The backend's fused ``iwae_loss_<part>`` entry where it takes these dtypes, else None."""
-    kernels = kernels_for(a.decoded.device)
-    entry = getattr(kernels, f"iwae_loss_{part}", None)
-    same = a.decoded.dtype == a.z.dtype == a.mu.dtype == a.logvar.dtype
-    return entry if entry is not None and same and a.decoded.dtype in kernels.DTYPES else None
-
-
 def _iwae_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
     op = table.IWAE_LOSS
-    fused = _fused_iwae_entry(a, "forward")
+    fused = _fused_entry(op, "forward", a, a.z, a.mu, a.logvar)
     if fused is not None:
         outputs = empty_outputs(op, a, a.decoded.dtype)
         fused(*outputs, *_entry_args(op, a, a.decoded.dtype))
@@ -315,12 +317,12 @@ def _iwae_loss_forward(a: SimpleNamespace) -> tuple[Tensor, ...]:
     value = rows if a.reduction == "rows" else rows.sum()
     if a.with_grad:
         return (value, *_iwae_grads(a, 1.0, weights, standard))
-    return (value, *empty_outputs(table.IWAE_LOSS, a, a.decoded.dtype, range(1, len(table.IWAE_LOSS.outputs))))
+    return (value, *empty_outputs(op, a, a.decoded.dtype, range(1, len(op.outputs))))
 
 
 def _iwae_loss_backward(grad_out: Tensor, a: SimpleNamespace) -> tuple[Tensor, ...]:
     op = table.IWAE_LOSS
-    fused = _fused_iwae_entry(a, "backward")
+    fused = _fused_entry(op, "backward", a, a.z, a.mu, a.logvar)
     if fused is not None:
         grads = _grad_outputs(op, a, a.decoded.dtype)
         fused(*grads, prepared(grad_out, a.decoded.dtype), *_entry_args(op, a, a.decoded.dtype))
