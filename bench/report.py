@@ -24,11 +24,12 @@ def load(path: str):
 
 def rows(groups):
     """One row per (group, fastaevb implementation) with its ratios; training-step groups too."""
-    probe = groups.get("bandwidth probe", {}).get("copy")
+    probes = ("bandwidth probe", "CUDA bandwidth probe")  # bench/test_sgvb_loss.py, bench/test_cuda.py
+    probe = next((groups[g]["copy"] for g in probes if "copy" in groups.get(g, {})), None)
     probe_gbs = probe["extra_info"]["bytes"] / probe["stats"]["median"] / 1e9 if probe else None
     out = []
     for group, impls in groups.items():
-        if group == "bandwidth probe" or "eager" not in impls:
+        if group in probes or "eager" not in impls:
             continue
         eager = impls["eager"]["stats"]["median"]
         compiled = impls.get("compiled", {}).get("stats", {}).get("median")

@@ -10,6 +10,8 @@ with ``torch.cuda.synchronize()``, so a round is the step's wall time on the dev
     pytest bench/test_cuda.py --benchmark-json=bench-cuda.json && python bench/report.py bench-cuda.json
 
 ``FASTAEVB_BENCH_QUICK=1``: a few rounds (CI smoke run on a GPU machine).
+``FASTAEVB_BENCH_SECONDS`` (default 1.5): the timed seconds aimed at per case (at least 20 rounds,
+at most 1000), so a short lease can still run every case with enough rounds for a median.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if "triton" not in fastaevb.available_backends():
 from workloads import WORKLOADS, grads_of, run
 
 QUICK = os.environ.get("FASTAEVB_BENCH_QUICK") == "1"
+SECONDS = float(os.environ.get("FASTAEVB_BENCH_SECONDS", "1.5"))
 IMPLEMENTATIONS = ["eager", "compiled", "compiled-reduce-overhead", "fastaevb"]
 _compiled: dict[tuple[str, str], object] = {}
 
@@ -86,7 +89,7 @@ def test_cuda_loss_step(benchmark, workload, implementation, backward):
         once = time.perf_counter()
         _synchronized(step, inputs, backward)
         once = time.perf_counter() - once
-        rounds = 5 if QUICK else max(20, min(1000, int(1.5 / max(once, 1e-6))))
+        rounds = 5 if QUICK else max(20, min(1000, int(SECONDS / max(once, 1e-6))))
         benchmark.pedantic(_synchronized, args=(step, inputs, backward), rounds=rounds, iterations=1, warmup_rounds=2)
     for t in grads_of(inputs):
         t.grad = None

@@ -8,6 +8,7 @@ imported when their backend first runs.
 from . import functional, ops, reference
 from ._errors import ProbabilitiesAsLogitsWarning
 from ._info import backend_for, build_info
+from ._memory import low_memory
 from .backends import available_backends, empty_cache, use_backend
 from .nn import IWAELoss, SGVBLoss
 
@@ -23,5 +24,6 @@ __all__ = [
     "build_info",
     "backend_for",
     "empty_cache",
+    "low_memory",
 ]
 __version__ = "0.1.0"

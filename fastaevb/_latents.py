@@ -14,12 +14,19 @@ from torch import Tensor
 from . import _torch_private as private
 from . import _validation as check
 from . import ops
+from ._memory import gradients_in_forward
 from .ops import as_rows, autocast, seeds
 
 
 def wants_grad_in_forward(reduction: str, *tensors: Tensor | None) -> bool:
-    """A scalar loss whose gradient autograd will want: the kernels write it in the forward pass."""
-    return reduction == "sum" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """A scalar loss whose gradient autograd will want: the kernels write it in the forward pass
+    (outside :func:`fastaevb.low_memory`)."""
+    return (
+        reduction == "sum"
+        and gradients_in_forward()
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in tensors)
+    )
 
 
 def row_reduction(reduction: str, rows: int) -> tuple[str, float]:

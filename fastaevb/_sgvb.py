@@ -209,7 +209,7 @@ def sgvb_loss(
         samples = _training_step_samples(recon, x, mu, logvar)
         if samples and mu is not None and logvar is not None:  # the common call, which every check below passes
             _, row_scale = row_reduction(reduction, x.shape[0])  # 1 for "sum", 1/B for "mean"
-            with_grad = torch.is_grad_enabled() and (recon.requires_grad or mu.requires_grad or logvar.requires_grad)
+            with_grad = wants_grad_in_forward("sum", recon, mu, logvar)
             return ops.sgvb_loss(
                 recon, x, None, mu, logvar, None, likelihood, row_scale * kl_value, row_scale / samples, with_grad
             )

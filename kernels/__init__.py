@@ -17,6 +17,7 @@ from . import (
     error_log_likelihood,
     gaussian_kl,
     gaussian_log_likelihood,
+    iwae_loss,
     noise,
     reduce,
     reparameterize_kl,
@@ -32,6 +33,7 @@ from .bernoulli_log_likelihood import (
 from .error_log_likelihood import error_log_likelihood_backward, error_log_likelihood_forward
 from .gaussian_kl import gaussian_kl_backward, gaussian_kl_forward
 from .gaussian_log_likelihood import gaussian_log_likelihood_backward, gaussian_log_likelihood_forward
+from .iwae_loss import iwae_loss_backward, iwae_loss_forward
 from .noise import randn
 from .reparameterize_kl import reparameterize_kl_backward, reparameterize_kl_forward
 from .sgvb_loss import sgvb_loss_forward
@@ -47,6 +49,7 @@ KERNELS = (
     gaussian_kl.gaussian_kl_bwd_kernel,
     gaussian_log_likelihood.gaussian_log_likelihood_fwd_kernel,
     gaussian_log_likelihood.gaussian_log_likelihood_bwd_kernel,
+    iwae_loss.iwae_loss_kernel,
     noise.randn_kernel,
     reduce.finish_kernel,
     reparameterize_kl.reparameterize_kl_fwd_kernel,
@@ -61,6 +64,7 @@ AOT_MODULES = (
     gaussian_log_likelihood,
     error_log_likelihood,
     sgvb_loss,
+    iwae_loss,
 )
 
 __all__ = [
@@ -80,4 +84,6 @@ __all__ = [
     "error_log_likelihood_forward",
     "error_log_likelihood_backward",
     "sgvb_loss_forward",
+    "iwae_loss_forward",
+    "iwae_loss_backward",
 ]

@@ -64,11 +64,20 @@ MAX_WIDTH = 2**31 - 1  # widths are int32 in the kernels (row counts are int64)
 
 
 # Every tile table, by name (the AOT table names a launch's tile ``<table>.<tile>``).
+# The IWAE loss (iwae_loss.py): one program per datapoint walks its K decoder rows, a tile of
+# BLOCK_K samples by BLOCK_D columns at a time (x's row broadcast over the samples).
+IWAE_TILES = {
+    "one": dict(BLOCK_K=256, BLOCK_D=1, num_warps=4, maxnreg=128),  # D == 1
+    # D > 1: 4 elements per thread, as the decoder kernels; uncapped, ptxas picked 40-64 registers
+    # and spilled 8-16 B (sm_80 and sm_90)
+    "wide": dict(BLOCK_K=4, BLOCK_D=256, num_warps=8, maxnreg=128),
+}
 TILE_TABLES = {
     "latent": LATENT_TILES,
     "latent_bwd": LATENT_BWD_TILES,
     "data": DATA_TILES,
     "data_extras": DATA_EXTRAS_TILES,
+    "iwae": IWAE_TILES,
 }
 
 
@@ -91,6 +100,10 @@ def latent_bwd_tile(width: int) -> dict:
 def data_tile(width: int, extras: bool = False) -> dict:
     """``extras``: a Bernoulli launch with the BCE drop-ins' weight / pos_weight / target gradient."""
     return (DATA_EXTRAS_TILES if extras else DATA_TILES)[data_tile_name(width)]
+
+
+def iwae_tile(width: int) -> dict:
+    return IWAE_TILES[data_tile_name(width)]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -90,7 +90,7 @@ def _calls(t):
             (t["mu16"], t["logvar16"]),
         ),
         "sgvb_loss_gaussian_bf16": (loss("gaussian"), (t["recon16"], t["recon16"], t["mu16"], t["logvar16"])),
-        # the IWAE loss of K = 2 samples: the decoder's row pass (and its backward) with torch ops between
+        # the IWAE loss of K = 2 samples: its one kernel (one program per datapoint), forward and backward
         "iwae_loss": (
             lambda r, x, z, m, v: F.iwae_loss(r, x, z, m, v, likelihood="bernoulli"),
             (t["recon2"], x, t["z"], mu, logvar),

@@ -63,10 +63,31 @@ def test_compiled_step(objective, compiler, backend):
         check_compiled_step(STEPS[objective], compiler, backend)
 
 
-def check_compiled_step(step, compiler, backend):
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("objective", STEPS)
+def test_inductor_compiles_the_triton_kernels_on_cuda(objective):
+    """On a GPU, Inductor compiles the step with fastaevb's Triton kernels inside its graph (the ops
+    are triton_ops there): eager's numbers, fresh noise, one graph."""
+    from torch._inductor.utils import run_and_get_code
+
+    with torch._inductor.config.patch(fallback_random=True):
+        check_compiled_step(STEPS[objective], "inductor", "triton", device="cuda")
+        torch._dynamo.reset()
+        model, x = tiny_vae().cuda(), (torch.rand(8, 24, device="cuda") > 0.5).float()
+        compiled = torch.compile(STEPS[objective], fullgraph=True)
+        with fastaevb.use_backend("triton"):
+            _, sources = run_and_get_code(run, compiled, model, x, 1)
+    # Inductor's generated code defines and launches the kernels themselves (not an opaque op)
+    code = "\n".join(sources)
+    for kernel in ("reparameterize_kl_fwd_kernel", "bernoulli_log_likelihood_fwd_kernel"):
+        assert kernel in code, kernel
+
+
+def check_compiled_step(step, compiler, backend, device="cpu"):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model, x = tiny_vae(), (torch.rand(8, 24) > 0.5).float()
+    model, x = tiny_vae().to(device), (torch.rand(8, 24) > 0.5).float().to(device)
     compiled = torch.compile(step, fullgraph=True, backend=compiler)
 
     with fastaevb.use_backend(backend) if backend != "default" else torch.enable_grad():

@@ -174,8 +174,8 @@ def test_a_sample_1000_nats_below_the_rest_gives_the_float64_answer(kernel_backe
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "l1"])
-def test_gradcheck(likelihood):
-    tensors = inputs(likelihood)
+def test_gradcheck(kernel_backend, likelihood):
+    tensors = inputs(likelihood, device=device_for(kernel_backend))
     leaves = [i for i, t in enumerate(tensors) if t is not None and t.requires_grad]
 
     def loss(*values):

@@ -34,7 +34,8 @@ ARCHS = (80, 90)
 COMMAND = [sys.executable, "-m", "fastaevb.kernels.aot"]
 TIMEOUT = 900  # a fresh cache: 76 compiles on 2 cores take about two minutes
 # randn + 4 fused steps x (forward, backward) + the finish kernel: one kernel pair serves both
-# Bernoulli parameterizations (constexpr PROBS), the fused loss is the decoder kernels' HAS_KL
+# Bernoulli parameterizations (constexpr PROBS), the fused loss is the decoder kernels' HAS_KL;
+# the IWAE loss is one kernel for every decoder (constexpr FORM), forward and backward
 KERNEL_NAMES = {
     "randn_kernel",
     "finish_kernel",
@@ -48,6 +49,7 @@ KERNEL_NAMES = {
     "gaussian_log_likelihood_bwd_kernel",
     "error_log_likelihood_fwd_kernel",
     "error_log_likelihood_bwd_kernel",
+    "iwae_loss_kernel",
 }
 
 
@@ -153,6 +155,7 @@ def test_vector_loads_and_rounded_division(quick_run, arch):
         ("gaussian_log_likelihood_bwd_kernel", "D"),
         ("reparameterize_kl_fwd_kernel", "J"),
         ("gaussian_kl_fwd_kernel", "J"),
+        ("iwae_loss_kernel", "D"),
     ):
         chosen = [r for r in records if r["kernel"] == kernel and r["width"] == f"{width}=div16"]
         assert chosen and all(r["vector_loads"] > 0 for r in chosen), (
