@@ -39,6 +39,7 @@ from ._common import (
     acc_dtype,
     check_width,
     data_tile_name,
+    fill_empty_sum,
     iwae_tile,
     launch,
     row_sums,
@@ -257,6 +258,12 @@ def _run(out, grads, grad_out, decoded, x, decoder_logvar, z, mu, logvar, likeli
     form = FORMS[likelihood]
     K, B, J = z.shape
     D = decoded.shape[1]
+    if B == 0:  # no datapoints, no launch: a 'sum' is scale * 0 (NaN for a mean over none, as torch's)
+        if out is not None:
+            fill_empty_sum(out, reduction, scale)
+        for g in grads:
+            g.zero_()  # empty, but a shared log-scale's gradient (1,)
+        return
     check_width(D)
     check_width(J, "latent width")
     dev = decoded.device

@@ -173,6 +173,24 @@ def test_a_sample_1000_nats_below_the_rest_gives_the_float64_answer(kernel_backe
         torch.testing.assert_close(g.cpu().double(), e, **TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+def test_an_empty_batch(kernel_backend, reduction):
+    """No datapoints: a sum of none is 0, a mean over none NaN (as torch's), no rows, empty gradients."""
+    device = device_for(kernel_backend)
+    like = dict(dtype=torch.float64, device=device)
+    recon = torch.zeros(K, 0, 5, **like, requires_grad=True)
+    mu, logvar = (torch.zeros(0, J, **like, requires_grad=True) for _ in range(2))
+    z, x = torch.zeros(K, 0, J, **like), torch.zeros(0, 5, **like)
+    loss = F.iwae_loss(recon, x, z, mu, logvar, likelihood="bernoulli", reduction=reduction)
+    want = {"sum": 0.0, "mean": math.nan, "none": None}[reduction]
+    if want is None:
+        assert loss.shape == (0,)
+    else:
+        torch.testing.assert_close(loss, torch.tensor(want, dtype=torch.float64, device=device), equal_nan=True)
+    grads = torch.autograd.grad(loss.sum(), (recon, mu, logvar))
+    assert [tuple(g.shape) for g in grads] == [(K, 0, 5), (0, J), (0, J)]
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "l1"])
 def test_gradcheck(kernel_backend, likelihood):
     tensors = inputs(likelihood, device=device_for(kernel_backend))
