@@ -52,21 +52,23 @@ def reference_loss(likelihood, recon, x, z, mu, logvar, scale, gradient="iwae"):
     )
 
 
-def inputs(likelihood, dtype=torch.float64, seed=0, device="cpu"):
+def inputs(likelihood, dtype=torch.float64, seed=0, device="cpu", shape=(K, B, J, EVENT)):
+    """``[recon, x, z, mu, logvar, scale]`` of ``shape`` = (samples, batch, latents, event)."""
+    samples, batch, latent, event = shape
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape, s=1.0):
         return (s * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype).to(device)
 
-    x = torch.rand(B, *EVENT, generator=gen, dtype=torch.float64).to(dtype).to(device)
-    recon = rand(K, B, *EVENT)
+    x = torch.rand(batch, *event, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    recon = rand(samples, batch, *event)
     if likelihood == "bernoulli_probs":
         recon = torch.sigmoid(recon)
-    mu, logvar = rand(B, J), rand(B, J, s=0.3)
-    z = mu + torch.exp(0.5 * logvar) * rand(K, B, J)
+    mu, logvar = rand(batch, latent), rand(batch, latent, s=0.3)
+    z = mu + torch.exp(0.5 * logvar) * rand(samples, batch, latent)
     # a learned log-scale: one shared value, or (l1) one per element of recon
     scale = (
-        rand(*((K, B, *EVENT) if likelihood == "l1" else (1,)), s=0.2)
+        rand(*((samples, batch, *event) if likelihood == "l1" else (1,)), s=0.2)
         if likelihood in POWERS or likelihood == "gaussian"
         else None
     )
@@ -86,16 +88,30 @@ def call(likelihood, recon, x, z, mu, logvar, scale, **kwargs):
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 @pytest.mark.parametrize("gradient", ["iwae", "stl"])
 def test_value_and_gradient_equal_the_reference(kernel_backend, likelihood, dtype, reduction, gradient):
-    tensors = inputs(likelihood, dtype, device=device_for(kernel_backend))
+    check_against_the_reference(
+        likelihood, inputs(likelihood, dtype, device=device_for(kernel_backend)), reduction, gradient
+    )
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_shapes_past_one_tile(kernel_backend, likelihood):
+    """18 samples, 37 latents, rows of 260: past one tile of every loop of the Triton kernel (4 and
+    16 samples, 32 latents, 256 columns) and of the CPU kernels' vector widths."""
+    tensors = inputs(likelihood, device=device_for(kernel_backend), shape=(18, 3, 37, (260,)))
+    check_against_the_reference(likelihood, tensors, "none", "iwae")
+
+
+def check_against_the_reference(likelihood, tensors, reduction, gradient):
     leaves = [t for t in tensors if t is not None and t.requires_grad]
     loss = call(likelihood, *tensors, reduction=reduction, gradient=gradient)
     wide = [t if t is None else t.detach().cpu().double().requires_grad_(t.requires_grad) for t in tensors]
     want = reference_loss(likelihood, *wide, gradient=gradient)
     want = want.mean() if reduction == "mean" else want
-    tol = TOLERANCES[dtype]
+    tol = TOLERANCES[tensors[0].dtype]
     torch.testing.assert_close(loss.detach().cpu().double(), want.detach(), **tol)
+    batch = tensors[1].shape[0]
     upstream = (
-        torch.linspace(0.5, 2.0, B, dtype=torch.float64)
+        torch.linspace(0.5, 2.0, batch, dtype=torch.float64)
         if reduction == "none"
         else torch.tensor(1.0, dtype=torch.float64)
     )
