@@ -384,7 +384,7 @@ IWAE_LOSS = Op(
     sum_k w~_k 0.5 (1 - (z_k - mu)^2 exp(-logvar))``; 'stl' (Roeder et al. 2017) and 'dreg'
     (Tucker et al. 2019) drop them. The ``gate`` token ``(K, B)`` gets ``scale w~`` back, which
     ``functional.dreg_gate`` normalizes and multiplies into the gradient of z once more: DReG's
-    ``w~_k^2``. The fused entries (cpp, triton: one pass per datapoint; numba) compute it whole;
+    ``w~_k^2``. The fused entries (cpp, triton, numba: one pass per datapoint) compute it whole;
     elsewhere (torch) ``ops.calls`` builds it from the decoder op's rows and backward (two passes
     over the decoder output) and torch ops on the ``(K, B, J)`` latents.""",
 )

@@ -511,51 +511,37 @@ def sgvb_loss_forward(
 
 
 def _iwae_loss(grads, grad_out, decoded, x, decoder_logvar, z, mu, logvar, likelihood, gradient, reduction, scale):
-    """The decoder rows (with their gradients at scale 1 when wanted) in one pass of the decoder's
-    row kernel, then ``K.iwae_weights`` per datapoint; a shared log-scale's gradient from one more
-    pass with the weights as the rows' upstream values. Returns (bounds (B,) float64, bad_in, bad_x)."""
+    """One pass per datapoint (``K.iwae_loss``): its K decoder rows, the log weights, their
+    log-sum-exp and every gradient. Returns the bounds (B,) float64."""
     grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate = grads
     dtype = decoded.dtype
     _threads()
-    rows = np.empty(decoded.shape[0], _NP_DTYPE[dtype])
     wanted = grad_decoded.numel() > 0
-    row_grad = _flat(grad_decoded) if wanted else _EMPTY[dtype]
-    bad_in = bad_x = 0
-    shared = decoder_logvar is not None and decoder_logvar.numel() == 1
     if likelihood in _FORMS:
-        per_element = grad_decoder_logvar if wanted and not shared else decoded.new_empty(0)
-        _location_scale_forward(
-            rows, grad_decoded if wanted else decoded.new_empty(0), per_element, x, decoded, decoder_logvar,
-            K.ROWS, 1.0, _FORMS[likelihood],
-        )  # fmt: skip
-    elif likelihood == "bernoulli":
-        outside, bad_x = K.bernoulli_logits_forward(
-            rows, row_grad, _EMPTY[dtype], _a(decoded), _target(x, dtype), K.ROWS, 1.0
-        )
-        warn_if_probabilities(outside, decoded.numel())
+        family, form = K.LOCATION_SCALE, _FORMS[likelihood]
+        log_scale, shared = _logvar_2d(decoder_logvar)
+        target = _float_input(x, dtype)
     else:
-        bad_in, bad_x = K.bernoulli_forward(
-            rows, row_grad, _EMPTY[dtype], _a(decoded), _target(x, dtype), *_factor(None, dtype),
-            *_factor(None, dtype), K.ROWS, 1.0, True,
-        )  # fmt: skip
-    check_range(bad_in, "input")
-    check_range(bad_x, "target")
+        family, form = (K.LOGITS if likelihood == "bernoulli" else K.PROBS), 0
+        log_scale, shared = np.empty((0, 0), _NP_DTYPE[dtype]), False
+        target = _target(x, dtype)
     batch = mu.shape[0]
     bounds = np.empty(batch, np.float64)
-    coef = np.empty(decoded.shape[0] if wanted else 0, _NP_DTYPE[dtype])
-    upstream = None if grad_out is None else _in(grad_out).reshape(-1)
-    K.iwae_weights(
-        bounds, coef, row_grad, _flat(grad_decoder_logvar) if wanted else _EMPTY[dtype], _flat(grad_z),
-        _flat(grad_mu), _flat(grad_logvar), _flat(grad_gate), rows, _a(z), _a(mu), _a(logvar),
-        np.ones(1, _NP_DTYPE[dtype]) if grad_out is None else upstream,
-        grad_out is not None and reduction == "rows", float(scale),
+    shared_grads = np.empty(batch if shared and wanted and grad_decoder_logvar.numel() else 0, np.float64)
+    per_element = wanted and not shared and family == K.LOCATION_SCALE
+    bad_in, bad_x, outside = K.iwae_loss(
+        bounds, shared_grads, _flat(grad_decoded) if wanted else _EMPTY[dtype],
+        _flat(grad_decoder_logvar) if per_element else _EMPTY[dtype], _flat(grad_z), _flat(grad_mu),
+        _flat(grad_logvar), _flat(grad_gate), _a(decoded), target, log_scale, _a(z), _a(mu), _a(logvar),
+        np.ones(1, _NP_DTYPE[dtype]) if grad_out is None else _in(grad_out).reshape(-1),
+        grad_out is not None and reduction == "rows", float(scale), family, form, shared,
     )  # fmt: skip
-    if wanted and shared and grad_decoder_logvar.numel():
-        log_scale_a, _ = _logvar_2d(decoder_logvar)
-        K.location_scale_backward(
-            _EMPTY[dtype], _flat(grad_decoder_logvar), coef, _float_input(x, dtype), _a(decoded), log_scale_a,
-            True, K.ROWS, 1.0, _FORMS[likelihood],
-        )  # fmt: skip
+    if family == K.LOGITS:
+        warn_if_probabilities(outside, decoded.numel())
+    check_range(bad_in, "input")
+    check_range(bad_x, "target")
+    if shared_grads.size:  # float64
+        _flat(grad_decoder_logvar)[0] = float(shared_grads.sum())
     return bounds
 
 

@@ -570,22 +570,86 @@ def location_scale_backward(grad_mean, grad_log_scale, grad_out, x, mean, log_sc
 
 
 # --- the importance-weighted bound (ops.table's iwae_loss) -------------------------------------
+# One pass per datapoint b (``prange`` over b): its K decoder rows k B + b, each row's elementwise
+# loop as the decoder's own kernel has it (the same math functions, so the same rounding), their
+# gradients with scale 1 into the gradient rows, the log weights and their log-sum-exp in float64,
+# then the K gradient rows scaled by ``c_k = -scale up_b w~_k`` while still in cache.
+LOGITS, PROBS, LOCATION_SCALE = 0, 1, 2  # the decoder families of iwae_loss
+
+
+@kernel(inline="always")
+def _iwae_decoder_row(grad, grad_log_scale, decoded, x, log_scale, r, b, family, form, shared, s, buf):
+    """Row r's log-likelihood (float64) against data row b, d ll / d decoded (and a per-element
+    log-scale's) into the flat gradient rows when non-empty, and its range counts (out-of-range
+    probabilities, targets, logits outside [0, 1]). A shared log-scale ``s``: the row's float64
+    ``|x - m|^p`` sum is returned second (float64), for its gradient once the weights are known."""
+    cols = decoded.shape[1]
+    base = r * cols
+    with_grad = grad.size > 0
+    bad_in = 0
+    bad_x = 0
+    outside = 0
+    if family == LOGITS:
+        for c in range(cols):  # no libm call and no reduction in the loop: LLVM vectorizes it
+            xv = x[b, c]
+            bad_x += out_of_range(xv)
+            outside += out_of_range(decoded[r, c])
+            ll, dl = bernoulli_logits_term(decoded[r, c], as_type(xv, decoded))
+            buf[c] = ll
+            if with_grad:
+                grad[base + c] = dl
+        return np.float64(_row_sum(buf)), 0.0, bad_in, bad_x, outside
+    if family == PROBS:
+        total = as_type(0.0, decoded)
+        for c in range(cols):
+            v = decoded[r, c]
+            xv = x[b, c]
+            bad_in += out_of_range(v)
+            bad_x += out_of_range(xv)
+            total += bernoulli_probs_term(v, as_type(xv, decoded))
+            if with_grad:
+                grad[base + c] = bernoulli_probs_grad(v, as_type(xv, decoded))
+        return np.float64(total), 0.0, bad_in, bad_x, outside
+    if shared:
+        inv_scale = math.exp(-s)
+        g_mean = as_type(inv_scale, decoded)
+        err = 0.0
+        for c in range(cols):
+            d, e = _ls_shared_err(x[b, c], decoded[r, c], form)
+            err += e
+            if with_grad:
+                grad[base + c] = g_mean * _ls_shared_slope(d, form)
+        return np.float64(as_type(_ls_shared_row(err, s, inv_scale, cols, form), decoded)), err, 0, 0, 0
+    q_sum = as_type(0.0, decoded)
+    for c in range(cols):
+        q, d_m, d_s = _ls_term(x[b, c], decoded[r, c], log_scale[r, c], form)
+        q_sum += q
+        if with_grad:
+            grad[base + c] = d_m
+            grad_log_scale[base + c] = d_s
+    return np.float64(_ls_row(q_sum, cols, form)), 0.0, 0, 0, 0
 
 
 @kernel(parallel=True)
-def iwae_weights(bounds, coef, grad_decoded, grad_decoder_logvar, grad_z, grad_mu, grad_logvar, grad_gate,
-                 ll, z, mu, logvar, grad_out, upstream_rows, scale):  # fmt: skip
-    """Per datapoint b, from the decoder rows ``ll`` (R,) (row k B + b): ``log w_k = ll_k + 0.5 sum_j
-    (eps_kj^2 - z_kj^2 + v_j)`` in float64, ``bounds[b] = logsumexp_k log w_k - log K`` and, when
-    ``coef`` is non-empty, ``coef[r] = -scale * upstream_b * w~_k`` (``upstream_b = grad_out[b]``
-    with ``upstream_rows``, else ``grad_out[0]``); the decoder's gradient rows (R*D,), written by
-    the row kernel with scale 1, and per-element log-scale rows are multiplied by it; then
-    ``d/dz_k = c_k (eps_k exp(-v / 2) - z_k)``, the direct ``d/dmu = -sum_k c_k eps_k exp(-v / 2)``
-    and ``d/dv = 0.5 sum_k c_k (1 - eps_k^2)``, and ``-c_k`` for the gate, each when non-empty."""
+def iwae_loss(bounds, shared_grads, grad_decoded, grad_log_scale, grad_z, grad_mu, grad_logvar, grad_gate,
+              decoded, x, log_scale, z, mu, logvar, grad_out, upstream_rows, scale, family, form, shared):  # fmt: skip
+    """Per datapoint b: ``log w_k = ll_k + 0.5 sum_j (eps_kj^2 - z_kj^2 + v_j)`` (``eps = (z - mu)
+    exp(-v / 2)``) for its K decoder rows (:func:`_iwae_decoder_row`), ``bounds[b] =
+    logsumexp_k log w_k - log K`` (float64) and, when ``grad_decoded`` is non-empty, with ``c_k =
+    -scale up_b w~_k`` (``up_b = grad_out[b]`` with ``upstream_rows``, else ``grad_out[0]``): the
+    K gradient rows (and a per-element log-scale's) times c_k, a shared log-scale's gradient
+    ``sum_k c_k d ll_k / ds`` into ``shared_grads[b]``, ``d/dz_k = c_k (eps_k exp(-v / 2) - z_k)``,
+    the direct ``d/dmu = -exp(-v / 2) sum_k c_k eps_k`` and ``d/dv = 0.5 sum_k c_k (1 - eps_k^2)``
+    and ``-c_k`` for the gate, each when non-empty. Returns the range counts (probabilities,
+    targets: each data row once) and the logits outside [0, 1]."""
     samples, batch, latent = z.shape
+    cols = decoded.shape[1]
     log_k = math.log(samples)
-    grads = coef.size > 0
-    cols = grad_decoded.size // ll.size if ll.size else 0
+    grads = grad_decoded.size > 0
+    s = np.float64(log_scale[0, 0]) if shared else 0.0
+    bad_in = 0
+    bad_x = 0
+    outside = 0
     for b in prange(batch):
         inv_std = np.empty(latent, np.float64)
         half_v = 0.0
@@ -594,14 +658,24 @@ def iwae_weights(bounds, coef, grad_decoded, grad_decoder_logvar, grad_z, grad_m
             inv_std[j] = math.exp(-0.5 * v)
             half_v += v
         log_w = np.empty(samples, np.float64)
+        errs = np.empty(samples, np.float64)
+        buf = np.empty(cols, decoded.dtype)
         top = -np.inf
         for k in range(samples):
+            r = k * batch + b
+            ll, err, row_bad_in, row_bad_x, row_outside = _iwae_decoder_row(
+                grad_decoded, grad_log_scale, decoded, x, log_scale, r, b, family, form, shared, s, buf
+            )
+            errs[k] = err
+            bad_in += row_bad_in
+            bad_x += row_bad_x if k == 0 else 0
+            outside += row_outside
             q = 0.0
             for j in range(latent):
                 zj = np.float64(z[k, b, j])
                 e = (zj - np.float64(mu[b, j])) * inv_std[j]
                 q += e * e - zj * zj
-            log_w[k] = np.float64(ll[k * batch + b]) + 0.5 * (q + half_v)
+            log_w[k] = ll + 0.5 * (q + half_v)
             top = max(top, log_w[k])
         total = 0.0
         for k in range(samples):
@@ -613,16 +687,22 @@ def iwae_weights(bounds, coef, grad_decoded, grad_decoder_logvar, grad_z, grad_m
         up = np.float64(grad_out[b] if upstream_rows else grad_out[0])
         acc_mu = np.zeros(latent, np.float64)
         acc_v = np.zeros(latent, np.float64)
+        shared_grad = 0.0
         for k in range(samples):
             r = k * batch + b
             c = -scale * up * math.exp(log_w[k] - lse)
-            coef[r] = c
             ct = as_type(c, grad_decoded)
-            for i in range(cols):
+            for i in range(cols):  # the row just written: still in cache (K D values per datapoint)
                 grad_decoded[r * cols + i] *= ct
-            if grad_decoder_logvar.size > 1:
+            if grad_log_scale.size > 0:
                 for i in range(cols):
-                    grad_decoder_logvar[r * cols + i] *= ct
+                    grad_log_scale[r * cols + i] *= ct
+            if shared:
+                inv_scale = math.exp(-s)
+                if form == GAUSSIAN:
+                    shared_grad += c * gaussian_shared_grad_logvar(errs[k], inv_scale, cols)
+                else:
+                    shared_grad += c * error_shared_grad_log_scale(errs[k], inv_scale, cols)
             for j in range(latent):
                 zj = np.float64(z[k, b, j])
                 e = (zj - np.float64(mu[b, j])) * inv_std[j]
@@ -632,7 +712,10 @@ def iwae_weights(bounds, coef, grad_decoded, grad_decoder_logvar, grad_z, grad_m
                 acc_v[j] += c * (1.0 - e * e)
             if grad_gate.size > 0:
                 grad_gate[r] = as_type(-c, grad_decoded)
+        if shared_grads.size > 0:
+            shared_grads[b] = shared_grad
         if grad_mu.size > 0:
             for j in range(latent):
                 grad_mu[b * latent + j] = as_type(acc_mu[j] * inv_std[j], grad_decoded)
                 grad_logvar[b * latent + j] = as_type(0.5 * acc_v[j], grad_decoded)
+    return bad_in, bad_x, outside
