@@ -484,7 +484,7 @@ def autograd_sgvb_loss(
     byte_target = x.dtype == torch.uint8 or x.dtype == torch.bool
     if (
         _autograd is None
-        or (not with_grad and _needs_grad(decoded, mu, logvar, decoder_logvar))  # low_memory: see below
+        or (not with_grad and _needs_grad(decoded, mu, logvar, decoder_logvar))  # fastaevb.low_memory
         or x.numel() == 0
         or decoded.numel() == 0
         or not _native_dtypes(decoded, mu, logvar, decoder_logvar, None if byte_target else x)
