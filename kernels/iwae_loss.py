@@ -40,6 +40,7 @@ from ._common import (
     check_width,
     data_tile_name,
     fill_empty_sum,
+    grad_slots,
     iwae_tile,
     launch,
     row_sums,
@@ -273,20 +274,13 @@ def _run(out, grads, grad_out, decoded, x, decoder_logvar, z, mu, logvar, likeli
     shared = form >= 2 and decoder_logvar.numel() == 1
     grad_decoded, grad_scale, grad_z, grad_mu, grad_logvar, grad_gate = grads
     backward = grad_out is not None
-    with_grad = backward or any(wanted(g) for g in grads)
-
-    def slot(given, shape, like):  # every gradient is written together: unwanted ones into scratch
-        if wanted(given):
-            return given
-        return torch.empty(shape, dtype=decoded.dtype, device=dev) if with_grad else like
-
-    gd = slot(grad_decoded, decoded.shape, decoded)
+    # every gradient is written together: unwanted ones into scratch
+    pairs = (grad_decoded, decoded), (grad_z, z), (grad_mu, mu), (grad_logvar, logvar)
+    with_grad, (gd, gz, gm, gv) = grad_slots(*pairs, always=backward or wanted(grad_scale))
+    gg = grad_gate if wanted(grad_gate) else torch.empty((K, B), dtype=z.dtype, device=dev) if with_grad else z
     gs = decoded  # never written: a Bernoulli decoder, or no gradients
-    if form >= 2 and with_grad:
-        gs = torch.empty(B, dtype=acc, device=dev) if shared else slot(grad_scale, decoded.shape, decoded)
-    gz = slot(grad_z, z.shape, z)
-    gm, gv = slot(grad_mu, mu.shape, mu), slot(grad_logvar, logvar.shape, logvar)
-    gg = slot(grad_gate, (K, B), z)
+    if form >= 2 and with_grad:  # a shared log-scale's gradient: one partial per datapoint
+        gs = torch.empty(B, dtype=acc, device=dev) if shared else grad_slots((grad_scale, decoded), always=True)[1][0]
     # the row values: the output itself for 'rows', partials for a 'sum', scratch in backward
     rows = torch.empty(B, dtype=acc, device=dev) if out is None else row_sums(out, reduction, B, decoded.dtype)
     _, bad_in, bad_x = bad_counts(B, dev)

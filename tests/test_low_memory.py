@@ -16,11 +16,10 @@ LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse", "l1"]
 def inputs(likelihood, device, samples=1):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(5, 3, 4, generator=gen, dtype=torch.float64)
-    recon = torch.randn(samples, 5, 3, 4, generator=gen, dtype=torch.float64)
+    recon = torch.randn(*((samples,) if samples > 1 else ()), 5, 3, 4, generator=gen, dtype=torch.float64)
     recon = torch.sigmoid(recon) if likelihood == "bernoulli_probs" else recon
     mu = torch.randn(5, 2, generator=gen, dtype=torch.float64)
     logvar = 0.3 * torch.randn(5, 2, generator=gen, dtype=torch.float64)
-    recon, mu, logvar = (t.squeeze(0) if t is recon and samples == 1 else t for t in (recon, mu, logvar))
     return [t.to(device).requires_grad_(t is not x) for t in (recon, x, mu, logvar)]
 
 

@@ -460,12 +460,6 @@ def autograd_reparameterize(
     return _autograd.reparameterize(mu, logvar, eps, None if seed is None else int(seed), samples)
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    """A gradient wanted but not written in forward (``fastaevb.low_memory``): the node hands out
-    forward-written gradients only, so the op's Python node, which recomputes them, takes it."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def autograd_sgvb_loss(
     decoded: Tensor,
     x: Tensor,
@@ -484,7 +478,6 @@ def autograd_sgvb_loss(
     byte_target = x.dtype == torch.uint8 or x.dtype == torch.bool
     if (
         _autograd is None
-        or (not with_grad and _needs_grad(decoded, mu, logvar, decoder_logvar))  # fastaevb.low_memory
         or x.numel() == 0
         or decoded.numel() == 0
         or not _native_dtypes(decoded, mu, logvar, decoder_logvar, None if byte_target else x)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _torch_private as private
+from .._memory import gradients_in_forward
 from . import calls, registrar, seeds
 from .table import OPS
 
@@ -126,7 +127,12 @@ def sgvb_loss(
         decoded, x, decoder_logvar, mu, logvar, kl_weight, kl_threshold,
         likelihood, kl_scale, ll_scale, kl_form, kl_threshold_scale, with_grad,
     )  # fmt: skip
-    native = native_entry(OPS["sgvb_loss"].native, decoded.device) if kl_form == "kl" else None  # type: ignore[arg-type]
+    # the C++ node hands out forward-written gradients only: under low_memory the Python node recomputes them
+    native = (
+        native_entry(OPS["sgvb_loss"].native, decoded.device)  # type: ignore[arg-type]
+        if kl_form == "kl" and gradients_in_forward()
+        else None
+    )
     if native is not None:
         value = native(decoded, x, decoder_logvar, mu, logvar, kl_weight, likelihood, kl_scale, ll_scale, with_grad)
         if value is not None:

@@ -578,10 +578,11 @@ LOGITS, PROBS, LOCATION_SCALE = 0, 1, 2  # the decoder families of iwae_loss
 
 
 @kernel(inline="always")
-def _iwae_decoder_row(grad, grad_log_scale, decoded, x, log_scale, r, b, family, form, shared, s, buf):
+def _iwae_decoder_row(grad, grad_log_scale, decoded, x, log_scale, r, b, family, form, shared, s, inv_scale, buf):
     """Row r's log-likelihood (float64) against data row b, d ll / d decoded (and a per-element
     log-scale's) into the flat gradient rows when non-empty, and its range counts (out-of-range
-    probabilities, targets, logits outside [0, 1]). A shared log-scale ``s``: the row's float64
+    probabilities, targets, logits outside [0, 1]). A shared log-scale ``s`` (``inv_scale =
+    exp(-s)``): the row's float64
     ``|x - m|^p`` sum is returned second (float64), for its gradient once the weights are known."""
     cols = decoded.shape[1]
     base = r * cols
@@ -611,7 +612,6 @@ def _iwae_decoder_row(grad, grad_log_scale, decoded, x, log_scale, r, b, family,
                 grad[base + c] = bernoulli_probs_grad(v, as_type(xv, decoded))
         return np.float64(total), 0.0, bad_in, bad_x, outside
     if shared:
-        inv_scale = math.exp(-s)
         g_mean = as_type(inv_scale, decoded)
         err = 0.0
         for c in range(cols):
@@ -647,6 +647,7 @@ def iwae_loss(bounds, shared_grads, grad_decoded, grad_log_scale, grad_z, grad_m
     log_k = math.log(samples)
     grads = grad_decoded.size > 0
     s = np.float64(log_scale[0, 0]) if shared else 0.0
+    inv_scale = math.exp(-s)
     bad_in = 0
     bad_x = 0
     outside = 0
@@ -664,7 +665,7 @@ def iwae_loss(bounds, shared_grads, grad_decoded, grad_log_scale, grad_z, grad_m
         for k in range(samples):
             r = k * batch + b
             ll, err, row_bad_in, row_bad_x, row_outside = _iwae_decoder_row(
-                grad_decoded, grad_log_scale, decoded, x, log_scale, r, b, family, form, shared, s, buf
+                grad_decoded, grad_log_scale, decoded, x, log_scale, r, b, family, form, shared, s, inv_scale, buf
             )
             errs[k] = err
             bad_in += row_bad_in
@@ -698,7 +699,6 @@ def iwae_loss(bounds, shared_grads, grad_decoded, grad_log_scale, grad_z, grad_m
                 for i in range(cols):
                     grad_log_scale[r * cols + i] *= ct
             if shared:
-                inv_scale = math.exp(-s)
                 if form == GAUSSIAN:
                     shared_grad += c * gaussian_shared_grad_logvar(errs[k], inv_scale, cols)
                 else:
